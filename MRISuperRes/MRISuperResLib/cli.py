@@ -1,0 +1,210 @@
+"""The `mrisuperres` command: run, plan, models, degrade, evaluate, demo.
+
+Every failure ends with one sentence on stderr naming the problem and the fix, and a non-zero exit
+code (2: bad input, 130: cancelled); an output file exists only when its command succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import MRISuperResError
+from .io import check_writable, read_volume, write_volume
+from .plan import DEFAULT_TILE, PLANES
+
+log = logging.getLogger("mrisuperres")
+
+
+def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--target-spacing", type=float, nargs="+", metavar="MM",
+                        help="output spacing in mm: one value (isotropic) or three (i j k); "
+                             "default: isotropic at the finest input spacing")
+    target.add_argument("--scale", type=float, nargs="+", metavar="F",
+                        help="upsampling factor: one value or three (i j k); non-integer allowed")
+    parser.add_argument("--planes", nargs="+", choices=PLANES,
+                        help="planes to run, by voxel axes (default: every plane holding an upsampled axis)")
+    parser.add_argument("--model", help="model name from `mrisuperres models` (default: the registry's default)")
+    parser.add_argument("--models-dir", help="folder with models.json and weights (or set MRISUPERRES_MODELS_DIR)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--batch-size", type=int, default=8, help="slices (tiles) per network call")
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help="largest tile side in pixels")
+
+
+def _progress(args: argparse.Namespace):
+    from .progress import JsonLinesProgress, TqdmProgress
+
+    if getattr(args, "progress_json", False):
+        return JsonLinesProgress(sys.stdout)
+    if getattr(args, "quiet", False):
+        return None
+    return TqdmProgress()
+
+
+def _target(args: argparse.Namespace) -> dict:
+    return {"target_spacing": args.target_spacing, "scale": args.scale, "planes": args.planes,
+            "model": args.model, "models_dir": args.models_dir, "device": args.device, "threads": args.threads,
+            "batch_size": args.batch_size, "tile": args.tile}
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from .pipeline import superresolve
+
+    output = check_writable(args.output)
+    volume = read_volume(args.input, "input")
+    reference = read_volume(args.reference, "reference") if args.reference else None
+    progress = _progress(args)
+    try:
+        result = superresolve(volume, reference, register_reference=args.register_reference, force=args.force,
+                              progress=progress, **_target(args))
+    finally:
+        if hasattr(progress, "close"):
+            progress.close()
+    write_volume(result, output)
+    if args.progress_json:
+        print(json.dumps({"stage": "done", "output": str(output), "size": list(result.grid.size)}), flush=True)
+    else:
+        print(f"wrote {output} ({result.grid.describe()})")
+    return 0
+
+
+def command_plan(args: argparse.Namespace) -> int:
+    from .pipeline import plan_run
+
+    volume = read_volume(args.input, "input")
+    reference = read_volume(args.reference, "reference") if args.reference else None
+    plan = plan_run(volume, reference, **_target(args))
+    print(json.dumps(plan.to_json(), indent=2) if args.json else plan.summary())
+    return 0
+
+
+def command_models(args: argparse.Namespace) -> int:
+    from .models.registry import ModelRegistry
+
+    registry = ModelRegistry(args.models_dir)
+    if args.json:
+        print(json.dumps({"default": registry.default_name,
+                          "models": [c.to_json() for c in registry.cards.values()]}, indent=2))
+        return 0
+    for card in registry.cards.values():
+        mark = "*" if card.name == registry.default_name else " "
+        reference = "uses reference" if card.uses_reference else "no reference"
+        print(f"{mark} {card.name:<14} {card.title} [{reference}; {card.parameters} parameters]")
+    print("(* = default)")
+    return 0
+
+
+def command_degrade(args: argparse.Namespace) -> int:
+    from .degrade import kspace_truncate, thick_slices
+
+    output = check_writable(args.output)
+    volume = read_volume(args.input, "input")
+    if args.kspace:
+        result = kspace_truncate(volume, tuple(args.axes), args.factor)
+    else:
+        if len(args.axes) != 1:
+            raise MRISuperResError("Thick slices are simulated along one axis; give one --axes value.")
+        result = thick_slices(volume, args.axes[0], args.factor, args.profile)
+    write_volume(result, output)
+    print(f"wrote {output} ({result.grid.describe()})")
+    return 0
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    from .metrics import score
+
+    result = read_volume(args.result, "result")
+    truth = read_volume(args.truth, "truth")
+    if result.grid.size != truth.grid.size:
+        raise MRISuperResError(
+            f"The result ({result.grid.describe()}) and the truth ({truth.grid.describe()}) are on different "
+            "grids; super-resolve onto the truth's spacing or resample one onto the other.")
+    mask = read_volume(args.mask, "mask").array if args.mask else None
+    scores = score(result.array, truth.array, mask)
+    scores["mask"] = args.mask or "truth > 5% of its 99th percentile"
+    scores["data_range"] = "truth max - truth min"
+    print(json.dumps(scores, indent=2))
+    return 0
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(Path(args.output_dir), model=args.model, threads=args.threads, progress=_progress(args))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mrisuperres", description="Slice-wise MRI super-resolution.")
+    parser.add_argument("--verbose", action="store_true", help="log the plan and registration details")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="super-resolve a volume")
+    run.add_argument("input", help="volume file or DICOM folder")
+    run.add_argument("--output", "-o", required=True)
+    run.add_argument("--reference", help="high-resolution volume of another contrast of the same patient")
+    run.add_argument("--register-reference", action="store_true", help="rigidly register the reference first")
+    run.add_argument("--force", action="store_true", help="run even when the memory estimate exceeds what is free")
+    run.add_argument("--progress-json", action="store_true", help="one JSON progress object per line on stdout")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_target_arguments(run)
+    run.set_defaults(handler=command_run)
+
+    plan = commands.add_parser("plan", help="print what a run would do, without running it")
+    plan.add_argument("input")
+    plan.add_argument("--reference")
+    plan.add_argument("--json", action="store_true")
+    _add_target_arguments(plan)
+    plan.set_defaults(handler=command_plan)
+
+    models = commands.add_parser("models", help="list the available models")
+    models.add_argument("--models-dir")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(handler=command_models)
+
+    degrade = commands.add_parser("degrade", help="simulate a low-resolution acquisition")
+    degrade.add_argument("input")
+    degrade.add_argument("--output", "-o", required=True)
+    degrade.add_argument("--factor", type=float, default=4)
+    degrade.add_argument("--axes", type=int, nargs="+", default=[2], choices=(0, 1, 2),
+                         help="voxel axes (0 = i, 1 = j, 2 = k); default 2")
+    degrade.add_argument("--profile", default="box", choices=("box", "gaussian"), help="thick-slice profile")
+    degrade.add_argument("--kspace", action="store_true", help="k-space truncation instead of thick slices")
+    degrade.set_defaults(handler=command_degrade)
+
+    evaluate = commands.add_parser("evaluate", help="PSNR and SSIM of a result against the truth, as JSON")
+    evaluate.add_argument("result")
+    evaluate.add_argument("truth")
+    evaluate.add_argument("--mask", help="foreground mask on the truth's grid")
+    evaluate.set_defaults(handler=command_evaluate)
+
+    demo = commands.add_parser("demo", help="super-resolve a built-in multi-contrast phantom")
+    demo.add_argument("--output-dir", default="demo-output")
+    demo.add_argument("--model")
+    demo.add_argument("--threads", type=int)
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(handler=command_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.handler(args)
+    except MRISuperResError as error:
+        print(f"mrisuperres: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("mrisuperres: cancelled; no output was written.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

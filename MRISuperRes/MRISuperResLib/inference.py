@@ -1,0 +1,99 @@
+"""Running a 2D slice network over every planned plane of a volume, in batches of overlapping tiles, and
+fusing the planes.
+
+Slices are oriented with an upsampled axis along rows, as the training patches are, so the network
+always sees the thick-slice direction vertically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .plan import TILE_OVERLAP, Plan
+from .progress import CancelFlag, ProgressCallback, StageReporter
+from .volume import AXIS_NAMES
+
+
+def plane_axes(plane: str, upsampled: tuple[int, ...]) -> tuple[int, int, int]:
+    """Numpy axes (slice, row, column) for `plane`: rows along an upsampled axis of the plane."""
+    in_plane = [AXIS_NAMES.index(a) for a in plane]
+    rows = next(a for a in in_plane if a in upsampled)
+    columns = next(a for a in in_plane if a != rows)
+    normal = 3 - rows - columns
+    return 2 - normal, 2 - rows, 2 - columns
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of `tile` samples covering `length`, neighbours sharing 2 × `overlap`."""
+    if length <= tile:
+        return [0]
+    step = tile - 2 * overlap
+    starts = list(range(0, length - tile, step))
+    return starts + [length - tile]
+
+
+def _core(start: int, tile: int, length: int, overlap: int) -> tuple[int, int]:
+    """The part of a tile whose prediction is kept: all but the overlap margins, except at the borders."""
+    return (0 if start == 0 else start + overlap), (length if start + tile >= length else start + tile - overlap)
+
+
+def _tiles(n_slices: int, height: int, width: int, tile: int) -> Iterator[tuple[int, int, int]]:
+    for s in range(n_slices):
+        for r in tile_starts(height, tile, TILE_OVERLAP):
+            for c in tile_starts(width, tile, TILE_OVERLAP):
+                yield s, r, c
+
+
+def _batched(items: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def count_tiles(plan: Plan) -> int:
+    total = 0
+    for plane in plan.planes:
+        n, h, w = (plan.target.shape_kji[a] for a in plane_axes(plane, plan.upsampled))
+        total += n * len(tile_starts(h, plan.tile, TILE_OVERLAP)) * len(tile_starts(w, plan.tile, TILE_OVERLAP))
+    return total
+
+
+def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, reference: np.ndarray | None,
+                   reference_mask: np.ndarray | None, device: torch.device,
+                   progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> np.ndarray:
+    """Average over the planned planes of the network's slice-by-slice prediction on the target grid."""
+    reporter = StageReporter("model", count_tiles(plan), progress, cancel,
+                             f"{len(plan.planes)} plane(s) on {device.type}")
+    fused = np.zeros(lr.shape, dtype=np.float32)
+    use_reference = plan.uses_reference and reference is not None
+    for plane in plan.planes:
+        axes = plane_axes(plane, plan.upsampled)
+        inputs = [np.transpose(lr, axes)]
+        if use_reference:
+            inputs += [np.transpose(reference, axes), np.transpose(reference_mask, axes)]
+        n, height, width = inputs[0].shape
+        tile_h, tile_w = min(plan.tile, height), min(plan.tile, width)
+        prediction = np.empty((n, height, width), dtype=np.float32)
+        for batch in _batched(_tiles(n, height, width, plan.tile), plan.batch_size):
+            tensors = [torch.from_numpy(np.stack([x[s, r:r + tile_h, c:c + tile_w] for s, r, c in batch])[:, None])
+                       .to(device) for x in inputs]
+            with torch.inference_mode():
+                output = network(*tensors)[:, 0].float().cpu().numpy()
+            for (s, r, c), tile_out in zip(batch, output):
+                r0, r1 = _core(r, tile_h, height, TILE_OVERLAP)
+                c0, c1 = _core(c, tile_w, width, TILE_OVERLAP)
+                prediction[s, r0:r1, c0:c1] = tile_out[r0 - r:r1 - r, c0 - c:c1 - c]
+            reporter.advance(len(batch))
+        fused += np.transpose(prediction, np.argsort(axes))
+        del prediction
+    fused /= len(plan.planes)
+    reporter.finish()
+    return fused

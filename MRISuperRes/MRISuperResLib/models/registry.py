@@ -1,0 +1,130 @@
+"""The model registry: `models.json` cards, sha256-verified weights, and the built-in `cubic` baseline.
+
+The registry folder is `MRISuperRes/Resources/Models/` unless `--models-dir` or the environment variable
+`MRISUPERRES_MODELS_DIR` names another; it holds `models.json` and the weight files it names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import MRISuperResError
+from .architectures import ARCHITECTURES, build_architecture
+
+MODELS_DIR_VARIABLE = "MRISUPERRES_MODELS_DIR"
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+INTERPOLATION = "cubic"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """One entry of `models.json`: what a model is, what it needs and how well it did."""
+
+    name: str
+    title: str
+    description: str
+    architecture: str
+    arguments: dict = field(default_factory=dict)
+    weights: str | None = None
+    sha256: str | None = None
+    parameters: int = 0
+    uses_reference: bool = False
+    degradation: str = ""
+    factors: list = field(default_factory=list)
+    macs_per_pixel: int = 0
+    training_data: str = ""
+    training: str = ""
+    validation: dict = field(default_factory=dict)
+
+    @property
+    def is_interpolation(self) -> bool:
+        return self.architecture == INTERPOLATION
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+CUBIC_CARD = ModelCard(
+    name=INTERPOLATION, title="Cubic interpolation",
+    description="Separable cubic (Catmull-Rom) interpolation along the upsampled axes; the baseline every "
+                "model must beat. Needs no weights and ignores the reference.",
+    architecture=INTERPOLATION, degradation="any", factors=["any"])
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ModelRegistry:
+    """The models of one registry folder, by name, with `cubic` always present."""
+
+    def __init__(self, folder: str | os.PathLike | None = None) -> None:
+        self.folder = Path(folder or os.environ.get(MODELS_DIR_VARIABLE) or DEFAULT_MODELS_DIR)
+        manifest = self.folder / "models.json"
+        self.cards: dict[str, ModelCard] = {INTERPOLATION: CUBIC_CARD}
+        self.default_name = INTERPOLATION
+        if not manifest.is_file():
+            if folder is not None or os.environ.get(MODELS_DIR_VARIABLE):
+                raise MRISuperResError(f"The models folder '{self.folder}' has no models.json; point --models-dir at a folder that has one.")
+            return
+        try:
+            content = json.loads(manifest.read_text())
+            for entry in content["models"]:
+                card = ModelCard(**entry)
+                self.cards[card.name] = card
+        except (ValueError, KeyError, TypeError) as error:
+            raise MRISuperResError(f"The model list '{manifest}' is malformed ({error}); restore it from the release.") from None
+        self.default_name = content.get("default", INTERPOLATION)
+
+    @property
+    def default(self) -> ModelCard:
+        return self.get(self.default_name)
+
+    def names(self) -> list[str]:
+        return list(self.cards)
+
+    def get(self, name: str | None) -> ModelCard:
+        if name is None:
+            return self.default
+        if name not in self.cards:
+            raise MRISuperResError(f"Unknown model '{name}'; choose one of: {', '.join(self.cards)} (see `mrisuperres models`).")
+        return self.cards[name]
+
+    def weights_path(self, card: ModelCard) -> Path:
+        return self.folder / card.weights
+
+    def verified_weights(self, card: ModelCard) -> Path:
+        """The weight file of `card`, after checking it exists and matches its sha256."""
+        path = self.weights_path(card)
+        if not path.is_file():
+            raise MRISuperResError(f"The weights of model '{card.name}' are missing ({path}); reinstall the extension or restore the file.")
+        actual = sha256_of(path)
+        if actual != card.sha256:
+            raise MRISuperResError(
+                f"The weights of model '{card.name}' are corrupted ({path} has sha256 {actual[:12]}…, "
+                f"expected {str(card.sha256)[:12]}…); reinstall the extension or restore the file.")
+        return path
+
+
+def load_network(registry: ModelRegistry, card: ModelCard, device: torch.device) -> nn.Module:
+    """Build the network of `card`, load its verified weights, and put it in evaluation mode on `device`."""
+    if card.architecture not in ARCHITECTURES:
+        raise MRISuperResError(f"Model '{card.name}' needs architecture '{card.architecture}', which this version does not have; update MRISuperRes.")
+    path = registry.verified_weights(card)
+    network = build_architecture(card.architecture, card.arguments)
+    try:
+        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, ValueError) as error:
+        raise MRISuperResError(f"The weights of model '{card.name}' do not fit its architecture ({str(error).splitlines()[0]}); reinstall the extension.") from None
+    return network.to(device).eval()

@@ -1,0 +1,107 @@
+"""`superresolve`: the whole run on in-memory volumes, shared by the CLI, Python scripts and Slicer."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from .devices import resolve_device, set_threads
+from .errors import MRISuperResError
+from .geometry import overlap_fraction
+from .inference import predict_planes
+from .intensity import IntensityScale
+from .models.registry import ModelRegistry, load_network
+from .plan import DEFAULT_TILE, Plan, check_memory, make_plan
+from .progress import CancelFlag, ProgressCallback, StageReporter
+from .registration import describe_transform, register_rigid
+from .resample import preinterpolate, resample_to_grid
+from .validation import check_scalar_volume
+from .volume import Volume
+
+log = logging.getLogger("mrisuperres")
+
+# Below this share of the output covered by the reference, a reference is taken as not overlapping.
+MINIMUM_REFERENCE_OVERLAP = 0.01
+
+
+def plan_run(volume: Volume, reference: Volume | None = None, model: str | None = None,
+             target_spacing=None, scale=None, planes: list[str] | None = None, device: str = "auto",
+             threads: int | None = None, batch_size: int = 8, tile: int = DEFAULT_TILE,
+             models_dir: str | None = None) -> Plan:
+    """Validate the inputs and make the plan of a run, without running it."""
+    check_scalar_volume(volume, "input")
+    registry = ModelRegistry(models_dir)
+    card = registry.get(model)
+    if batch_size < 1:
+        raise MRISuperResError(f"The batch size must be at least 1, not {batch_size}.")
+    if tile < 4 * 16:
+        raise MRISuperResError(f"The tile size must be at least 64 pixels, not {tile}.")
+    plan = make_plan(volume.grid, card, target_spacing, scale, planes, reference is not None,
+                     resolve_device(device).type, threads or torch.get_num_threads(), batch_size, tile)
+    if reference is not None:
+        check_scalar_volume(reference, "reference")
+        if reference is volume or (reference.grid.same_as(volume.grid) and np.array_equal(reference.array, volume.array)):
+            raise MRISuperResError("The reference is the input itself; choose a volume of another contrast, or no reference.")
+        if overlap_fraction(plan.target, reference.grid) < MINIMUM_REFERENCE_OVERLAP:
+            raise MRISuperResError(
+                "The reference does not overlap the input in physical space; choose a reference of the same "
+                "patient and session, or fix its origin and direction.")
+    return plan
+
+
+def superresolve(volume: Volume, reference: Volume | None = None, model: str | None = None,
+                 target_spacing=None, scale=None, planes: list[str] | None = None, device: str = "auto",
+                 threads: int | None = None, batch_size: int = 8, tile: int = DEFAULT_TILE,
+                 register_reference: bool = False, models_dir: str | None = None, force: bool = False,
+                 progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> Volume:
+    """Super-resolve `volume` onto the planned target grid; the input is never modified.
+
+    `model` names an entry of the model registry (None: the registry's default); `target_spacing` is
+    one or three spacings in mm, `scale` one or three factors, neither: isotropic at the finest input
+    spacing. `progress` receives `ProgressEvent`s; setting `cancel` (a `threading.Event`) stops the run
+    with `CancelledError`.
+
+    >>> import numpy as np
+    >>> from MRISuperResLib import Volume, superresolve
+    >>> thick = Volume(np.random.rand(8, 32, 32).astype("float32"), spacing=(1.0, 1.0, 4.0))
+    >>> superresolve(thick, model="cubic").array.shape
+    (32, 32, 32)
+    """
+    set_threads(threads)
+    plan = plan_run(volume, reference, model, target_spacing, scale, planes, device, threads, batch_size, tile,
+                    models_dir)
+    check_memory(plan, force)
+    log.info("plan:\n%s", plan.summary())
+    torch_device = resolve_device(device)
+    registry = ModelRegistry(models_dir)
+    card = plan.model
+    network = None if card.is_interpolation else load_network(registry, card, torch_device)
+
+    stage = StageReporter("interpolate", 1, progress, cancel)
+    interpolated = preinterpolate(volume, plan.target)
+    stage.finish()
+    if network is None:
+        return interpolated
+
+    input_scale = IntensityScale.fit(volume.array)
+    lr = input_scale.normalise(interpolated.array)
+    del interpolated
+    reference_array = reference_mask = None
+    if plan.uses_reference:
+        transform = None
+        if register_reference:
+            stage = StageReporter("register", 1, progress, cancel)
+            transform = register_rigid(volume, reference)
+            log.info("reference registered: %s", describe_transform(transform))
+            stage.finish()
+        stage = StageReporter("reference", 1, progress, cancel)
+        resampled, mask = resample_to_grid(reference, plan.target, transform)
+        reference_mask = mask.array
+        reference_array = IntensityScale.fit(resampled.array, reference_mask).normalise(resampled.array)
+        stage.finish()
+
+    with torch.inference_mode():
+        fused = predict_planes(network, plan, lr, reference_array, reference_mask, torch_device, progress, cancel)
+    return Volume.on_grid(input_scale.restore(fused), plan.target)

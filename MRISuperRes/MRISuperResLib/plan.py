@@ -1,0 +1,186 @@
+"""The plan of a run, made before anything heavy happens and printable: grids, planes, memory, time.
+
+A plane is named by the two voxel axes it spans: "ij" (slices along k), "ik" (along j), "jk" (along i).
+The default runs every plane that contains an upsampled axis, so each upsampled axis is seen in-plane by
+the 2D model in two orientations (one when two axes are upsampled in the same plane).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import MRISuperResError
+from .geometry import SPACING_TOLERANCE, resampled_grid, scale_factors, upsampled_axes
+from .models.registry import ModelCard
+from .volume import AXIS_NAMES, Grid
+
+PLANES = ("ij", "ik", "jk")
+# Float32 volumes on the target grid alive at the peak: pre-interpolated input, reference, reference
+# mask, the current plane's prediction, the fused sum, and the de-normalised result.
+TARGET_GRID_COPIES = 6
+# Multiply-adds per second per CPU thread reached by the slice networks (measured by
+# scripts/benchmark.py on the development machine; see README), and on a CUDA device.
+CPU_MACS_PER_SECOND_PER_THREAD = 8e9
+CUDA_MACS_PER_SECOND = 2e12
+CUBIC_SECONDS_PER_VOXEL = 4e-8
+# Float32 feature maps alive at once per tile pixel in the slice networks (input, features, gradients-free).
+ACTIVATION_CHANNELS = 256
+DEFAULT_TILE = 256
+TILE_OVERLAP = 16
+
+
+@dataclass(frozen=True)
+class Plan:
+    source: Grid
+    target: Grid
+    factors: tuple[float, float, float]
+    upsampled: tuple[int, ...]
+    planes: tuple[str, ...]
+    model: ModelCard
+    uses_reference: bool
+    device: str
+    threads: int
+    batch_size: int
+    tile: int
+    memory_bytes: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        factors = " × ".join(f"{f:.3g}" for f in self.factors)
+        lines = [
+            f"input   {self.source.describe()}",
+            f"output  {self.target.describe()}  (scale {factors})",
+            f"upsampled axes: {', '.join(AXIS_NAMES[a] for a in self.upsampled)}",
+            f"model   {self.model.name}" + (" with reference" if self.uses_reference else ""),
+            f"planes  {', '.join(plane_label(self.source, p) for p in self.planes) or 'none (interpolation only)'}",
+            f"device  {self.device}, {self.threads} CPU threads, batch {self.batch_size}, tiles ≤ {self.tile} px",
+            f"memory  about {format_bytes(self.memory_bytes)} at peak",
+            f"time    about {format_seconds(self.seconds)}",
+        ]
+        return "\n".join(lines + [f"note    {n}" for n in self.notes])
+
+    def to_json(self) -> dict:
+        def grid_json(grid: Grid) -> dict:
+            return {"size": list(grid.size), "spacing": list(grid.spacing), "origin": list(grid.origin),
+                    "direction": grid.direction.ravel().tolist()}
+        return {"input": grid_json(self.source), "output": grid_json(self.target), "factors": list(self.factors),
+                "upsampled_axes": [AXIS_NAMES[a] for a in self.upsampled], "planes": list(self.planes),
+                "model": self.model.name, "uses_reference": self.uses_reference, "device": self.device,
+                "threads": self.threads, "batch_size": self.batch_size, "tile": self.tile,
+                "memory_bytes": self.memory_bytes, "seconds": round(self.seconds, 1), "notes": self.notes}
+
+
+def format_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if count < 1024 or unit == "TB":
+            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
+        count /= 1024
+    raise AssertionError
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def plane_label(grid: Grid, plane: str) -> str:
+    """'ik (coronal)': the plane by voxel axes and by the anatomical plane its normal is closest to."""
+    normal_axis = "ijk".index(next(a for a in "ijk" if a not in plane))
+    normal = grid.direction[:, normal_axis]
+    anatomical = ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
+    return f"{plane} ({anatomical})"
+
+
+def target_spacing_for(source: Grid, target_spacing=None, scale=None) -> tuple[float, float, float]:
+    """The requested spacing: explicit, or input spacing / scale, or isotropic at the finest input spacing."""
+    if target_spacing is not None and scale is not None:
+        raise MRISuperResError("Give either a target spacing or a scale, not both.")
+    if target_spacing is not None:
+        spacing = _three_positive(target_spacing, "target spacing")
+    elif scale is not None:
+        spacing = tuple(s / f for s, f in zip(source.spacing, _three_positive(scale, "scale")))
+    else:
+        spacing = (min(source.spacing),) * 3
+    return spacing
+
+
+def _three_positive(values, what: str) -> tuple[float, float, float]:
+    values = [values] * 3 if np.isscalar(values) else list(values)
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise MRISuperResError(f"The {what} must be one or three positive numbers (i j k), not {values}.")
+    return tuple(float(v) for v in values)
+
+
+def choose_planes(upsampled: tuple[int, ...], requested: list[str] | None) -> tuple[str, ...]:
+    if requested:
+        unknown = [p for p in requested if p not in PLANES]
+        if unknown:
+            raise MRISuperResError(f"Unknown plane {unknown[0]!r}; planes are named by voxel axes: {', '.join(PLANES)}.")
+        useless = [p for p in requested if not any(AXIS_NAMES[a] in p for a in upsampled)]
+        if useless:
+            raise MRISuperResError(
+                f"Plane {useless[0]} holds no upsampled axis; choose among "
+                f"{', '.join(p for p in PLANES if any(AXIS_NAMES[a] in p for a in upsampled))}.")
+        return tuple(dict.fromkeys(requested))
+    return tuple(p for p in PLANES if any(AXIS_NAMES[a] in p for a in upsampled))
+
+
+def available_memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, planes: list[str] | None = None,
+              has_reference: bool = False, device: str = "cpu", threads: int | None = None,
+              batch_size: int = 8, tile: int = DEFAULT_TILE) -> Plan:
+    """Decide the target grid, planes and costs of a run; refuse a target with nothing to upsample."""
+    spacing = target_spacing_for(source, target_spacing, scale)
+    target = resampled_grid(source, spacing)
+    factors = scale_factors(source, target)
+    upsampled = upsampled_axes(source, target)
+    if not upsampled:
+        raise MRISuperResError(
+            f"The target spacing {' × '.join(f'{s:.3g}' for s in spacing)} mm is not finer than the input's "
+            f"{' × '.join(f'{s:.3g}' for s in source.spacing)} mm on any axis; ask for a finer spacing or a scale above 1.")
+    notes = []
+    chosen = () if model.is_interpolation else choose_planes(upsampled, planes)
+    if any(f < 1 - SPACING_TOLERANCE for f in factors):
+        notes.append("some axes get coarser; they are low-pass filtered before resampling")
+    if has_reference and not model.uses_reference:
+        notes.append(f"model {model.name} does not use a reference; the reference is only checked, not used")
+    if model.factors and all(isinstance(f, (int, float)) for f in model.factors):
+        top = max(factors)
+        if top > max(model.factors) + 0.5 or top < min(model.factors) - 0.5:
+            notes.append(f"scale {top:.3g} is outside the factors {model.name} was trained for ({model.factors})")
+    threads = threads or max(1, min(os.cpu_count() or 1, 8))
+    voxels = target.voxel_count
+    tile_pixels = min(tile, max(target.size)) ** 2
+    activations = 0 if model.is_interpolation else batch_size * tile_pixels * ACTIVATION_CHANNELS * 4
+    memory = TARGET_GRID_COPIES * 4 * voxels + source.voxel_count * 8 + activations
+    if model.is_interpolation:
+        seconds = voxels * CUBIC_SECONDS_PER_VOXEL
+    else:
+        rate = CUDA_MACS_PER_SECOND if device.startswith("cuda") else CPU_MACS_PER_SECOND_PER_THREAD * threads
+        seconds = voxels * CUBIC_SECONDS_PER_VOXEL + voxels * len(chosen) * model.macs_per_pixel / rate
+    return Plan(source, target, factors, upsampled, chosen, model, has_reference and model.uses_reference,
+                device, threads, batch_size, tile, int(memory), float(seconds), notes)
+
+
+def check_memory(plan: Plan, force: bool = False) -> None:
+    """Refuse a plan whose estimated peak exceeds the memory available now, unless forced."""
+    available = available_memory_bytes()
+    if plan.memory_bytes > available and not force:
+        raise MRISuperResError(
+            f"The output {plan.target.describe()} needs about {format_bytes(plan.memory_bytes)} but only "
+            f"{format_bytes(available)} is available; ask for a coarser target spacing, or pass --force to try anyway.")

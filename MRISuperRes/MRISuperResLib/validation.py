@@ -1,0 +1,35 @@
+"""Checks that turn bad volumes into one sentence naming the problem and the fix."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import MRISuperResError
+from .volume import Volume
+
+
+def check_scalar_volume(volume: Volume, role: str = "input") -> None:
+    """Refuse arrays a slice-wise 3D super-resolution cannot use: 2D, non-finite or constant."""
+    array = volume.array
+    if array.ndim != 3:
+        raise MRISuperResError(f"The {role} has {array.ndim} dimensions; give one 3D scalar volume.")
+    if min(array.shape) < 2:
+        raise MRISuperResError(
+            f"The {role} is a 2D image ({' × '.join(map(str, array.shape[::-1]))} voxels); "
+            "super-resolution needs a 3D volume with at least 2 slices along every axis.")
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise MRISuperResError(f"The {role} holds {array.dtype} voxels; give a real-valued scalar volume.")
+    if np.issubdtype(array.dtype, np.floating):
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = int(array.size - np.count_nonzero(finite))
+            raise MRISuperResError(
+                f"The {role} has {bad} NaN or infinite voxels; replace them (for example with 0) first.")
+    if array.size and array.min() == array.max():
+        raise MRISuperResError(
+            f"The {role} is constant (every voxel is {array.flat[0]}); there is nothing to super-resolve, "
+            "check that the right volume was loaded.")
+    if np.any(np.asarray(volume.spacing) <= 0):
+        raise MRISuperResError(f"The {role} has a non-positive spacing {volume.spacing}; fix its header.")
+    if abs(np.linalg.det(volume.direction)) < 1e-6:
+        raise MRISuperResError(f"The {role} has a degenerate direction matrix; fix its header.")

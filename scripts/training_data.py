@@ -1,0 +1,131 @@
+"""Training pairs from real scans: thick-slice simulation, pre-interpolation, references, patch banks.
+
+Each *instance* is one scan degraded along one truly high-resolution axis, pre-interpolated back onto its
+grid exactly as inference does, next to its truth and (when the subject has one) another contrast as
+reference. Patches are cut from every plane that contains the degraded axis, oriented with the degraded
+axis along rows as `MRISuperResLib.inference` orients slices.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import _paths  # noqa: F401  (puts MRISuperResLib on sys.path)
+from MRISuperResLib.degrade import thick_slices
+from MRISuperResLib.geometry import resampled_grid
+from MRISuperResLib.intensity import IntensityScale
+from MRISuperResLib.io import read_volume
+from MRISuperResLib.resample import preinterpolate
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """One target contrast, its optional reference and mask, and the axes that are truly high resolution."""
+
+    target: str
+    reference: str | None
+    mask: str | None
+    axes: tuple[int, ...]
+
+
+@dataclass
+class Scan:
+    truth: np.ndarray      # normalised, (k, j, i)
+    reference: np.ndarray | None
+    spec: PairSpec
+    template: object  # the target Volume: its grid, for degrading the normalised truth
+
+
+def load_scans(data_root: Path, specs: list[PairSpec]) -> list[Scan]:
+    scans = []
+    for spec in specs:
+        target = read_volume(data_root / spec.target)
+        mask = read_volume(data_root / spec.mask).array if spec.mask else None
+        truth = IntensityScale.fit(target.array, mask).normalise(target.array)
+        reference = None
+        if spec.reference:
+            ref = read_volume(data_root / spec.reference, role="reference")
+            reference = IntensityScale.fit(ref.array, mask).normalise(ref.array)
+        scans.append(Scan(truth, reference, spec, target))
+    return scans
+
+
+@dataclass
+class Instance:
+    truth: np.ndarray
+    lr: np.ndarray
+    reference: np.ndarray | None
+    axis: int
+
+
+def degrade_instance(scan: Scan, rng: random.Random, factors: list[int], noise_probability: float) -> Instance:
+    """Simulate a thick-slice acquisition of `scan` and pre-interpolate it back onto the truth's grid."""
+    axis = rng.choice(scan.spec.axes)
+    factor = rng.choice(factors)
+    profile = rng.choice(["box", "gaussian"])
+    volume = scan.template.with_array(scan.truth)
+    lr = thick_slices(volume, axis, factor, profile)
+    grid = resampled_grid(lr.grid, volume.spacing)
+    lr_array = lr.array
+    if rng.random() < noise_probability:
+        # Rician noise: magnitude of a complex signal with Gaussian noise in both channels.
+        sigma = rng.uniform(0.01, 0.03)
+        np_rng = np.random.default_rng(rng.randrange(1 << 30))
+        lr_array = np.sqrt((lr_array + np_rng.normal(0, sigma, lr_array.shape)) ** 2
+                           + np_rng.normal(0, sigma, lr_array.shape) ** 2).astype(np.float32)
+    interpolated = preinterpolate(lr.with_array(lr_array), grid).array
+    crop = tuple(slice(0, n) for n in interpolated.shape)
+    reference = None if scan.reference is None else scan.reference[crop]
+    return Instance(scan.truth[crop], interpolated, reference, axis)
+
+
+def _oriented_slices(array: np.ndarray, degraded_axis_np: int, other_axis_np: int) -> np.ndarray:
+    """(slices, rows along the degraded axis, columns along the other axis)."""
+    third = 3 - degraded_axis_np - other_axis_np
+    return np.transpose(array, (third, degraded_axis_np, other_axis_np))
+
+
+def cut_patches(instance: Instance, count: int, size: int, rng: random.Random,
+                shift_probability: float, max_shift: int, absent_probability: float) -> list[np.ndarray]:
+    """`count` patches of shape (4, size, size): lr, truth, reference, reference mask."""
+    degraded_np = 2 - instance.axis
+    planes = [other for other in range(3) if other != degraded_np
+              and instance.truth.shape[other] >= size + 2 * max_shift
+              and instance.truth.shape[degraded_np] >= size + 2 * max_shift]
+    patches = []
+    if not planes:
+        return patches
+    attempts = 0
+    while len(patches) < count and attempts < count * 20:
+        attempts += 1
+        other = rng.choice(planes)
+        truth = _oriented_slices(instance.truth, degraded_np, other)
+        lr = _oriented_slices(instance.lr, degraded_np, other)
+        s = rng.randrange(truth.shape[0])
+        r = rng.randrange(max_shift, truth.shape[1] - size - max_shift + 1)
+        c = rng.randrange(max_shift, truth.shape[2] - size - max_shift + 1)
+        truth_patch = truth[s, r:r + size, c:c + size]
+        if truth_patch.mean() < 0.05 and rng.random() < 0.9:
+            continue  # mostly background: keep only a few
+        lr_patch = lr[s, r:r + size, c:c + size]
+        if instance.reference is not None and rng.random() >= absent_probability:
+            reference = _oriented_slices(instance.reference, degraded_np, other)
+            dr = dc = 0
+            if rng.random() < shift_probability:
+                dr, dc = rng.randint(-max_shift, max_shift), rng.randint(-max_shift, max_shift)
+            reference_patch = reference[s, r + dr:r + dr + size, c + dc:c + dc + size]
+            mask_patch = np.ones_like(reference_patch)
+        else:
+            reference_patch = np.zeros_like(lr_patch)
+            mask_patch = np.zeros_like(lr_patch)
+        patch = np.stack([lr_patch, truth_patch, reference_patch, mask_patch]).astype(np.float32)
+        if rng.random() < 0.5:
+            patch = patch[:, ::-1, :]
+        if rng.random() < 0.5:
+            patch = patch[:, :, ::-1]
+        patches.append(np.ascontiguousarray(patch))
+    return patches
