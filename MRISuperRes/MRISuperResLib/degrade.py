@@ -62,7 +62,10 @@ def kspace_truncate(volume: Volume, axes: tuple[int, ...], factor: float) -> Vol
         axis_np = 2 - axis
         n = array.shape[axis_np]
         kept = max(2, int(round(n / factor)))
-        spectrum = np.fft.fftshift(np.fft.fft(array, axis=axis_np), axes=axis_np)
+        # Shift by half the new voxel minus half the old one, so that new samples sit at slab centres.
+        shift = (n / kept - 1.0) / 2.0
+        phase = np.exp(2j * np.pi * np.fft.fftfreq(n) * shift).reshape([-1 if a == axis_np else 1 for a in range(3)])
+        spectrum = np.fft.fftshift(np.fft.fft(array, axis=axis_np) * phase, axes=axis_np)
         start = n // 2 - kept // 2
         spectrum = np.take(spectrum, np.arange(start, start + kept), axis=axis_np)
         array = np.fft.ifft(np.fft.ifftshift(spectrum, axes=axis_np), axis=axis_np).real * (kept / n)

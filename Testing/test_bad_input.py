@@ -1,0 +1,159 @@
+"""Every bad input: one sentence naming the problem and the fix, a non-zero exit, no output, input untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import smooth_volume
+from MRISuperResLib import MRISuperResError, Volume
+from MRISuperResLib.io import write_volume
+from MRISuperResLib.plan import check_memory, make_plan
+from MRISuperResLib.models.registry import CUBIC_CARD
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_refused(cli, tmp_path, args, expected, inputs=()):
+    """Run `mrisuperres run ARGS -o out.nii.gz` and check the refusal."""
+    hashes = {p: digest(p) for p in inputs}
+    before = set(tmp_path.rglob("*"))
+    code, out, err = cli("run", *args, "-o", tmp_path / "out.nii.gz", "--quiet")
+    assert code == 2
+    message = err.strip()
+    assert message.startswith("mrisuperres: error: ") and expected in message, message
+    assert message.count("\n") == 0 and message.endswith(".")  # one sentence
+    assert not (tmp_path / "out.nii.gz").exists()
+    assert set(tmp_path.rglob("*")) == before  # nothing half-written anywhere
+    assert all(digest(p) == h for p, h in hashes.items())
+
+
+def test_missing_input(tmp_path, cli):
+    assert_refused(cli, tmp_path, [tmp_path / "nope.nii.gz"], "does not exist; check the path")
+
+
+@pytest.mark.parametrize("name, content", [("broken.nii.gz", b"not a volume"), ("notes.txt", b"hello")])
+def test_unreadable_or_unsupported_file(tmp_path, cli, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert_refused(cli, tmp_path, [path], "could not be read as a volume; give NIfTI", [path])
+
+
+def test_2d_image(tmp_path, cli):
+    path = tmp_path / "slice.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(20, 20).astype(np.float32)), str(path))
+    assert_refused(cli, tmp_path, [path], "is a 2D image", [path])
+
+
+def test_single_slice_volume_counts_as_2d(tmp_path, cli):
+    path = write_volume(Volume(np.random.rand(1, 20, 20).astype(np.float32), (1, 1, 4)), tmp_path / "one.nii.gz")
+    assert_refused(cli, tmp_path, [path], "is a 2D image (20 × 20 × 1 voxels)", [path])
+
+
+def test_4d_volume(tmp_path, cli):
+    path = tmp_path / "series.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(3, 6, 10, 10).astype(np.float32), isVector=False), str(path))
+    assert_refused(cli, tmp_path, [path], "has 4 dimensions (10 × 10 × 6 × 3); extract one 3D volume", [path])
+
+
+def test_vector_volume(tmp_path, cli):
+    path = tmp_path / "rgb.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(6, 10, 10, 3).astype(np.float32), isVector=True), str(path))
+    assert_refused(cli, tmp_path, [path], "is a vector or colour image with 3 components", [path])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_voxels(tmp_path, cli, bad):
+    volume = smooth_volume()
+    volume.array[2, 3, 4] = bad
+    path = write_volume(volume, tmp_path / "bad.nrrd")  # ITK's NIfTI reader turns NaN into 0 itself
+    assert_refused(cli, tmp_path, [path], "has 1 NaN or infinite voxels; replace them", [path])
+
+
+def test_constant_volume(tmp_path, cli):
+    path = write_volume(Volume(np.full((6, 10, 10), 7, np.float32), (1, 1, 4)), tmp_path / "flat.nii.gz")
+    assert_refused(cli, tmp_path, [path], "is constant (every voxel is 7.0)", [path])
+
+
+def test_reference_that_does_not_overlap(tmp_path, cli, thick_file):
+    far = smooth_volume(origin=(500.0, 500.0, 500.0), spacing=(0.9, 0.9, 0.9), shape_kji=(40, 40, 36))
+    reference = write_volume(far, tmp_path / "far.nii.gz")
+    assert_refused(cli, tmp_path, [thick_file, "--reference", reference], "does not overlap the input",
+                   [thick_file, reference])
+
+
+def test_reference_identical_to_input(tmp_path, cli, thick_file):
+    copy = tmp_path / "copy.nii.gz"
+    shutil.copy(thick_file, copy)
+    assert_refused(cli, tmp_path, [thick_file, "--reference", copy], "The reference is the input itself")
+
+
+def test_target_coarser_on_every_axis(tmp_path, cli, thick_file):
+    assert_refused(cli, tmp_path, [thick_file, "--target-spacing", "1", "1", "5"],
+                   "is not finer than the input's 0.9 × 0.9 × 4 mm on any axis")
+
+
+def test_output_that_would_not_fit_in_memory(tmp_path, cli, thick_file):
+    assert_refused(cli, tmp_path, [thick_file, "--target-spacing", "0.005"], "pass --force to try anyway")
+    code, out, err = cli("plan", thick_file, "--target-spacing", "0.005", "--json")
+    assert json.loads(out)["memory_bytes"] > 1e12  # the plan still prints the estimate
+
+
+def test_force_skips_the_memory_check():
+    plan = make_plan(smooth_volume().grid, CUBIC_CARD, target_spacing=0.005)
+    with pytest.raises(MRISuperResError, match=r"needs about .* TB but only .* is available"):
+        check_memory(plan)
+    check_memory(plan, force=True)
+
+
+def test_unknown_model(tmp_path, cli, thick_file):
+    assert_refused(cli, tmp_path, [thick_file, "--model", "magic"], "Unknown model 'magic'; choose one of: cubic")
+
+
+def test_missing_weights(tmp_path, cli, thick_file, untrained_models_dir):
+    (untrained_models_dir / "tiny.pt").unlink()
+    assert_refused(cli, tmp_path, [thick_file, "--models-dir", untrained_models_dir, "--model", "tiny"],
+                   "The weights of model 'tiny' are missing")
+
+
+def test_corrupted_weights(tmp_path, cli, thick_file, untrained_models_dir):
+    with open(untrained_models_dir / "tiny.pt", "ab") as weights:
+        weights.write(b"\0")
+    assert_refused(cli, tmp_path, [thick_file, "--models-dir", untrained_models_dir, "--model", "tiny"],
+                   "The weights of model 'tiny' are corrupted")
+
+
+@pytest.mark.parametrize("output, expected", [("missing/out.nii.gz", "does not exist; create it"),
+                                              ("out.png", "has an unsupported extension"),
+                                              ("folder.nii", "is a folder")])
+def test_output_path_not_writable(tmp_path, cli, thick_file, output, expected):
+    (tmp_path / "folder.nii").mkdir()
+    code, _, err = cli("run", thick_file, "-o", tmp_path / output, "--quiet")
+    assert code == 2 and expected in err
+    assert not (tmp_path / "out.png").exists() and not (tmp_path / "missing").exists()
+
+
+def test_cuda_requested_without_gpu(tmp_path, cli, thick_file):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")  # the GPU path is exercised by the other tests there
+    assert_refused(cli, tmp_path, [thick_file, "--device", "cuda"], "no GPU is available to PyTorch")
+
+
+def test_python_api_refuses_bad_volumes_with_the_same_sentences():
+    from MRISuperResLib import superresolve
+
+    volume = smooth_volume()
+    volume.array[0, 0, 0] = np.nan
+    with pytest.raises(MRISuperResError, match="The input has 1 NaN or infinite voxels"):
+        superresolve(volume, model="cubic")
+    with pytest.raises(MRISuperResError, match="The reference is constant"):
+        superresolve(smooth_volume(), Volume(np.zeros((8, 8, 8), np.float32), (1, 1, 1)), model="cubic")

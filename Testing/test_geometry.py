@@ -1,0 +1,94 @@
+"""The slab convention: target grids, pre-interpolation and thick-slice simulation agree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import FLIPPED, OBLIQUE
+from MRISuperResLib import Volume
+from MRISuperResLib.degrade import kspace_truncate, thick_slices
+from MRISuperResLib.geometry import overlap_fraction, resampled_grid, source_positions
+from MRISuperResLib.resample import preinterpolate, resample_to_grid
+
+
+def ramp_volume(direction, spacing=(0.9, 0.8, 4.0), shape_kji=(10, 12, 14), slopes=(3.0, -2.0, 0.5)):
+    k, j, i = np.meshgrid(*(np.arange(n) for n in shape_kji), indexing="ij")
+    array = slopes[0] * k + slopes[1] * j + slopes[2] * i + 7.0
+    return Volume(array.astype(np.float32), spacing, (4.0, -3.0, 11.0), direction)
+
+
+def test_output_grid_follows_the_slab_convention():
+    volume = ramp_volume(OBLIQUE)
+    grid = resampled_grid(volume.grid, (0.8, 0.8, 0.8))
+    assert grid.size == (round(14 * 0.9 / 0.8), 12, 50)
+    # First output voxel centre = first input voxel edge + half an output voxel, along each axis.
+    first_edge = volume.grid.index_to_physical(np.array([-0.5, -0.5, -0.5]))
+    expected = first_edge + OBLIQUE @ (np.array([0.8, 0.8, 0.8]) / 2)
+    np.testing.assert_allclose(grid.origin, expected, atol=1e-9)
+    np.testing.assert_allclose(grid.direction, OBLIQUE, atol=0)
+    # The extent is the input's (up to rounding of the voxel count).
+    np.testing.assert_allclose(grid.corners()[0], volume.grid.corners()[0], atol=1e-9)
+    np.testing.assert_allclose(grid.corners()[-1], volume.grid.corners()[-1], atol=0.8 / 2 + 1e-9)
+
+
+def test_each_output_voxel_lies_inside_the_slab_it_came_from():
+    positions = source_positions(n_out=16, spacing_in=4.0, spacing_out=1.0)
+    assert np.all(np.floor(positions + 0.5) == np.repeat(np.arange(4), 4))
+
+
+@pytest.mark.parametrize("direction", [np.eye(3), OBLIQUE, FLIPPED], ids=["identity", "oblique", "flipped"])
+@pytest.mark.parametrize("target", [(0.9, 0.8, 1.0), (0.45, 0.8, 4.0 / 3), (0.3, 0.4, 0.7)])
+def test_constant_stays_constant_and_ramp_stays_ramp(direction, target):
+    volume = ramp_volume(direction)
+    grid = resampled_grid(volume.grid, target)
+    constant = preinterpolate(volume.with_array(np.full(volume.array.shape, 5.5, np.float32)), grid)
+    np.testing.assert_allclose(constant.array, 5.5, atol=1e-5)
+    ramp = preinterpolate(volume, grid)
+    # The ramp is linear in physical space, so it is linear in the output's continuous input index.
+    index = np.stack(np.meshgrid(*(np.arange(n) for n in grid.size), indexing="ij"), axis=-1).astype(float)
+    source_index = volume.grid.physical_to_index(grid.index_to_physical(index))
+    expected = 0.5 * source_index[..., 0] - 2.0 * source_index[..., 1] + 3.0 * source_index[..., 2] + 7.0
+    np.testing.assert_allclose(ramp.array, np.transpose(expected, (2, 1, 0)), atol=1e-3)
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 5])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_thick_slices_then_preinterpolation_returns_the_truth_grid(axis, factor):
+    truth = ramp_volume(OBLIQUE, spacing=(1.0, 1.0, 1.0), shape_kji=(20, 21, 22))
+    thick = thick_slices(truth, axis, factor, "box")
+    assert thick.spacing[axis] == factor
+    grid = resampled_grid(thick.grid, truth.spacing)
+    assert grid.size[axis] == (truth.grid.size[axis] // factor) * factor
+    np.testing.assert_allclose(grid.origin, truth.origin, atol=1e-9)
+    restored = preinterpolate(thick, grid)
+    crop = tuple(slice(0, n) for n in restored.array.shape)
+    np.testing.assert_allclose(restored.array, truth.array[crop], atol=1e-3)  # box of a ramp is its centre value
+
+
+def test_gaussian_profile_blurs_more_than_box():
+    rng = np.random.default_rng(1)
+    truth = Volume(rng.normal(size=(24, 16, 16)).astype(np.float32), (1.0, 1.0, 1.0))
+    box, gaussian = thick_slices(truth, 2, 4, "box"), thick_slices(truth, 2, 4, "gaussian")
+    assert box.grid.same_as(gaussian.grid)
+    assert 0 < gaussian.array.std() < truth.array.std()
+
+
+def test_kspace_truncation_keeps_extent_and_low_frequencies():
+    k, j, i = np.meshgrid(np.arange(8), np.arange(32), np.arange(32), indexing="ij")
+    smooth = np.cos(2 * np.pi * i / 32) + 2.0
+    volume = Volume(smooth.astype(np.float32), (0.5, 0.5, 3.0), direction=OBLIQUE)
+    low = kspace_truncate(volume, (0, 1), 2)
+    assert low.grid.size == (16, 16, 8)
+    assert low.spacing == (1.0, 1.0, 3.0)
+    np.testing.assert_allclose(low.grid.corners(), volume.grid.corners(), atol=1e-9)
+    np.testing.assert_allclose(low.array, (np.cos(2 * np.pi * (2 * i[:, :16, :16] + 0.5) / 32) + 2.0), atol=1e-4)
+
+
+def test_reference_resampling_masks_what_it_does_not_cover():
+    volume = ramp_volume(OBLIQUE, spacing=(1.0, 1.0, 1.0), shape_kji=(10, 10, 10))
+    half = Volume(volume.array[:5], volume.spacing, volume.origin, volume.direction)
+    values, mask = resample_to_grid(half, volume.grid)
+    assert mask.array[:5].all() and not mask.array[5:].any()
+    np.testing.assert_allclose(values.array[1:4], volume.array[1:4], atol=1e-3)
+    assert overlap_fraction(volume.grid, half.grid) == pytest.approx(0.5, abs=0.05)

@@ -1,0 +1,62 @@
+"""The model registry: listing, cards, overrides, and sha256-verified loading."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from MRISuperResLib import MRISuperResError
+from MRISuperResLib.models import ARCHITECTURES, ModelRegistry, load_network
+from MRISuperResLib.models.registry import sha256_of
+
+
+def test_shipped_registry_has_cubic_and_verified_trained_models():
+    registry = ModelRegistry()
+    assert "cubic" in registry.names()
+    trained = [card for card in registry.cards.values() if not card.is_interpolation]
+    assert trained, "at least one trained model ships"
+    for card in trained:
+        assert card.architecture in ARCHITECTURES
+        path = registry.verified_weights(card)
+        assert path.stat().st_size < 10 * 1024 * 1024
+        network = load_network(registry, card, torch.device("cpu"))
+        assert sum(p.numel() for p in network.parameters()) == card.parameters
+        assert card.training_data and card.validation
+    assert registry.default_name in registry.names()
+
+
+def test_models_command_lists_every_model(cli):
+    code, out, _ = cli("models")
+    assert code == 0 and "cubic" in out and "(* = default)" in out
+    code, out, _ = cli("models", "--json")
+    listed = json.loads(out)
+    assert listed["default"] in [m["name"] for m in listed["models"]]
+
+
+def test_environment_variable_overrides_the_registry_folder(untrained_models_dir, monkeypatch):
+    monkeypatch.setenv("MRISUPERRES_MODELS_DIR", str(untrained_models_dir))
+    registry = ModelRegistry()
+    assert registry.names() == ["cubic", "tiny"] and registry.default_name == "tiny"
+
+
+def test_a_folder_without_models_json_is_refused(tmp_path):
+    with pytest.raises(MRISuperResError, match="has no models.json"):
+        ModelRegistry(tmp_path)
+
+
+def test_malformed_models_json_is_refused(untrained_models_dir):
+    (untrained_models_dir / "models.json").write_text("{not json")
+    with pytest.raises(MRISuperResError, match="is malformed"):
+        ModelRegistry(untrained_models_dir)
+
+
+def test_weights_of_another_architecture_are_refused(untrained_models_dir):
+    registry = ModelRegistry(untrained_models_dir)
+    weights = untrained_models_dir / "tiny.pt"
+    torch.save({"unexpected": torch.zeros(1)}, weights)
+    card = registry.get("tiny")
+    object.__setattr__(card, "sha256", sha256_of(weights))
+    with pytest.raises(MRISuperResError, match="do not fit its architecture"):
+        load_network(registry, card, torch.device("cpu"))

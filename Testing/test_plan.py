@@ -1,0 +1,65 @@
+"""Plans: target grids, upsampled axes, planes, estimates, and refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import OBLIQUE, smooth_volume
+from MRISuperResLib import MRISuperResError, plan_run
+from MRISuperResLib.plan import format_bytes
+
+
+def test_default_is_isotropic_at_the_finest_spacing():
+    plan = plan_run(smooth_volume(shape_kji=(64, 40, 36), spacing=(0.9, 0.9, 4.0)), model="cubic")
+    assert plan.target.spacing == (0.9, 0.9, 0.9)
+    assert plan.target.size == (36, 40, round(64 * 4.0 / 0.9))  # 284 slices, as in the issue's example
+    assert plan.upsampled == (2,)
+
+
+def test_planes_are_those_holding_an_upsampled_axis(untrained_models_dir):
+    volume = smooth_volume()
+    plan = plan_run(volume, model="tiny", models_dir=str(untrained_models_dir))
+    assert plan.planes == ("ik", "jk")
+    plan = plan_run(volume, model="tiny", scale=(2, 1, 4), models_dir=str(untrained_models_dir))
+    assert plan.upsampled == (0, 2) and plan.planes == ("ij", "ik", "jk")
+    plan = plan_run(volume, model="tiny", planes=["jk"], models_dir=str(untrained_models_dir))
+    assert plan.planes == ("jk",)
+
+
+def test_non_integer_scale_and_explicit_spacing():
+    volume = smooth_volume(spacing=(0.9, 0.9, 4.0))
+    plan = plan_run(volume, model="cubic", scale=[2.5])
+    assert plan.target.spacing == pytest.approx((0.36, 0.36, 1.6))
+    assert plan.target.size == (90, 100, 30)
+    plan = plan_run(volume, model="cubic", target_spacing=[0.9, 0.9, 1.3])
+    assert plan.target.size == (36, 40, round(12 * 4 / 1.3))
+    assert plan.target.direction.tolist() == OBLIQUE.tolist()
+
+
+def test_plan_refuses_a_target_that_upsamples_nothing():
+    with pytest.raises(MRISuperResError, match="not finer than the input's"):
+        plan_run(smooth_volume(spacing=(0.9, 0.9, 4.0)), model="cubic", target_spacing=[1.0, 1.0, 5.0])
+
+
+def test_plan_refuses_a_plane_without_upsampled_axis(untrained_models_dir):
+    with pytest.raises(MRISuperResError, match="Plane ij holds no upsampled axis; choose among ik, jk"):
+        plan_run(smooth_volume(), model="tiny", planes=["ij"], models_dir=str(untrained_models_dir))
+
+
+def test_plan_command_prints_summary_and_json(thick_file, cli):
+    code, out, _ = cli("plan", thick_file)
+    assert code == 0
+    assert "36 × 40 × 12 voxels at 0.9 × 0.9 × 4 mm" in out and "memory  about" in out
+    code, out, _ = cli("plan", thick_file, "--model", "cubic", "--json", "--target-spacing", "1.0")
+    plan = json.loads(out)
+    assert plan["output"]["size"] == [32, 36, 48] and plan["upsampled_axes"] == ["k"]
+
+
+def test_memory_estimate_grows_with_the_output():
+    volume = smooth_volume()
+    small = plan_run(volume, model="cubic", scale=[1, 1, 2]).memory_bytes
+    large = plan_run(volume, model="cubic", scale=[1, 1, 8]).memory_bytes
+    assert large > 3 * small
+    assert format_bytes(1.5 * 1024 ** 3) == "1.5 GB"
