@@ -157,3 +157,10 @@ def test_python_api_refuses_bad_volumes_with_the_same_sentences():
         superresolve(volume, model="cubic")
     with pytest.raises(MRISuperResError, match="The reference is constant"):
         superresolve(smooth_volume(), Volume(np.zeros((8, 8, 8), np.float32), (1, 1, 1)), model="cubic")
+
+
+def test_output_that_would_overwrite_the_input(tmp_path, cli, thick_file):
+    before = digest(thick_file)
+    code, _, err = cli("run", thick_file, "-o", thick_file, "--quiet", "--model", "cubic")
+    assert code == 2 and "The output would overwrite the input" in err
+    assert digest(thick_file) == before

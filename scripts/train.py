@@ -26,7 +26,7 @@ import yaml
 
 import _paths  # noqa: F401
 from training_data import PairSpec, cut_patches, degrade_instance, load_scans
-from MRISuperResLib.models.architectures import build_architecture
+from MRISuperResLib.models.architectures import build_architecture, macs_per_pixel
 from MRISuperResLib.models.registry import DEFAULT_MODELS_DIR, sha256_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,6 +166,7 @@ def main() -> None:
             "architecture": config["architecture"], "arguments": config["arguments"],
             "weights": weights.name, "sha256": sha256_of(weights),
             "parameters": sum(p.numel() for p in network.parameters()),
+            "macs_per_pixel": macs_per_pixel(network),
             "uses_reference": config["uses_reference"], "degradation": config["degradation"],
             "factors": config["factors"],
             "training_data": "; ".join(sorted({e["target"].split("/")[1] for e in config["train"]}))
@@ -186,8 +187,6 @@ def main() -> None:
 def install(weights: Path, card: dict) -> None:
     manifest_path = DEFAULT_MODELS_DIR / "models.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": []}
-    previous = {m["name"]: m for m in manifest["models"]}
-    card["macs_per_pixel"] = previous.get(card["name"], {}).get("macs_per_pixel", card.get("macs_per_pixel", 0))
     manifest["models"] = [m for m in manifest["models"] if m["name"] != card["name"]] + [card]
     shutil.copy(weights, DEFAULT_MODELS_DIR / weights.name)
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -37,12 +37,12 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _progress(args: argparse.Namespace):
-    from .progress import JsonLinesProgress, TqdmProgress
+    from .progress import JsonLinesProgress, TqdmProgress, print_messages
 
     if getattr(args, "progress_json", False):
         return JsonLinesProgress(sys.stdout)
     if getattr(args, "quiet", False):
-        return None
+        return print_messages
     return TqdmProgress()
 
 
@@ -56,6 +56,9 @@ def command_run(args: argparse.Namespace) -> int:
     from .pipeline import superresolve
 
     output = check_writable(args.output)
+    for role, given in (("input", args.input), ("reference", args.reference)):
+        if given and Path(given).resolve() == output.resolve():
+            raise MRISuperResError(f"The output would overwrite the {role} '{given}'; choose another output path.")
     volume = read_volume(args.input, "input")
     reference = read_volume(args.reference, "reference") if args.reference else None
     progress = _progress(args)
@@ -79,7 +82,7 @@ def command_plan(args: argparse.Namespace) -> int:
     volume = read_volume(args.input, "input")
     reference = read_volume(args.reference, "reference") if args.reference else None
     plan = plan_run(volume, reference, **_target(args))
-    print(json.dumps(plan.to_json(), indent=2) if args.json else plan.summary())
+    print(json.dumps(plan.to_json(), indent=2, ensure_ascii=False) if args.json else plan.summary())
     return 0
 
 
@@ -136,7 +139,7 @@ def command_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     summary = run_demo(Path(args.output_dir), model=args.model, threads=args.threads, progress=_progress(args))
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0
 
 

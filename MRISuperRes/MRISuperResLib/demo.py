@@ -41,6 +41,10 @@ def run_demo(output_dir: Path, model: str | None = None, threads: int | None = N
 
     mask = foreground_mask(truth.array)
     scores = {"cubic": score(cubic.array, truth.array, mask), card.name: score(result.array, truth.array, mask)}
+    if card.uses_reference:
+        # The same model without its reference: what the second contrast adds.
+        alone = superresolve(thick, None, model=card.name, target_spacing=truth.spacing, threads=threads)
+        scores[f"{card.name} without reference"] = score(alone.array, truth.array, mask)
     # A coronal slice: the thick-slice axis (k) runs vertically, flipped so superior is up.
     column = truth.array.shape[1] // 2
     coronal = lambda volume: volume.array[::-1, column, :]  # noqa: E731

@@ -70,8 +70,7 @@ def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, referen
                    reference_mask: np.ndarray | None, device: torch.device,
                    progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> np.ndarray:
     """Average over the planned planes of the network's slice-by-slice prediction on the target grid."""
-    reporter = StageReporter("model", count_tiles(plan), progress, cancel,
-                             f"{len(plan.planes)} plane(s) on {device.type}")
+    reporter = StageReporter("model", count_tiles(plan), progress, cancel)
     fused = np.zeros(lr.shape, dtype=np.float32)
     use_reference = plan.uses_reference and reference is not None
     for plane in plan.planes:

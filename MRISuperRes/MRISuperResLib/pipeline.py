@@ -29,11 +29,10 @@ MINIMUM_REFERENCE_OVERLAP = 0.01
 def plan_run(volume: Volume, reference: Volume | None = None, model: str | None = None,
              target_spacing=None, scale=None, planes: list[str] | None = None, device: str = "auto",
              threads: int | None = None, batch_size: int = 8, tile: int = DEFAULT_TILE,
-             models_dir: str | None = None) -> Plan:
+             models_dir: str | None = None, registry: ModelRegistry | None = None) -> Plan:
     """Validate the inputs and make the plan of a run, without running it."""
     check_scalar_volume(volume, "input")
-    registry = ModelRegistry(models_dir)
-    card = registry.get(model)
+    card = (registry or ModelRegistry(models_dir)).get(model)
     if batch_size < 1:
         raise MRISuperResError(f"The batch size must be at least 1, not {batch_size}.")
     if tile < 4 * 16:
@@ -70,12 +69,12 @@ def superresolve(volume: Volume, reference: Volume | None = None, model: str | N
     (32, 32, 32)
     """
     set_threads(threads)
+    registry = ModelRegistry(models_dir)
     plan = plan_run(volume, reference, model, target_spacing, scale, planes, device, threads, batch_size, tile,
-                    models_dir)
+                    registry=registry)
     check_memory(plan, force)
     log.info("plan:\n%s", plan.summary())
     torch_device = resolve_device(device)
-    registry = ModelRegistry(models_dir)
     card = plan.model
     network = None if card.is_interpolation else load_network(registry, card, torch_device)
 
@@ -94,8 +93,7 @@ def superresolve(volume: Volume, reference: Volume | None = None, model: str | N
         if register_reference:
             stage = StageReporter("register", 1, progress, cancel)
             transform = register_rigid(volume, reference)
-            log.info("reference registered: %s", describe_transform(transform))
-            stage.finish()
+            stage.finish(f"reference registered: {describe_transform(transform)}")
         stage = StageReporter("reference", 1, progress, cancel)
         resampled, mask = resample_to_grid(reference, plan.target, transform)
         reference_mask = mask.array

@@ -49,10 +49,10 @@ class StageReporter:
         self.done = min(self.total, self.done + units)
         self._emit()
 
-    def finish(self) -> None:
-        if self.done < self.total:
+    def finish(self, message: str = "") -> None:
+        if self.done < self.total or message:
             self.done = self.total
-            self._emit()
+            self._emit(message)
 
     def _emit(self, message: str = "") -> None:
         if self.callback is None:
@@ -75,6 +75,12 @@ class JsonLinesProgress:
         self.stream.flush()
 
 
+def print_messages(event: ProgressEvent) -> None:
+    """No bar, only what a stage has to say (such as the registration's transform), on stderr."""
+    if event.message:
+        print(f"{event.stage}: {event.message}", file=sys.stderr, flush=True)
+
+
 class TqdmProgress:
     """One tqdm bar per stage, on stderr, for people."""
 
@@ -91,6 +97,8 @@ class TqdmProgress:
             self.bar = tqdm(total=event.total, desc=event.stage, unit="step", leave=False, file=sys.stderr)
         self.bar.n = event.done
         self.bar.refresh()
+        if event.message:
+            self.bar.write(f"{event.stage}: {event.message}", file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -29,6 +29,12 @@ def build_architecture(name: str, arguments: dict) -> nn.Module:
     return ARCHITECTURES[name](**arguments)
 
 
+def macs_per_pixel(network: nn.Module) -> int:
+    """Multiply-adds per output pixel of a fully convolutional network of stride-1 2D convolutions."""
+    return sum(m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
+               for m in network.modules() if isinstance(m, nn.Conv2d))
+
+
 def _conv(in_channels: int, out_channels: int, kernel: int) -> nn.Conv2d:
     # Replicate padding: slice borders are real anatomy edges of the field of view, not zero intensity.
     return nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, padding_mode="replicate")
