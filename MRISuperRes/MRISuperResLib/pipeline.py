@@ -13,7 +13,7 @@ from .geometry import overlap_fraction
 from .inference import predict_planes
 from .intensity import IntensityScale
 from .models.registry import ModelRegistry, load_network
-from .plan import DEFAULT_TILE, Plan, check_memory, make_plan
+from .plan import DEFAULT_TILE, TILE_OVERLAP, Plan, check_memory, make_plan
 from .progress import CancelFlag, ProgressCallback, StageReporter
 from .registration import describe_transform, register_rigid
 from .resample import preinterpolate, resample_to_grid
@@ -35,8 +35,8 @@ def plan_run(volume: Volume, reference: Volume | None = None, model: str | None 
     card = (registry or ModelRegistry(models_dir)).get(model)
     if batch_size < 1:
         raise MRISuperResError(f"The batch size must be at least 1, not {batch_size}.")
-    if tile < 4 * 16:
-        raise MRISuperResError(f"The tile size must be at least 64 pixels, not {tile}.")
+    if tile < 4 * TILE_OVERLAP:
+        raise MRISuperResError(f"The tile size must be at least {4 * TILE_OVERLAP} pixels, not {tile}.")
     plan = make_plan(volume.grid, card, target_spacing, scale, planes, reference is not None,
                      resolve_device(device).type, threads or torch.get_num_threads(), batch_size, tile)
     if reference is not None:
