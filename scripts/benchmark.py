@@ -3,7 +3,8 @@
 
 The benchmark volume: the phantom's T2 at 256 × 256 × 64 voxels of 0.9 × 0.9 × 3.6 mm (4× thick slices),
 super-resolved to 0.9 mm isotropic (256 × 256 × 256), with the T1 as reference for models that use one.
-Each model runs in its own child process so that its peak RSS is its own.
+The volumes are made once and written to a temporary folder; each model runs in its own child process
+that reads them, so that its peak RSS is that of reading and super-resolving, not of making the phantom.
 
     python scripts/benchmark.py --threads 2 [--models cubic srcnn-ref] [--device cpu] [--output bench.json]
 """
@@ -15,10 +16,12 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import _paths  # noqa: F401
-from MRISuperResLib import superresolve
+from MRISuperResLib import read_volume, superresolve, write_volume
 from MRISuperResLib.degrade import thick_slices
 from MRISuperResLib.models.registry import ModelRegistry
 from MRISuperResLib.phantom import make_phantom
@@ -36,11 +39,20 @@ def benchmark_volumes() -> tuple[Volume, Volume]:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KB
+    """This process's peak resident memory. VmHWM, not getrusage: Linux carries ru_maxrss over from the
+    parent through fork and exec, so a child would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_child(model: str, threads: int, device: str) -> dict:
-    volume, reference = benchmark_volumes()
+def run_child(folder: Path, model: str, threads: int, device: str) -> dict:
+    volume, reference = read_volume(folder / "input.nii"), read_volume(folder / "reference.nii")
     card = ModelRegistry().get(model)
     reference = reference if card.uses_reference else None
     plan = plan_run(volume, reference, model=model, threads=threads, device=device)
@@ -61,17 +73,23 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", nargs="+", help="default: every model in the registry")
     parser.add_argument("--output", help="also write the JSON here")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("FOLDER", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_child(args.child, args.threads, args.device)))
+        print(json.dumps(run_child(Path(args.child[0]), args.child[1], args.threads, args.device)))
         return
     results = []
-    for model in args.models or ModelRegistry().names():
-        child = subprocess.run([sys.executable, __file__, "--child", model, "--threads", str(args.threads),
-                                "--device", args.device], capture_output=True, text=True, check=True)
-        results.append(json.loads(child.stdout.strip().splitlines()[-1]))
-        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        volume, reference = benchmark_volumes()
+        write_volume(volume, Path(folder) / "input.nii")
+        write_volume(reference, Path(folder) / "reference.nii")
+        del volume, reference
+        for model in args.models or ModelRegistry().names():
+            child = subprocess.run([sys.executable, __file__, "--child", folder, model, "--threads",
+                                    str(args.threads), "--device", args.device],
+                                   capture_output=True, text=True, check=True)
+            results.append(json.loads(child.stdout.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     report = {"benchmark": f"256x256x64 at 0.9x0.9x3.6 mm -> 0.9 mm isotropic, {args.threads} threads",
               "results": results}
     text = json.dumps(report, indent=2)

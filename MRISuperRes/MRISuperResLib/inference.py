@@ -83,7 +83,7 @@ def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, referen
         prediction = np.empty((n, height, width), dtype=np.float32)
         for batch in _batched(_tiles(n, height, width, plan.tile), plan.batch_size):
             tensors = [torch.from_numpy(np.stack([x[s, r:r + tile_h, c:c + tile_w] for s, r, c in batch])[:, None])
-                       .to(device) for x in inputs]
+                       .to(device=device, dtype=torch.float32) for x in inputs]
             with torch.inference_mode():
                 output = network(*tensors)[:, 0].float().cpu().numpy()
             for (s, r, c), tile_out in zip(batch, output):

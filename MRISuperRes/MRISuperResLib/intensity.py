@@ -30,7 +30,15 @@ class IntensityScale:
         return cls(float(low), float(high))
 
     def normalise(self, array: np.ndarray) -> np.ndarray:
-        return ((array.astype(np.float32) - self.low) / (self.high - self.low)).astype(np.float32)
+        """A float32 copy of `array` on the normalised scale."""
+        scaled = array.astype(np.float32, copy=True)
+        scaled -= self.low
+        scaled /= self.high - self.low
+        return scaled
 
-    def restore(self, array: np.ndarray) -> np.ndarray:
-        return (array.astype(np.float32) * (self.high - self.low) + self.low).astype(np.float32)
+    def restore(self, array: np.ndarray, in_place: bool = False) -> np.ndarray:
+        """`array` back in the original units (overwriting it when `in_place`, to spare a volume of memory)."""
+        restored = array if in_place and array.dtype == np.float32 else array.astype(np.float32, copy=True)
+        restored *= self.high - self.low
+        restored += self.low
+        return restored

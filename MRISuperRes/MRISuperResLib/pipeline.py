@@ -98,8 +98,10 @@ def superresolve(volume: Volume, reference: Volume | None = None, model: str | N
         resampled, mask = resample_to_grid(reference, plan.target, transform)
         reference_mask = mask.array
         reference_array = IntensityScale.fit(resampled.array, reference_mask).normalise(resampled.array)
+        del resampled, mask
         stage.finish()
 
     with torch.inference_mode():
         fused = predict_planes(network, plan, lr, reference_array, reference_mask, torch_device, progress, cancel)
-    return Volume.on_grid(input_scale.restore(fused), plan.target)
+    del lr, reference_array, reference_mask
+    return Volume.on_grid(input_scale.restore(fused, in_place=True), plan.target)

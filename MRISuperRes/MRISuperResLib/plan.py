@@ -23,11 +23,14 @@ PLANES = ("ij", "ik", "jk")
 TARGET_GRID_COPIES = 6
 # Multiply-adds per second per CPU thread reached by the slice networks (measured by
 # scripts/benchmark.py on the development machine; see README), and on a CUDA device.
-CPU_MACS_PER_SECOND_PER_THREAD = 8e9
+CPU_MACS_PER_SECOND_PER_THREAD = 6e9
 CUDA_MACS_PER_SECOND = 2e12
-CUBIC_SECONDS_PER_VOXEL = 4e-8
-# Float32 feature maps alive at once per tile pixel in the slice networks (input, features, gradients-free).
-ACTIVATION_CHANNELS = 256
+CUBIC_SECONDS_PER_VOXEL = 1e-8
+# Float32 values alive at once per tile pixel inside a slice network (feature maps and the convolutions'
+# unfolded inputs), and the resident size of Python with torch loaded; both measured with
+# scripts/benchmark.py (peak RSS), for which the estimate comes within 5 %.
+ACTIVATION_CHANNELS = 320
+NETWORK_RUNTIME_BYTES = 400 * 2 ** 20
 DEFAULT_TILE = 256
 TILE_OVERLAP = 16
 
@@ -166,7 +169,8 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
     threads = threads or max(1, min(os.cpu_count() or 1, 8))
     voxels = target.voxel_count
     tile_pixels = min(tile, max(target.size)) ** 2
-    activations = 0 if model.is_interpolation else batch_size * tile_pixels * ACTIVATION_CHANNELS * 4
+    activations = 0 if model.is_interpolation else (batch_size * tile_pixels * ACTIVATION_CHANNELS * 4
+                                                    + NETWORK_RUNTIME_BYTES)
     memory = TARGET_GRID_COPIES * 4 * voxels + source.voxel_count * 8 + activations
     if model.is_interpolation:
         seconds = voxels * CUBIC_SECONDS_PER_VOXEL

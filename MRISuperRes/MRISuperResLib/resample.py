@@ -45,7 +45,9 @@ def cubic_resample_axis(array: np.ndarray, axis: int, positions: np.ndarray) -> 
     result = np.zeros(array.shape[:axis] + (len(positions),) + array.shape[axis + 1:], dtype=np.float32)
     for tap in range(4):
         # base − 1 + tap in input units is base + 1 + tap in the padded array (2 samples of padding).
-        result += np.take(padded, base + 1 + tap, axis=axis) * weights[tap].reshape(shape)
+        contribution = np.take(padded, base + 1 + tap, axis=axis)
+        contribution *= weights[tap].reshape(shape)
+        result += contribution
     return result
 
 
@@ -78,7 +80,7 @@ def resample_to_grid(volume: Volume, grid: Grid, transform: sitk.Transform | Non
     """Resample `volume` onto `grid` in physical space; also return the mask of voxels it really covers.
 
     `transform` maps points of `grid`'s space into `volume`'s (as SimpleITK registration returns it).
-    Outside `volume`'s extent the values are 0 and the mask is 0.
+    Outside `volume`'s extent the values are 0 and the mask (uint8) is 0.
     """
     transform = transform or sitk.Transform()
     target = _reference_image(grid)
@@ -88,4 +90,4 @@ def resample_to_grid(volume: Volume, grid: Grid, transform: sitk.Transform | Non
     ones.CopyInformation(image)
     mask = sitk.Resample(ones, target, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return (Volume.on_grid(sitk.GetArrayFromImage(values), grid),
-            Volume.on_grid(sitk.GetArrayFromImage(mask).astype(np.float32), grid))
+            Volume.on_grid(sitk.GetArrayFromImage(mask), grid))
