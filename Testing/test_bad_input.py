@@ -164,3 +164,12 @@ def test_output_that_would_overwrite_the_input(tmp_path, cli, thick_file):
     code, _, err = cli("run", thick_file, "-o", thick_file, "--quiet", "--model", "cubic")
     assert code == 2 and "The output would overwrite the input" in err
     assert digest(thick_file) == before
+
+
+def test_output_folder_without_write_permission(tmp_path, cli, thick_file, monkeypatch):
+    import os
+
+    # Tests may run as root, for whom every folder is writable: make the permission check answer "no".
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if mode == os.W_OK else real_access(path, mode))
+    assert_refused(cli, tmp_path, [thick_file], "is not writable; choose a folder you can write to", [thick_file])
