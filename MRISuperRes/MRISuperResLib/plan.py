@@ -66,6 +66,18 @@ class Plan:
         ]
         return "\n".join(lines + [f"note    {n}" for n in self.notes])
 
+    def one_line(self) -> str:
+        """'0.9 × 0.9 × 4 mm, 256 × 256 × 40 → 0.9 mm isotropic, 256 × 256 × 178, about 1.2 GB, about 40 s on CPU'."""
+        def spacing(values) -> str:
+            if max(values) - min(values) < 1e-6:
+                return f"{values[0]:.3g} mm isotropic"
+            return " × ".join(f"{v:.3g}" for v in values) + " mm"
+        size = lambda grid: " × ".join(str(n) for n in grid.size)  # noqa: E731
+        device = "GPU" if self.device.startswith("cuda") else "CPU"
+        return (f"{spacing(self.source.spacing)}, {size(self.source)} → {spacing(self.target.spacing)}, "
+                f"{size(self.target)}, about {format_bytes(self.memory_bytes)}, "
+                f"about {format_seconds(self.seconds)} on {device}")
+
     def to_json(self) -> dict:
         def grid_json(grid: Grid) -> dict:
             return {"size": list(grid.size), "spacing": list(grid.spacing), "origin": list(grid.origin),

@@ -1,0 +1,120 @@
+"""The module's node-level logic against a real MRML scene, with the core in a real child process."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import slicer
+
+from conftest import OBLIQUE, smooth_volume
+from MRISuperResLib import CancelledError, MRISuperResError, plan_run
+from MRISuperResLib.job import RunOptions
+from MRISuperResSlicer.nodes import update_node_from_volume, volume_from_node
+from MRISuperResSlicer.runner import SuperResolutionRunner
+
+
+@pytest.fixture
+def scene():
+    return slicer.vtkMRMLScene()
+
+
+def add_volume(scene, volume, name):
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    update_node_from_volume(node, volume)
+    node.CreateDefaultDisplayNodes()
+    node.GetDisplayNode().SetAutoWindowLevel(False)
+    node.GetDisplayNode().SetWindowLevel(80.0, 110.0)
+    return node
+
+
+def node_ids(scene):
+    return sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes()))
+
+
+@pytest.mark.parametrize("model", ["cubic", "tiny"])
+def test_process_creates_the_output_node_on_the_planned_grid(scene, model, untrained_models_dir):
+    volume = smooth_volume(direction=OBLIQUE)
+    reference = smooth_volume(shape_kji=(48, 40, 36), spacing=(0.9, 0.9, 1.0), direction=OBLIQUE, seed=5)
+    input_node = add_volume(scene, volume, "T2 thick")
+    reference_node = add_volume(scene, reference, "T1")
+    before = slicer.util.arrayFromVolume(input_node).copy()
+    events = []
+    options = RunOptions(model=model, models_dir=str(untrained_models_dir))
+    output = SuperResolutionRunner().process(scene, input_node, reference_node, options=options, progress=events.append)
+    assert output.GetName() == "T2 thick_SR"
+    planned = plan_run(volume, reference, model=model, models_dir=str(untrained_models_dir)).target
+    assert volume_from_node(output).grid.same_as(planned, tolerance=1e-6)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(input_node), before)
+    assert output.GetDisplayNode().GetWindow() == pytest.approx(80.0)
+    assert events[-1].stage == "done" and "interpolate" in {e.stage for e in events}
+
+
+def test_process_fills_a_given_output_node(scene):
+    input_node = add_volume(scene, smooth_volume(), "in")
+    output = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mine")
+    result = SuperResolutionRunner().process(scene, input_node, output_node=output, options=RunOptions(model="cubic"))
+    assert result is output and slicer.util.arrayFromVolume(output).shape == (53, 40, 36)
+
+
+def test_bad_input_leaves_the_scene_unchanged(scene):
+    runner = SuperResolutionRunner()
+    input_node = add_volume(scene, smooth_volume(), "in")
+    label = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    slicer.util.updateVolumeFromArray(label, np.ones((3, 4, 5), np.uint8))
+    unchanged = node_ids(scene)
+    cases = [((None,), "No input volume is selected"),
+             ((label,), "is a label map, not a scalar volume"),
+             ((input_node, input_node), "The reference is the input itself"),
+             ((input_node, None, input_node), "The output volume is one of the inputs")]
+    for args, message in cases:
+        with pytest.raises(MRISuperResError, match=message):
+            runner.process(scene, *args, options=RunOptions(model="cubic"))
+        assert node_ids(scene) == unchanged
+
+
+def test_failing_child_reports_its_sentence_and_creates_nothing(scene):
+    input_node = add_volume(scene, smooth_volume(), "in")
+    unchanged = node_ids(scene)
+    with pytest.raises(MRISuperResError, match="^Unknown model 'magic'; choose one of: cubic"):
+        SuperResolutionRunner().process(scene, input_node, options=RunOptions(model="magic"))
+    assert node_ids(scene) == unchanged
+
+
+def test_crashing_child_is_reported_and_creates_nothing(scene):
+    input_node = add_volume(scene, smooth_volume(), "in")
+    unchanged = node_ids(scene)
+    runner = SuperResolutionRunner(python=sys.executable, environment={"PYTHONPATH": "/nonexistent", "PATH": ""})
+    runner.environment["PYTHONHOME"] = "/nonexistent"  # the child's Python cannot even start
+    with pytest.raises(MRISuperResError, match="The super-resolution process failed"):
+        runner.process(scene, input_node, options=RunOptions(model="cubic"))
+    assert node_ids(scene) == unchanged
+
+
+def test_cancel_kills_the_child_and_leaves_the_scene_unchanged(scene, untrained_models_dir):
+    big = smooth_volume(shape_kji=(30, 200, 200), spacing=(0.9, 0.9, 4.0))
+    input_node = add_volume(scene, big, "in")
+    unchanged = node_ids(scene)
+    run = SuperResolutionRunner().start(scene, input_node, options=RunOptions(
+        model="tiny", models_dir=str(untrained_models_dir), batch_size=1, threads=1))
+    deadline = time.monotonic() + 60
+    while not any(e.stage == "model" for e in run.pending_events()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.cancel()
+    assert not run.running and not run.folder.exists()
+    with pytest.raises(CancelledError):
+        run.finish()
+    assert node_ids(scene) == unchanged
+
+
+def test_wait_can_be_cancelled_from_another_thread(scene):
+    input_node = add_volume(scene, smooth_volume(), "in")
+    run = SuperResolutionRunner().start(scene, input_node, options=RunOptions(model="cubic"))
+    threading.Thread(target=run.job.cancel).start()
+    try:
+        run.wait()
+    except CancelledError:
+        assert scene.GetFirstNodeByName("in_SR") is None
