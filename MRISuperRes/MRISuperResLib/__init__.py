@@ -1,7 +1,9 @@
 """MRISuperRes core: slice-wise MRI super-resolution with optional reference contrast.
 
 Pure Python (numpy, SimpleITK, torch); it never imports slicer, qt or vtk, so it runs in Slicer, in
-scripts and behind the `mrisuperres` command alike.
+scripts and behind the `mrisuperres` command alike. Names are loaded on first use, so that light parts
+(the model list, plans, the child-process runner) import without torch or scipy: the Slicer GUI uses them
+before those are installed.
 
 >>> from MRISuperResLib import read_volume, superresolve, write_volume   # doctest: +SKIP
 >>> thick = read_volume("t2_thick.nii.gz")                                # doctest: +SKIP
@@ -9,12 +11,18 @@ scripts and behind the `mrisuperres` command alike.
 >>> write_volume(sharp, "t2_sr.nii.gz")                                   # doctest: +SKIP
 """
 
-from .errors import CancelledError, MRISuperResError
-from .io import read_volume, write_volume
-from .pipeline import plan_run, superresolve
-from .progress import ProgressEvent
-from .volume import Grid, Volume
+from importlib import import_module
 
-__all__ = ["CancelledError", "MRISuperResError", "read_volume", "write_volume", "plan_run", "superresolve",
-           "ProgressEvent", "Grid", "Volume"]
 __version__ = "0.1.0"
+_EXPORTS = {
+    "CancelledError": "errors", "MRISuperResError": "errors", "read_volume": "io", "write_volume": "io",
+    "plan_run": "pipeline", "superresolve": "pipeline", "ProgressEvent": "progress", "Grid": "volume",
+    "Volume": "volume",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,11 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from ..errors import MRISuperResError
-from .architectures import ARCHITECTURES, build_architecture
 
 MODELS_DIR_VARIABLE = "MRISUPERRES_MODELS_DIR"
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
@@ -117,8 +113,12 @@ class ModelRegistry:
         return path
 
 
-def load_network(registry: ModelRegistry, card: ModelCard, device: torch.device) -> nn.Module:
+def load_network(registry: ModelRegistry, card: ModelCard, device):
     """Build the network of `card`, load its verified weights, and put it in evaluation mode on `device`."""
+    import torch
+
+    from .architectures import ARCHITECTURES, build_architecture
+
     if card.architecture not in ARCHITECTURES:
         raise MRISuperResError(f"Model '{card.name}' needs architecture '{card.architecture}', which this version does not have; update MRISuperRes.")
     path = registry.verified_weights(card)

@@ -1,0 +1,381 @@
+"""MRISuperRes: the 3D Slicer module. Thin glue only; the work is in MRISuperResLib (the core, run in a child
+process) and MRISuperResSlicer (nodes ↔ core volumes, the child-process runner)."""
+
+import os
+import shutil
+import sys
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from MRISuperResLib.errors import CancelledError, MRISuperResError
+from MRISuperResLib.job import RunOptions
+from MRISuperResLib.models.registry import ModelRegistry
+from MRISuperResLib.plan import make_plan
+from MRISuperResSlicer import dependencies
+from MRISuperResSlicer.nodes import grid_from_node
+from MRISuperResSlicer.runner import SuperResolutionRunner
+
+TARGET_MODES = ("isotropic", "scale", "spacing")
+DEVICES = ("auto", "cpu", "cuda")
+POLL_MILLISECONDS = 200
+
+
+class MRISuperRes(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "MRI Super-Resolution"
+        self.parent.categories = ["Filtering"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MRISuperRes developers"]
+        self.parent.helpText = """
+Turns a low-resolution MRI volume (thick slices, say 0.9 × 0.9 × 4 mm) into a volume at a finer resolution
+(by default isotropic at the finest input spacing), in exactly the same physical place and in the input's
+intensity units. Pretrained 2D networks run on every slice of every plane that contains a thick-slice
+axis, and the planes are averaged. A high-resolution volume of another contrast of the same patient (for
+example a 1 mm T1 for a 4 mm T2) can serve as reference; models that use one borrow its detail.
+<br><br>
+What it can and cannot do: super-resolution restores detail that is consistent with what the network
+learned from training scans and, with a reference, with the other contrast. It cannot recover structures
+smaller than the slice thickness that left no trace in the input: fine details in the result are a
+plausible estimate, not a measurement. Do not base a diagnosis on detail that only the super-resolved
+volume shows; compare with the input. The reference must be of the same patient and session, or be
+registered (Advanced: Register reference).
+<br><br>
+See the <a href="https://github.com/mrisuperres/SlicerMRISuperRes">documentation</a>.
+"""
+        self.parent.acknowledgementText = """
+Methods from: SRCNN (Dong et al., 2014); reference-based MRI super-resolution by texture transfer with
+wavelet scattering features; a progressive multi-contrast encoder-decoder network (feature-space fusion
+of the reference); TransMRSR (Swin transformer with a generative prior); DAASR (channel-wise and spatial
+alignment transformers with index and confidence maps); and a CNN + ViT feature-disentanglement network.
+Models were trained on public data: spinalcordtoolbox sample data (MIT), open_ms_data (CC-BY), BraTS 2023
+and BRATS 2013 cases, ProstateX (TCIA, CC-BY).
+"""
+
+
+@parameterNodeWrapper
+class MRISuperResParameterNode:
+    """The GUI state, saved with the scene."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    referenceVolume: vtkMRMLScalarVolumeNode
+    outputVolume: vtkMRMLScalarVolumeNode
+    model: str = ""
+    targetMode: str = "isotropic"
+    targetValues: str = "1,1,1"
+    device: str = "auto"
+    registerReference: bool = False
+    planes: str = ""
+    batchSize: Annotated[int, WithinRange(1, 256)] = 8
+
+
+class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._run = None
+        self._timer = None
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MRISuperRes.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MRISuperResLogic()
+
+        for card in self.logic.registry.cards.values():
+            self.ui.modelComboBox.addItem(card.title, card.name)
+            self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, card.description, qt.Qt.ToolTipRole)
+        self.ui.progressBar.hide()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onManualWidgetChanged)
+        self.ui.targetModeComboBox.connect("currentIndexChanged(int)", self.onManualWidgetChanged)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onManualWidgetChanged)
+        self.ui.targetValuesWidget.connect("coordinatesChanged(double*)", self.onManualWidgetChanged)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        self.removeObservers()
+        if self._run is not None:
+            self._run.cancel()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+        if not self._parameterNode.model:
+            self._parameterNode.model = self.logic.registry.default_name
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+            self.updateGUIFromParameterNode()
+
+    def updateGUIFromParameterNode(self, caller=None, event=None):
+        """The widgets the wrapper does not bind (combo boxes, coordinates), the plan line and Apply."""
+        parameters = self._parameterNode
+        if parameters is None:
+            return
+        for widget in (self.ui.modelComboBox, self.ui.targetModeComboBox, self.ui.deviceComboBox,
+                       self.ui.targetValuesWidget):
+            widget.blockSignals(True)
+        self.ui.modelComboBox.currentIndex = max(0, self.ui.modelComboBox.findData(parameters.model))
+        self.ui.targetModeComboBox.currentIndex = TARGET_MODES.index(parameters.targetMode)
+        self.ui.deviceComboBox.currentIndex = DEVICES.index(parameters.device)
+        self.ui.targetValuesWidget.coordinates = parameters.targetValues
+        self.ui.targetValuesWidget.enabled = parameters.targetMode != "isotropic"
+        for widget in (self.ui.modelComboBox, self.ui.targetModeComboBox, self.ui.deviceComboBox,
+                       self.ui.targetValuesWidget):
+            widget.blockSignals(False)
+
+        card = self.logic.registry.get(parameters.model or None)
+        self.ui.modelHintLabel.text = ("Uses the reference when one is selected." if card.uses_reference
+                                       else "Does not use a reference.")
+        self.ui.planLabel.text = self.planLine()
+        if self._run is None:
+            self.ui.applyButton.enabled = parameters.inputVolume is not None
+            self.ui.applyButton.text = "Apply"
+
+    def onManualWidgetChanged(self, *unused):
+        if self._parameterNode is None:
+            return
+        with slicer.util.NodeModify(self._parameterNode.parameterNode):
+            self._parameterNode.model = self.ui.modelComboBox.currentData or ""
+            self._parameterNode.targetMode = TARGET_MODES[self.ui.targetModeComboBox.currentIndex]
+            self._parameterNode.device = DEVICES[self.ui.deviceComboBox.currentIndex]
+            self._parameterNode.targetValues = self.ui.targetValuesWidget.coordinates
+
+    def targetArguments(self):
+        """{'targetSpacing': …, 'scale': …} as `MRISuperResLogic.process` takes them (None: not chosen)."""
+        values = [float(v) for v in self._parameterNode.targetValues.split(",")]
+        mode = self._parameterNode.targetMode
+        return {"targetSpacing": values if mode == "spacing" else None, "scale": values if mode == "scale" else None}
+
+    def planLine(self):
+        parameters = self._parameterNode
+        try:
+            target = self.targetArguments()
+            grid = grid_from_node(parameters.inputVolume, "input")
+            plan = make_plan(grid, self.logic.registry.get(parameters.model or None), planes=parameters.planes.split() or None,
+                             has_reference=parameters.referenceVolume is not None,
+                             device="cuda" if parameters.device == "cuda" else "cpu", threads=os.cpu_count(),
+                             batch_size=parameters.batchSize, target_spacing=target["targetSpacing"],
+                             scale=target["scale"])
+            return plan.one_line()
+        except (MRISuperResError, ValueError) as error:
+            return str(error)
+
+    def onApplyButton(self):
+        if self._run is not None:
+            self._run.cancel()
+            self.ui.statusLabel.text = "Cancelled; the scene is unchanged."
+            self.stopPolling()
+            return
+        parameters = self._parameterNode
+        try:
+            self._run = self.logic.process(
+                parameters.inputVolume, parameters.referenceVolume, parameters.outputVolume,
+                model=parameters.model or None, device=parameters.device,
+                registerReference=parameters.registerReference, planes=parameters.planes.split() or None,
+                batchSize=parameters.batchSize, waitForCompletion=False, **self.targetArguments())
+        except MRISuperResError as error:
+            slicer.util.errorDisplay(str(error))
+            return
+        if self._run is None:  # the user declined to install the dependencies
+            return
+        self.ui.applyButton.text = "Cancel"
+        self.ui.progressBar.show()
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = "Starting…"
+        self._timer = qt.QTimer()
+        self._timer.timeout.connect(self.poll)
+        self._timer.start(POLL_MILLISECONDS)
+
+    def poll(self):
+        for event in self._run.pending_events():
+            self.showProgress(event)
+        if self._run.running:
+            return
+        run = self._run
+        self.stopPolling()
+        try:
+            node = run.finish(self.showProgress)
+        except CancelledError:
+            self.ui.statusLabel.text = "Cancelled; the scene is unchanged."
+            return
+        except MRISuperResError as error:
+            self.ui.statusLabel.text = "Failed; the scene is unchanged."
+            slicer.util.errorDisplay(str(error))
+            return
+        self.logic.showResult(node)
+        self.ui.statusLabel.text = f"Done: {node.GetName()}."
+
+    def showProgress(self, event):
+        if event.total:
+            self.ui.progressBar.maximum = event.total
+            self.ui.progressBar.value = event.done
+        eta = f", about {event.eta:.0f} s left" if event.eta else ""
+        self.ui.statusLabel.text = event.message or f"{event.stage}: {event.done}/{event.total}{eta}"
+
+    def stopPolling(self):
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        self._run = None
+        self.ui.progressBar.hide()
+        self.updateGUIFromParameterNode()
+
+
+class MRISuperResLogic(ScriptedLoadableModuleLogic):
+    """Super-resolution of volume nodes, usable without the GUI (Python console, batch).
+
+    Example, one call per volume::
+
+        logic = slicer.util.getModuleLogic("MRISuperRes")
+        outputNode = logic.process(getNode("T2"), referenceVolume=getNode("T1"))
+    """
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.registry = ModelRegistry()
+
+    def getParameterNode(self):
+        return MRISuperResParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def pythonExecutable():
+        """Slicer's own Python interpreter, which runs the core in a child process."""
+        name = "PythonSlicer.exe" if sys.platform == "win32" else "PythonSlicer"
+        found = shutil.which(name) or os.path.join(os.path.dirname(sys.executable), name)
+        if not os.path.exists(found):
+            raise MRISuperResError(f"Slicer's Python interpreter ({name}) was not found; reinstall Slicer.")
+        return found
+
+    def process(self, inputVolume, referenceVolume=None, outputVolume=None, model=None, targetSpacing=None,
+                device="auto", registerReference=False, waitForCompletion=True, progressCallback=None, scale=None,
+                planes=None, batchSize=None, installDependencies=True):
+        """Super-resolve `inputVolume` and return the output node (a new `<input>_SR` unless given).
+
+        With `waitForCompletion=False` it returns the running job at once (poll `pending_events()`, then
+        `finish()` or `cancel()`); the scene changes only when a run succeeds. Raises `MRISuperResError`
+        with one sentence naming the problem and the fix. Returns None if the user declined to install the
+        Python packages the core needs.
+        """
+        if installDependencies and dependencies.missing_packages() and not dependencies.install_missing(True):
+            return None
+        options = RunOptions(model=model, target_spacing=tuple(targetSpacing) if targetSpacing else None,
+                             scale=tuple(scale) if scale else None, planes=tuple(planes) if planes else None,
+                             device=device, batch_size=batchSize, register_reference=registerReference)
+        runner = SuperResolutionRunner(self.pythonExecutable(), slicer.util.startupEnvironment())
+        run = runner.start(slicer.mrmlScene, inputVolume, referenceVolume, outputVolume, options)
+        if not waitForCompletion:
+            return run
+
+        def onProgress(event):
+            if progressCallback:
+                progressCallback(event)
+            slicer.app.processEvents()
+
+        node = run.wait(onProgress)
+        self.showResult(node)
+        return node
+
+    @staticmethod
+    def showResult(node):
+        slicer.util.setSliceViewerLayers(background=node, fit=True)
+
+
+class MRISuperResTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer: Developer mode → Reload and Test, or ctest."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_cubic_and_trained_model_keep_the_planned_grid()
+        self.setUp()
+        self.test_bad_input_leaves_the_scene_unchanged()
+
+    def _obliqueThickVolume(self):
+        import numpy as np
+
+        array = np.random.default_rng(0).random((10, 48, 40)).astype("float32") * 100
+        node = slicer.util.addVolumeFromArray(array, name="thick")
+        node.SetSpacing(0.9, 0.9, 4.0)
+        node.SetOrigin(12.0, -30.0, 7.0)
+        node.SetIJKToRASDirections(0.98, -0.17, 0.0, 0.17, 0.98, 0.09, 0.0, -0.09, 0.996)
+        return node
+
+    def test_cubic_and_trained_model_keep_the_planned_grid(self):
+        import numpy as np
+
+        from MRISuperResLib.pipeline import plan_run
+        from MRISuperResSlicer.nodes import grid_from_node, volume_from_node
+
+        self.delayDisplay("Super-resolving an oblique thick-slice volume")
+        inputNode = self._obliqueThickVolume()
+        before = slicer.util.arrayFromVolume(inputNode).copy()
+        logic = MRISuperResLogic()
+        for model in ("cubic", logic.registry.default_name):
+            output = logic.process(inputNode, model=model)
+            planned = plan_run(volume_from_node(inputNode), model=model).target
+            self.assertTrue(grid_from_node(output).same_as(planned, tolerance=1e-6))
+            self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(inputNode), before))
+            slicer.mrmlScene.RemoveNode(output)
+        self.delayDisplay("Test passed")
+
+    def test_bad_input_leaves_the_scene_unchanged(self):
+        inputNode = self._obliqueThickVolume()
+        logic = MRISuperResLogic()
+        count = slicer.mrmlScene.GetNumberOfNodes()
+        for arguments, message in (((None,), "No input volume is selected"),
+                                   ((inputNode, inputNode), "The reference is the input itself")):
+            with self.assertRaises(MRISuperResError) as raised:
+                logic.process(*arguments, model="cubic")
+            self.assertIn(message, str(raised.exception))
+            self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
+        run = logic.process(inputNode, model=logic.registry.default_name, waitForCompletion=False)
+        run.cancel()
+        with self.assertRaises(CancelledError):
+            run.finish()
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
+        self.delayDisplay("Test passed")

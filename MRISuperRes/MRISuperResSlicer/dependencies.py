@@ -1,0 +1,45 @@
+"""The Python packages the core needs inside Slicer, and installing them on first use, after asking.
+
+torch comes through the PyTorch extension (`PyTorchUtils`), which picks the build for the machine's GPU;
+scipy and tqdm through `slicer.util.pip_install`. Slicer's own numpy, SimpleITK and VTK are never
+reinstalled. Nothing is installed at import time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+# Import name → pip requirement. scipy below 1.17: kymatio 0.3.0 (texture features) needs sph_harm.
+PIP_PACKAGES = {"scipy": "scipy>=1.10,<1.17", "tqdm": "tqdm>=4.60"}
+TORCH_REQUIREMENT = ">=2.1"
+
+
+def missing_packages() -> list[str]:
+    """Import names of the packages the core needs that this Python cannot import."""
+    return [name for name in ("torch", *PIP_PACKAGES) if importlib.util.find_spec(name) is None]
+
+
+def install_missing(ask_confirmation: bool = True) -> bool:
+    """Install what is missing (Slicer only); False when the user declined or PyTorch is unavailable."""
+    import slicer
+
+    missing = missing_packages()
+    if not missing:
+        return True
+    if ask_confirmation and not slicer.util.confirmOkCancelDisplay(
+            "MRISuperRes needs these Python packages, which will now be downloaded and installed: "
+            + ", ".join(missing) + ". This can take several minutes.", "MRISuperRes: install dependencies"):
+        return False
+    if "torch" in missing:
+        try:
+            import PyTorchUtils
+        except ImportError:
+            raise RuntimeError("MRISuperRes needs the PyTorch extension; install it from the Extensions Manager "
+                               "and restart Slicer.") from None
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                          torchVersionRequirement=TORCH_REQUIREMENT) is None:
+            return False
+    requirements = [PIP_PACKAGES[name] for name in missing if name in PIP_PACKAGES]
+    if requirements:
+        slicer.util.pip_install(requirements)
+    return not missing_packages()

@@ -1,0 +1,23 @@
+"""What the Slicer GUI imports before torch and scipy are installed must not need them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+MODULE_DIR = Path(__file__).resolve().parents[1] / "MRISuperRes"
+
+
+def test_gui_side_imports_need_neither_torch_nor_scipy():
+    probe = (
+        "import sys\n"
+        "import MRISuperResLib, MRISuperResLib.models.registry, MRISuperResLib.plan, MRISuperResLib.job\n"
+        "import MRISuperResLib.io, MRISuperResSlicer.nodes, MRISuperResSlicer.runner, MRISuperResSlicer.dependencies\n"
+        "from MRISuperResLib.models.registry import ModelRegistry\n"
+        "ModelRegistry().names()\n"
+        "heavy = sorted(m for m in ('torch', 'scipy', 'tqdm') if m in sys.modules)\n"
+        "print(','.join(heavy))\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=MODULE_DIR, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
