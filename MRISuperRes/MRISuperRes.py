@@ -177,7 +177,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onManualWidgetChanged(self, *unused):
         if self._parameterNode is None:
             return
-        with slicer.util.NodeModify(self._parameterNode.parameterNode):
+        with slicer.util.NodeModify(self._parameterNode):
             self._parameterNode.model = self.ui.modelComboBox.currentData or ""
             self._parameterNode.targetMode = TARGET_MODES[self.ui.targetModeComboBox.currentIndex]
             self._parameterNode.device = DEVICES[self.ui.deviceComboBox.currentIndex]
