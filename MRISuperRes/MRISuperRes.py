@@ -216,7 +216,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 model=parameters.model or None, device=parameters.device,
                 registerReference=parameters.registerReference, planes=parameters.planes.split() or None,
                 batchSize=parameters.batchSize, waitForCompletion=False, **self.targetArguments())
-        except MRISuperResError as error:
+        except Exception as error:  # a bad input (MRISuperResError) or a failed dependency install
             slicer.util.errorDisplay(str(error))
             return
         if self._run is None:  # the user declined to install the dependencies
@@ -342,7 +342,10 @@ class MRISuperResTest(ScriptedLoadableModuleTest):
         node = slicer.util.addVolumeFromArray(array, name="thick")
         node.SetSpacing(0.9, 0.9, 4.0)
         node.SetOrigin(12.0, -30.0, 7.0)
-        node.SetIJKToRASDirections(0.98, -0.17, 0.0, 0.17, 0.98, 0.09, 0.0, -0.09, 0.996)
+        angle, tilt = np.radians(10.0), np.radians(5.0)
+        rotation = (np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+                    @ np.array([[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)], [0, np.sin(tilt), np.cos(tilt)]]))
+        node.SetIJKToRASDirections(*rotation.ravel())  # an exact rotation: oblique, orthonormal
         return node
 
     def test_cubic_and_trained_model_keep_the_planned_grid(self):
