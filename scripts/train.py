@@ -25,6 +25,7 @@ import torch.distributed as dist
 import yaml
 
 import _paths  # noqa: F401
+from losses import CompositeLoss
 from training_data import PairSpec, cut_patches, degrade_instance, load_scans
 from MRISuperResLib.models.architectures import build_architecture, macs_per_pixel
 from MRISuperResLib.models.registry import DEFAULT_MODELS_DIR, sha256_of
@@ -132,14 +133,15 @@ def main() -> None:
     bank = PatchBank(load_scans(args.data, specs(config["train"])), config, rng)
     validation = fixed_validation_set(load_scans(args.data, specs(config["val"])), config, 12345)
     print(f"bank ready in {time.time() - started:.0f} s; {len(validation)} validation patches", flush=True)
-    loss_fn = torch.nn.L1Loss()
-    running = []
+    loss_fn = CompositeLoss(**config.get("loss", {})).to(device)
+    running, running_parts = [], []
     while step < config["steps"]:
         if step % config["refresh_every"] == 0 and step:
             bank.refresh()
         batch = bank.batch(config["batch_size"]).to(device)
         lr, truth, ref, mask = (batch[:, i:i + 1] for i in range(4))
-        loss = loss_fn(model(lr, ref, mask), truth)
+        loss, parts = loss_fn(model(lr, ref, mask), truth)
+        running_parts.append(parts)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -150,9 +152,10 @@ def main() -> None:
             torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "rng": rng.getstate(), "step": step}, checkpoint)
         if rank == 0 and (step % config["validate_every"] == 0 or step == config["steps"]):
-            record = {"step": step, "l1": float(np.mean(running)), "seconds": round(time.time() - started),
-                      "val_psnr": psnr_gain(network, validation, device)}
-            running = []
+            record = {"step": step, "loss": float(np.mean(running)),
+                      **{name: float(np.mean([p[name] for p in running_parts])) for name in running_parts[0]},
+                      "seconds": round(time.time() - started), "val_psnr": psnr_gain(network, validation, device)}
+            running, running_parts = [], []
             print(json.dumps(record), flush=True)
             log.write(json.dumps(record) + "\n")
             log.flush()

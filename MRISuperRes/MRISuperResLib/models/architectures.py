@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {}
+FUSIONS = ("feature", "input")
 
 
 def register_architecture(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -87,11 +88,15 @@ class VDSR(nn.Module):
     """
 
     def __init__(self, features: int = 16, depth: int = 7, reference_features: int = 16,
-                 use_reference: bool = False) -> None:
+                 use_reference: bool = False, fusion: str = "feature") -> None:
         super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")
         self.use_reference = use_reference
-        self.head = _conv(1, features, 3)
-        if use_reference:
+        # "input" stacks reference and mask as extra input channels: the baseline that feature fusion must beat.
+        self.stacked = use_reference and fusion == "input"
+        self.head = _conv(3 if self.stacked else 1, features, 3)
+        if use_reference and not self.stacked:
             self.reference_extract = nn.Sequential(_conv(2, reference_features, 3), nn.ReLU(inplace=True),
                                                    _conv(reference_features, reference_features, 3))
             self.fuse = _conv(features + reference_features, features, 1)
@@ -102,8 +107,159 @@ class VDSR(nn.Module):
 
     def forward(self, lr: torch.Tensor, reference: torch.Tensor | None = None,
                 reference_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.stacked:
+            return lr + self.tail(self.body(self.activation(
+                self.head(torch.cat([lr, _reference_input(lr, reference, reference_mask)], dim=1)))))
         features = self.activation(self.head(lr))
         if self.use_reference:
             reference_features = self.activation(self.reference_extract(_reference_input(lr, reference, reference_mask)))
             features = self.activation(self.fuse(torch.cat([features, reference_features], dim=1)))
         return lr + self.tail(self.body(features))
+
+
+class ReferenceHead(nn.Module):
+    """Shallow 3×3 features of the slice, joined by those of the reference when the model uses one.
+
+    fusion="feature": a separate two-layer extractor for the reference (and its mask), its features
+    concatenated with the slice's and mixed by a 1×1 convolution; fusion="input": reference and mask
+    stacked as extra input channels of the first convolution.
+    """
+
+    def __init__(self, features: int, reference_features: int, use_reference: bool, fusion: str = "feature") -> None:
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")
+        self.use_reference = use_reference
+        self.stacked = use_reference and fusion == "input"
+        self.target = _conv(3 if self.stacked else 1, features, 3)
+        if use_reference and not self.stacked:
+            self.reference = nn.Sequential(_conv(2, reference_features, 3), nn.ReLU(inplace=True),
+                                           _conv(reference_features, reference_features, 3), nn.ReLU(inplace=True))
+            self.fuse = _conv(features + reference_features, features, 1)
+
+    def forward(self, lr: torch.Tensor, reference: torch.Tensor | None, reference_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.stacked:
+            return self.target(torch.cat([lr, _reference_input(lr, reference, reference_mask)], dim=1))
+        features = self.target(lr)
+        if self.use_reference:
+            features = self.fuse(torch.cat([features, self.reference(_reference_input(lr, reference, reference_mask))], 1))
+        return features
+
+
+class EnhancedSpatialAttention(nn.Module):
+    """RFDN's ESA: a cheap, wide-field spatial gate from a strided, pooled, reduced copy of the features."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        reduced = max(4, channels // 4)
+        self.reduce = nn.Conv2d(channels, reduced, 1)
+        self.inner = nn.Conv2d(reduced, reduced, 1)
+        self.strided = nn.Conv2d(reduced, reduced, 3, stride=2, padding=0)
+        self.pooled = nn.Sequential(nn.Conv2d(reduced, reduced, 3, padding=1), nn.ReLU(inplace=True),
+                                    nn.Conv2d(reduced, reduced, 3, padding=1))
+        self.expand = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        reduced = self.reduce(x)
+        coarse = nn.functional.max_pool2d(self.strided(reduced), kernel_size=7, stride=3, ceil_mode=True)
+        coarse = nn.functional.interpolate(self.pooled(coarse), size=x.shape[2:], mode="bilinear", align_corners=False)
+        return x * torch.sigmoid(self.expand(coarse + self.inner(reduced)))
+
+
+class DistillationBlock(nn.Module):
+    """RFDN's residual feature distillation block: three distil/refine steps, concatenation, 1×1, ESA."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        distilled = channels // 2
+        self.distil = nn.ModuleList([nn.Conv2d(channels, distilled, 1) for _ in range(3)])
+        self.refine = nn.ModuleList([_conv(channels, channels, 3) for _ in range(3)])
+        self.last = _conv(channels, distilled, 3)
+        self.merge = nn.Conv2d(distilled * 4, channels, 1)
+        self.attention = EnhancedSpatialAttention(channels)
+        self.activation = nn.LeakyReLU(0.05, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kept, current = [], x
+        for distil, refine in zip(self.distil, self.refine):
+            kept.append(self.activation(distil(current)))
+            current = self.activation(refine(current) + current)
+        kept.append(self.activation(self.last(current)))
+        return self.attention(self.merge(torch.cat(kept, dim=1)))
+
+
+@register_architecture("rfdn")
+class RFDN(nn.Module):
+    """RFDN (Liu et al., 2020), scaled down, on pre-interpolated slices: `blocks` distillation blocks of
+    `features` channels, their outputs concatenated and fused, a global residual; optional reference head."""
+
+    def __init__(self, features: int = 16, blocks: int = 2, reference_features: int = 16, use_reference: bool = False,
+                 fusion: str = "feature") -> None:
+        super().__init__()
+        self.head = ReferenceHead(features, reference_features, use_reference, fusion)
+        self.blocks = nn.ModuleList([DistillationBlock(features) for _ in range(blocks)])
+        self.merge = nn.Sequential(nn.Conv2d(features * blocks, features, 1), nn.LeakyReLU(0.05, inplace=True))
+        self.smooth = _conv(features, features, 3)
+        self.tail = _conv(features, 1, 3)
+
+    def forward(self, lr: torch.Tensor, reference: torch.Tensor | None = None,
+                reference_mask: torch.Tensor | None = None) -> torch.Tensor:
+        shallow = self.head(lr, reference, reference_mask)
+        outputs, current = [], shallow
+        for block in self.blocks:
+            current = block(current)
+            outputs.append(current)
+        deep = self.smooth(self.merge(torch.cat(outputs, dim=1))) + shallow
+        return lr + self.tail(deep)
+
+
+class ChannelAttention(nn.Module):
+    """RCAN's channel attention: global average pooling, a bottleneck of two 1×1 convolutions, a sigmoid gate."""
+
+    def __init__(self, channels: int, reduction: int = 4) -> None:
+        super().__init__()
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, max(2, channels // reduction), 1),
+                                  nn.ReLU(inplace=True), nn.Conv2d(max(2, channels // reduction), channels, 1),
+                                  nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+class ResidualGroup(nn.Module):
+    """RCAN's residual group: residual channel-attention blocks, a 3×3 convolution, a short skip."""
+
+    def __init__(self, channels: int, blocks: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*[nn.Sequential(_conv(channels, channels, 3), nn.ReLU(inplace=True),
+                                                    _conv(channels, channels, 3), ChannelAttention(channels))
+                                      for _ in range(blocks)])
+        self.tail = _conv(channels, channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        current = x
+        for block in self.blocks:
+            current = current + block(current)
+        return x + self.tail(current)
+
+
+@register_architecture("rcan")
+class RCAN(nn.Module):
+    """RCAN (Zhang et al., 2018), scaled down, on pre-interpolated slices: `groups` residual groups of
+    `blocks` channel-attention blocks, a long skip and a global residual; optional reference head.
+
+    Channel attention pools over the whole tile, so tiles smaller than a slice see slightly different
+    statistics than the whole slice (the default 256-pixel tile holds most slices whole).
+    """
+
+    def __init__(self, features: int = 16, groups: int = 2, blocks: int = 2, reference_features: int = 16,
+                 use_reference: bool = False, fusion: str = "feature") -> None:
+        super().__init__()
+        self.head = ReferenceHead(features, reference_features, use_reference, fusion)
+        self.body = nn.Sequential(*[ResidualGroup(features, blocks) for _ in range(groups)], _conv(features, features, 3))
+        self.tail = _conv(features, 1, 3)
+
+    def forward(self, lr: torch.Tensor, reference: torch.Tensor | None = None,
+                reference_mask: torch.Tensor | None = None) -> torch.Tensor:
+        shallow = self.head(lr, reference, reference_mask)
+        return lr + self.tail(self.body(shallow) + shallow)

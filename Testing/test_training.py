@@ -1,0 +1,100 @@
+"""Training: pairs cut as inference sees slices, the losses, and a seeded, resumable training run."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from losses import CompositeLoss, ScatteringFeatures, VGG19_PLAN  # noqa: E402
+from training_data import Instance, cut_patches  # noqa: E402
+
+from MRISuperResLib.io import write_volume  # noqa: E402
+from MRISuperResLib.models.registry import sha256_of  # noqa: E402
+from MRISuperResLib.phantom import make_phantom  # noqa: E402
+
+
+def test_patches_put_the_degraded_axis_along_rows():
+    k = np.arange(40, dtype=np.float32)
+    varying_along_i = np.broadcast_to(k[None, None, :] / 40 + 0.5, (30, 36, 40)).copy()  # varies along i only
+    instance = Instance(truth=varying_along_i, lr=varying_along_i.copy(), reference=None, axis=0)
+    patches = cut_patches(instance, 8, 16, random.Random(0), 0.0, 2, 0.0)
+    assert len(patches) == 8
+    for patch in patches:
+        truth = patch[1]
+        assert np.ptp(truth, axis=1).max() < 1e-6  # constant along columns
+        assert np.ptp(truth[:, 0]) > 0.2           # varies along rows: the degraded axis
+        assert not patch[2].any() and not patch[3].any()  # no reference: blank, mask 0
+
+
+def test_scattering_features_and_composite_loss():
+    images = torch.rand(2, 1, 32, 32)
+    features = ScatteringFeatures()(images)
+    assert features.shape == (2, 81, 8, 8)
+    loss = CompositeLoss(l1=1.0, perceptual=0.1, texture=0.1)
+    total, parts = loss(images, images)
+    assert total.item() == pytest.approx(0.0, abs=1e-7) and set(parts) == {"l1", "perceptual", "texture"}
+    output = (images + 0.1 * torch.randn_like(images)).requires_grad_()
+    total, _ = loss(output, images)
+    total.backward()
+    assert total.item() > 0 and output.grad.abs().sum() > 0
+
+
+def test_vgg19_features_load_a_user_supplied_file(tmp_path):
+    layers, channels, state = 0, 3, {}
+    for entry in VGG19_PLAN:  # torchvision's layout: features.<index>.weight for each convolution
+        if entry != "M":
+            state[f"features.{layers}.weight"] = torch.randn(entry, channels, 3, 3) * 0.01
+            state[f"features.{layers}.bias"] = torch.zeros(entry)
+            channels = entry
+            layers += 1
+        layers += 1
+    state["classifier.0.weight"] = torch.zeros(1)  # ignored
+    torch.save(state, tmp_path / "vgg19.pt")
+    loss = CompositeLoss(perceptual=1.0, features="vgg19", vgg19_weights=str(tmp_path / "vgg19.pt"))
+    images = torch.rand(2, 1, 32, 32)
+    total, parts = loss(images + 0.1, images)
+    assert parts["perceptual"] > 0
+    with pytest.raises(ValueError, match="need a weights file"):
+        CompositeLoss(perceptual=1.0, features="vgg19")
+
+
+def test_training_is_seeded_resumable_and_writes_a_card(tmp_path):
+    data = tmp_path / "data"
+    phantom = make_phantom((40, 56, 48), seed=2)
+    for split in ("train", "val"):
+        (data / split / "p").mkdir(parents=True)
+        write_volume(phantom["T2"], data / split / "p" / "T2.nii.gz")
+        write_volume(phantom["T1"], data / split / "p" / "T1.nii.gz")
+    spec = "{target: %s/p/T2.nii.gz, reference: %s/p/T1.nii.gz, axes: [0, 1]}"
+    config = tmp_path / "tiny.yaml"
+    config.write_text("\n".join([
+        "name: tiny", "title: tiny", "description: test", "architecture: vdsr",
+        "arguments: {features: 4, depth: 3, reference_features: 4, use_reference: true}", "uses_reference: true",
+        "degradation: thick slices", "factors: [2, 3]", "seed: 1", "steps: 2", "batch_size: 4", "patch_size: 16",
+        "learning_rate: 0.001", "lr_milestones: [100]", "checkpoint_every: 1", "validate_every: 2",
+        "pool_instances: 2", "patches_per_instance: 8", "refresh_every: 1", "noise_probability: 0.5",
+        "shift_probability: 0.5", "max_shift: 2", "absent_probability: 0.3",
+        "loss: {l1: 1.0, perceptual: 0.1, texture: 0.1, feature_patches: 2}",
+        f"train:\n  - {spec % ('train', 'train')}", f"val:\n  - {spec % ('val', 'val')}"]) + "\n")
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), str(config), "--data", str(data),
+               "--runs", str(tmp_path / "runs"), "--threads", "1"]
+    first = subprocess.run(command, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run(command + ["--steps", "4"], capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert "resumed at step 2" in second.stdout
+    run = tmp_path / "runs" / "tiny"
+    card = json.loads((run / "card.json").read_text())
+    assert card["sha256"] == sha256_of(run / "tiny.pt") and card["macs_per_pixel"] > 0
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4] and {"l1", "perceptual", "texture"} <= set(log[0])
