@@ -64,7 +64,7 @@ def command_run(args: argparse.Namespace) -> int:
     progress = _progress(args)
     try:
         result = superresolve(volume, reference, register_reference=args.register_reference, force=args.force,
-                              progress=progress, **_target(args))
+                              progress=progress, gate_reference=not args.no_reference_gate, **_target(args))
     finally:
         if hasattr(progress, "close"):
             progress.close()
@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", "-o", required=True)
     run.add_argument("--reference", help="high-resolution volume of another contrast of the same patient")
     run.add_argument("--register-reference", action="store_true", help="rigidly register the reference first")
+    run.add_argument("--no-reference-gate", action="store_true",
+                     help="use the reference everywhere, even where its edges do not match the input's")
     run.add_argument("--force", action="store_true", help="run even when the memory estimate exceeds what is free")
     run.add_argument("--progress-json", action="store_true", help="one JSON progress object per line on stdout")
     run.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import torch
 
+from .confidence import CONFIDENCE_THRESHOLD, reference_agreement
 from .devices import resolve_device, set_threads
 from .errors import MRISuperResError
 from .geometry import overlap_fraction
@@ -54,13 +55,15 @@ def superresolve(volume: Volume, reference: Volume | None = None, model: str | N
                  target_spacing=None, scale=None, planes: list[str] | None = None, device: str = "auto",
                  threads: int | None = None, batch_size: int = 8, tile: int = DEFAULT_TILE,
                  register_reference: bool = False, models_dir: str | None = None, force: bool = False,
-                 progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> Volume:
+                 progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
+                 gate_reference: bool = True) -> Volume:
     """Super-resolve `volume` onto the planned target grid; the input is never modified.
 
     `model` names an entry of the model registry (None: the registry's default); `target_spacing` is
     one or three spacings in mm, `scale` one or three factors, neither: isotropic at the finest input
     spacing. `progress` receives `ProgressEvent`s; setting `cancel` (a `threading.Event`) stops the run
-    with `CancelledError`.
+    with `CancelledError`. `gate_reference` drops a reference whose edges do not match the input's (see
+    `confidence`).
 
     >>> import numpy as np
     >>> from MRISuperResLib import Volume, superresolve
@@ -99,7 +102,16 @@ def superresolve(volume: Volume, reference: Volume | None = None, model: str | N
         reference_mask = mask.array
         reference_array = IntensityScale.fit(resampled.array, reference_mask).normalise(resampled.array)
         del resampled, mask
-        stage.finish()
+        message = ""
+        if gate_reference:
+            agreement = reference_agreement(lr, reference_array, reference_mask, plan.factors[::-1])
+            if agreement < CONFIDENCE_THRESHOLD:
+                reference_array, reference_mask = None, None
+                message = (f"reference ignored: its edges do not match the input's (agreement {agreement:.2f} < "
+                           f"{CONFIDENCE_THRESHOLD}); check that it is the same patient, or register it")
+            else:
+                message = f"reference used (edge agreement {agreement:.2f})"
+        stage.finish(message)
 
     with torch.inference_mode():
         fused = predict_planes(network, plan, lr, reference_array, reference_mask, torch_device, progress, cancel)

@@ -1,0 +1,49 @@
+"""The reference gate: use a matching reference, drop a misleading one."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from MRISuperResLib import superresolve
+from MRISuperResLib.confidence import CONFIDENCE_THRESHOLD, reference_agreement
+from MRISuperResLib.degrade import thick_slices
+from MRISuperResLib.geometry import resampled_grid
+from MRISuperResLib.metrics import psnr
+from MRISuperResLib.phantom import make_phantom
+from MRISuperResLib.resample import preinterpolate
+
+SHAPE = (64, 80, 64)
+
+
+def cases():
+    phantom = make_phantom(SHAPE, seed=1)
+    truth, paired = phantom["T2"], phantom["T1"]
+    # Misleading: the right contrast and field of view, but the anatomy sits elsewhere (another patient,
+    # or a reference that moved): shifted by 12 and 9 voxels in-plane.
+    wrong = paired.with_array(np.roll(paired.array, (12, 9), axis=(1, 2)))
+    return truth, thick_slices(truth, axis=2, factor=4), paired, wrong
+
+
+def test_edges_of_a_matching_reference_agree_and_those_of_a_misplaced_one_do_not():
+    truth, thick, paired, wrong = cases()
+    lr = preinterpolate(thick, resampled_grid(thick.grid, truth.spacing)).array
+    mask = np.ones(lr.shape, np.uint8)
+    crop = slice(0, lr.shape[0])
+    assert reference_agreement(lr, paired.array[crop], mask, (4.0, 1.0, 1.0)) > CONFIDENCE_THRESHOLD + 0.1
+    assert reference_agreement(lr, wrong.array[crop], mask, (4.0, 1.0, 1.0)) < CONFIDENCE_THRESHOLD
+
+
+def test_a_misleading_reference_costs_nothing_with_the_gate_and_a_matching_one_helps():
+    truth, thick, paired, wrong = cases()
+    score = lambda result: psnr(result.array, truth.array[:result.array.shape[0]])  # noqa: E731
+    alone = score(superresolve(thick, None, target_spacing=truth.spacing))
+    events = []
+    with_paired = score(superresolve(thick, paired, target_spacing=truth.spacing, progress=events.append))
+    assert any(e.message.startswith("reference used") for e in events)
+    events.clear()
+    gated_wrong = score(superresolve(thick, wrong, target_spacing=truth.spacing, progress=events.append))
+    assert any(e.message.startswith("reference ignored: its edges do not match") for e in events)
+    ungated_wrong = score(superresolve(thick, wrong, target_spacing=truth.spacing, gate_reference=False))
+    assert with_paired > alone + 0.3
+    assert gated_wrong == alone
+    assert ungated_wrong < alone
