@@ -168,8 +168,14 @@ def main() -> None:
     default = registry.default_name
 
     def variants(names):
-        return [("cubic", "none")] + [(m, r) for m in names
-                                      for r in (("paired", "none", "wrong") if registry.get(m).uses_reference else ("none",))]
+        """cubic; every model with and without its reference; the default also with a wrong reference."""
+        chosen = [("cubic", "none")]
+        for name in names:
+            if registry.get(name).uses_reference:
+                chosen += [(name, "paired"), (name, "none")] + ([(name, "wrong")] if name == default else [])
+            else:
+                chosen.append((name, "none"))
+        return chosen
 
     if args.output:
         args.output.mkdir(parents=True, exist_ok=True)
