@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter, uniform_filter1d
 
+from .metrics import foreground_mask
+
 CONFIDENCE_THRESHOLD = 0.35
 WINDOW_SIGMA_VOXELS = 3.0
 # Above this many voxels, the confidence is computed on every second voxel and spread back (8× cheaper).
@@ -55,5 +57,5 @@ def reference_agreement(lr: np.ndarray, reference: np.ndarray, mask: np.ndarray,
     """Median local edge correlation over the object (input foreground, where the reference has data)."""
     confidence = reference_confidence(lr, reference, factors_kji)
     crop = tuple(slice(0, n) for n in lr.shape)
-    inside = (lr > 0.05 * np.percentile(lr, 99)) & (mask > 0)
+    inside = foreground_mask(lr) & (mask > 0)
     return float(np.median(confidence[crop][inside])) if inside.any() else 0.0

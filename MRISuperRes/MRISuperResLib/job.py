@@ -134,11 +134,11 @@ class SuperResolutionJob:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
 
-    def wait(self, progress=None, timeout: float | None = None) -> Path:
+    def wait(self, progress=None) -> Path:
         """Block until the child ends, passing its progress events on; return the output path or raise."""
         while self.process.poll() is None:
             try:
-                event = self.events.get(timeout=0.1 if timeout is None else min(0.1, timeout))
+                event = self.events.get(timeout=0.1)
                 if progress:
                     progress(event)
             except queue.Empty:

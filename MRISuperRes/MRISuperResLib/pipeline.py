@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 
 from .confidence import CONFIDENCE_THRESHOLD, reference_agreement
@@ -18,7 +17,7 @@ from .plan import DEFAULT_TILE, TILE_OVERLAP, Plan, check_memory, make_plan
 from .progress import CancelFlag, ProgressCallback, StageReporter
 from .registration import describe_transform, register_rigid
 from .resample import preinterpolate, resample_to_grid
-from .validation import check_scalar_volume
+from .validation import check_reference_is_not_input, check_scalar_volume
 from .volume import Volume
 
 log = logging.getLogger("mrisuperres")
@@ -42,8 +41,7 @@ def plan_run(volume: Volume, reference: Volume | None = None, model: str | None 
                      resolve_device(device).type, threads or torch.get_num_threads(), batch_size, tile)
     if reference is not None:
         check_scalar_volume(reference, "reference")
-        if reference is volume or (reference.grid.same_as(volume.grid) and np.array_equal(reference.array, volume.array)):
-            raise MRISuperResError("The reference is the input itself; choose a volume of another contrast, or no reference.")
+        check_reference_is_not_input(volume, reference)
         if overlap_fraction(plan.target, reference.grid) < MINIMUM_REFERENCE_OVERLAP:
             raise MRISuperResError(
                 "The reference does not overlap the input in physical space; choose a reference of the same "

@@ -33,3 +33,9 @@ def check_scalar_volume(volume: Volume, role: str = "input") -> None:
         raise MRISuperResError(f"The {role} has a non-positive spacing {volume.spacing}; fix its header.")
     if abs(np.linalg.det(volume.direction)) < 1e-6:
         raise MRISuperResError(f"The {role} has a degenerate direction matrix; fix its header.")
+
+
+def check_reference_is_not_input(volume: Volume, reference: Volume) -> None:
+    """Refuse a reference that is the input itself (the same object, or the same grid and voxels)."""
+    if reference is volume or (reference.grid.same_as(volume.grid) and np.array_equal(reference.array, volume.array)):
+        raise MRISuperResError("The reference is the input itself; choose a volume of another contrast, or no reference.")

@@ -12,11 +12,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from MRISuperResLib.errors import MRISuperResError
 from MRISuperResLib.io import read_volume, write_volume
 from MRISuperResLib.job import RunOptions, SuperResolutionJob
+from MRISuperResLib.validation import check_reference_is_not_input
 
 from .nodes import check_volume_node, copy_window_level, update_node_from_volume, volume_from_node
 
@@ -85,12 +84,8 @@ class SuperResolutionRunner:
         reference_volume = None
         if reference_node is not None:
             check_volume_node(reference_node, "reference")
-            if reference_node is input_node:
-                raise MRISuperResError("The reference is the input itself; choose a volume of another contrast, or no reference.")
             reference_volume = volume_from_node(reference_node, "reference")
-            if (reference_volume.grid.same_as(input_volume.grid)
-                    and np.array_equal(reference_volume.array, input_volume.array)):
-                raise MRISuperResError("The reference is the input itself; choose a volume of another contrast, or no reference.")
+            check_reference_is_not_input(input_volume, reference_volume)
         folder = Path(tempfile.mkdtemp(prefix="MRISuperRes-"))
         try:
             input_path = write_volume(input_volume, folder / "input.nrrd", compress=False)
