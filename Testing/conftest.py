@@ -78,3 +78,33 @@ def untrained_models_dir(tmp_path: Path) -> Path:
             "degradation": "none", "factors": [2, 3, 4, 5, 6], "macs_per_pixel": 1500}
     (folder / "models.json").write_text(json.dumps({"default": "tiny", "models": [card]}))
     return folder
+
+
+@pytest.fixture
+def texture_models_dir(tmp_path: Path) -> Path:
+    """A registry folder with a randomly initialised texture-transfer SRCNN (its texture branch not zero, so
+    that texture changes the output) and a plain one, for plumbing tests."""
+    import json
+
+    import torch
+
+    from MRISuperResLib.models.architectures import build_architecture
+    from MRISuperResLib.models.registry import sha256_of
+
+    folder = tmp_path / "texture-models"
+    folder.mkdir()
+    cards = []
+    for name, texture in (("tiny-tt", True), ("tiny", False)):
+        arguments = {"features": 8, "mapped": 4, "reference_features": 4, "use_reference": True,
+                     "texture_transfer": texture}
+        torch.manual_seed(0)
+        network = build_architecture("srcnn", arguments)
+        if texture:
+            torch.nn.init.normal_(network.texture.expand.weight, std=0.1)
+        torch.save(network.state_dict(), folder / f"{name}.pt")
+        cards.append({"name": name, "title": name, "description": "plumbing only", "architecture": "srcnn",
+                      "arguments": arguments, "weights": f"{name}.pt", "sha256": sha256_of(folder / f"{name}.pt"),
+                      "uses_reference": True, "factors": [2, 3, 4, 5, 6], "macs_per_pixel": 1500,
+                      "reference_modes": ["paired", "unpaired", "self"] if texture else []})
+    (folder / "models.json").write_text(json.dumps({"default": "tiny-tt", "models": cards}))
+    return folder

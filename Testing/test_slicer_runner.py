@@ -53,6 +53,23 @@ def test_process_creates_the_output_node_on_the_planned_grid(scene, model, untra
     assert events[-1].stage == "done" and "interpolate" in {e.stage for e in events}
 
 
+@pytest.mark.parametrize("mode", ["self", "unpaired"])
+def test_texture_transfer_adds_a_confidence_node(scene, texture_models_dir, mode):
+    volume = smooth_volume(shape_kji=(10, 48, 44), direction=OBLIQUE)
+    input_node = add_volume(scene, volume, "T2 thick")
+    reference_node = None
+    if mode == "unpaired":
+        reference_node = add_volume(scene, smooth_volume(shape_kji=(40, 48, 44), spacing=(0.9, 0.9, 1.0), seed=3,
+                                                         origin=(300.0, 200.0, -100.0)), "other T1")
+    options = RunOptions(models_dir=str(texture_models_dir), reference_mode=mode, threads=1)
+    run = SuperResolutionRunner().start(scene, input_node, reference_node, options=options, confidence=True)
+    output = run.wait()
+    confidence = volume_from_node(run.confidence_node)
+    assert run.confidence_node.GetName() == "T2 thick_SR_confidence"
+    assert confidence.grid.same_as(volume_from_node(output).grid, tolerance=1e-6)
+    assert 0.0 <= confidence.array.min() and confidence.array.max() <= 1.0
+
+
 def test_process_fills_a_given_output_node(scene):
     input_node = add_volume(scene, smooth_volume(), "in")
     output = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mine")

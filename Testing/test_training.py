@@ -26,7 +26,7 @@ from MRISuperResLib.phantom import make_phantom  # noqa: E402
 def test_patches_put_the_degraded_axis_along_rows():
     k = np.arange(40, dtype=np.float32)
     varying_along_i = np.broadcast_to(k[None, None, :] / 40 + 0.5, (30, 36, 40)).copy()  # varies along i only
-    instance = Instance(truth=varying_along_i, lr=varying_along_i.copy(), reference=None, axis=0)
+    instance = Instance(truth=varying_along_i, lr=varying_along_i.copy(), reference=None, axis=0, factor=4)
     patches = cut_patches(instance, 8, 16, random.Random(0), 0.0, 2, 0.0)
     assert len(patches) == 8
     for patch in patches:
@@ -68,7 +68,8 @@ def test_vgg19_features_load_a_user_supplied_file(tmp_path):
         CompositeLoss(perceptual=1.0, features="vgg19")
 
 
-def test_training_is_seeded_resumable_and_writes_a_card(tmp_path):
+@pytest.mark.parametrize("texture", [False, True])
+def test_training_is_seeded_resumable_and_writes_a_card(tmp_path, texture):
     data = tmp_path / "data"
     phantom = make_phantom((40, 56, 48), seed=2)
     for split in ("train", "val"):
@@ -79,7 +80,9 @@ def test_training_is_seeded_resumable_and_writes_a_card(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text("\n".join([
         "name: tiny", "title: tiny", "description: test", "architecture: vdsr",
-        "arguments: {features: 4, depth: 3, reference_features: 4, use_reference: true}", "uses_reference: true",
+        "arguments: {features: 4, depth: 3, reference_features: 4, use_reference: true, texture_transfer: %s}"
+        % str(texture).lower(), "uses_reference: true", "reference_modes: [paired, self]",
+        "texture: {paired: 0.5, bank: 0.4}",
         "degradation: thick slices", "factors: [2, 3]", "seed: 1", "steps: 2", "batch_size: 4", "patch_size: 16",
         "learning_rate: 0.001", "lr_milestones: [100]", "checkpoint_every: 1", "validate_every: 2",
         "pool_instances: 2", "patches_per_instance: 8", "refresh_every: 1", "noise_probability: 0.5",
@@ -98,3 +101,5 @@ def test_training_is_seeded_resumable_and_writes_a_card(tmp_path):
     assert card["sha256"] == sha256_of(run / "tiny.pt") and card["macs_per_pixel"] > 0
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [2, 4] and {"l1", "perceptual", "texture"} <= set(log[0])
+    assert ("model_ref_texture" in log[0]["val_psnr"]) == texture
+    assert card["reference_modes"] == ["paired", "self"]

@@ -5,8 +5,11 @@ The benchmark volume: the phantom's T2 at 256 × 256 × 64 voxels of 0.9 × 0.9 
 super-resolved to 0.9 mm isotropic (256 × 256 × 256), with the T1 as reference for models that use one.
 The volumes are made once and written to a temporary folder; each model runs in its own child process
 that reads them, so that its peak RSS is that of reading and super-resolving, not of making the phantom.
+Texture-transfer models run once per reference mode (`name:mode`: paired with the T1, unpaired with the
+T1 flipped and shifted away, self without a reference), and the texture stages are also timed per
+256 × 256 slice (scattering, matching, upsampling).
 
-    python scripts/benchmark.py --threads 2 [--models cubic srcnn-ref] [--device cpu] [--output bench.json]
+    python scripts/benchmark.py --threads 2 [--models cubic srcnn-ref srcnn-tt:self] [--device cpu] [--output bench.json]
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 import _paths  # noqa: F401
 from MRISuperResLib import read_volume, superresolve, write_volume
@@ -51,27 +56,92 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_child(folder: Path, model: str, threads: int, device: str) -> dict:
+def run_child(folder: Path, model_and_mode: str, threads: int, device: str) -> dict:
+    model, _, mode = model_and_mode.partition(":")
+    mode = mode or None
     volume, reference = read_volume(folder / "input.nii"), read_volume(folder / "reference.nii")
     card = ModelRegistry().get(model)
-    reference = reference if card.uses_reference else None
-    plan = plan_run(volume, reference, model=model, threads=threads, device=device)
+    if mode == "unpaired":  # another orientation and place: only its texture can be used
+        reference = Volume(np.flip(reference.array, 0).copy(), reference.spacing,
+                           tuple(o + 300.0 for o in reference.origin), reference.direction)
+    reference = reference if card.uses_reference and mode != "self" else None
+    plan = plan_run(volume, reference, model=model, threads=threads, device=device, reference_mode=mode)
     rss_before = peak_rss_mb()
     started = time.perf_counter()
-    result = superresolve(volume, reference, model=model, threads=threads, device=device)
+    result = superresolve(volume, reference, model=model, threads=threads, device=device, reference_mode=mode)
     seconds = time.perf_counter() - started
-    return {"model": model, "uses_reference": reference is not None, "device": plan.device, "threads": threads,
+    return {"model": model, "reference_mode": plan.reference_mode, "uses_reference": reference is not None,
+            "device": plan.device, "threads": threads,
             "input_size": list(volume.grid.size), "output_size": list(result.grid.size),
             "seconds": round(seconds, 2), "voxels_per_second": round(result.grid.voxel_count / seconds),
             "peak_rss_mb": round(peak_rss_mb()), "peak_rss_before_run_mb": round(rss_before),
             "planned_seconds": round(plan.seconds, 1), "planned_memory_mb": round(plan.memory_bytes / 2 ** 20)}
 
 
+def texture_per_slice(threads: int, device: str, repeats: int = 8) -> dict:
+    """Milliseconds per 256 × 256 slice of each texture-transfer stage, on phantom slices."""
+    import torch
+
+    from MRISuperResLib.devices import resolve_device, set_threads
+    from MRISuperResLib.scattering import Scattering
+    from MRISuperResLib.texture import MatchSettings, TextureSource, blur_like_input, match_bank, match_window
+    from MRISuperResLib.texture import upsample_features
+
+    set_threads(threads)
+    torch_device = resolve_device(device)
+    phantom = make_phantom((256, 256, 64))
+    slices = torch.from_numpy(np.ascontiguousarray(np.transpose(phantom["T2"].array, (2, 0, 1))[:repeats]))
+    slices = (slices / slices.max()).float().to(torch_device)
+    reference = torch.from_numpy(np.ascontiguousarray(np.transpose(phantom["T1"].array, (2, 0, 1))[:repeats]))
+    reference = (reference / reference.max()).float().to(torch_device)
+    scattering = Scattering()
+    settings = MatchSettings()
+    timings = {}
+
+    def timed(name, function):
+        function()  # warm-up: filter banks, allocator
+        if torch_device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        value = function()
+        if torch_device.type == "cuda":
+            torch.cuda.synchronize()
+        timings[name] = round(1000 * (time.perf_counter() - started) / repeats, 1)
+        return value
+
+    with torch.inference_mode():
+        query = timed("scattering_ms", lambda: scattering(slices))
+        blurred = scattering(blur_like_input(reference, (FACTOR, 1)))
+        sharp = scattering(reference)
+        swapped, confidence = timed("window_matching_ms", lambda: match_window(query, blurred, sharp, settings.window))
+        source = TextureSource.self_reference(np.transpose(phantom["T2"].array, (2, 0, 1)) / phantom["T2"].array.max(),
+                                              (0,), settings, device=torch_device)
+        bank = source.bank((FACTOR, 1))
+        timed("bank_matching_ms", lambda: match_bank(query, bank, settings.memory_bytes))
+        timed("upsampling_ms", lambda: upsample_features(torch.cat([swapped, confidence], 1), (256, 256), scattering))
+    timings["bank_patches"] = bank.size
+    timings["paired_total_ms"] = round(3 * timings["scattering_ms"] + timings["window_matching_ms"]
+                                       + timings["upsampling_ms"], 1)
+    timings["bank_total_ms"] = round(timings["scattering_ms"] + timings["bank_matching_ms"]
+                                     + timings["upsampling_ms"], 1)
+    return timings
+
+
+def default_runs() -> list[str]:
+    registry = ModelRegistry()
+    runs = []
+    for name in registry.names():
+        card = registry.get(name)
+        runs += [f"{name}:{mode}" for mode in card.reference_modes] if card.texture_transfer else [name]
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--models", nargs="+", help="default: every model in the registry")
+    parser.add_argument("--models", nargs="+",
+                        help="default: every model in the registry, texture-transfer ones in each mode (name:mode)")
     parser.add_argument("--output", help="also write the JSON here")
     parser.add_argument("--child", nargs=2, metavar=("FOLDER", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -79,19 +149,21 @@ def main() -> None:
         print(json.dumps(run_child(Path(args.child[0]), args.child[1], args.threads, args.device)))
         return
     results = []
+    texture = texture_per_slice(args.threads, args.device)
+    print(json.dumps({"texture_per_slice": texture}), file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as folder:
         volume, reference = benchmark_volumes()
         write_volume(volume, Path(folder) / "input.nii")
         write_volume(reference, Path(folder) / "reference.nii")
         del volume, reference
-        for model in args.models or ModelRegistry().names():
+        for model in args.models or default_runs():
             child = subprocess.run([sys.executable, __file__, "--child", folder, model, "--threads",
                                     str(args.threads), "--device", args.device],
                                    capture_output=True, text=True, check=True)
             results.append(json.loads(child.stdout.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     report = {"benchmark": f"256x256x64 at 0.9x0.9x3.6 mm -> 0.9 mm isotropic, {args.threads} threads",
-              "results": results}
+              "texture_per_256x256_slice": texture, "results": results}
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:

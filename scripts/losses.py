@@ -13,26 +13,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import _paths  # noqa: F401
+from MRISuperResLib.scattering import Scattering
+
 # conv channel plan of VGG19's `features` up to relu3_4 ("M" = max-pool), with torchvision's layer indices.
 VGG19_PLAN = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256]
 
 
 class ScatteringFeatures(nn.Module):
-    """Second-order Morlet scattering of single-channel images; filter banks built once per image shape."""
+    """Second-order Morlet scattering of single-channel images (B, 1, H, W) → (B, 81, H/4, W/4), with the
+    core library's batched transform (kymatio's filters, built once per image shape)."""
 
     def __init__(self, J: int = 2, L: int = 8) -> None:
         super().__init__()
-        self.J, self.L = J, L
-        self._banks: dict[tuple[int, int, str], nn.Module] = {}
+        self.scattering = Scattering(J, L)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from kymatio.torch import Scattering2D
-
-        key = (images.shape[-2], images.shape[-1], str(images.device))
-        if key not in self._banks:
-            self._banks[key] = Scattering2D(J=self.J, shape=images.shape[-2:], L=self.L, max_order=2).to(images.device)
-        coefficients = self._banks[key](images[:, 0].contiguous())  # (B, 81, H / 2^J, W / 2^J)
-        return coefficients
+        return self.scattering(images[:, 0])
 
 
 class VGG19Features(nn.Module):
@@ -85,17 +82,29 @@ class CompositeLoss(nn.Module):
             else:
                 raise ValueError(f"unknown feature extractor {features!r}; use scattering or vgg19")
 
-    def forward(self, output: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, output: torch.Tensor, truth: torch.Tensor, texture_target: torch.Tensor | None = None,
+                has_texture: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """`texture_target`: the swapped reference features (B, 81, h, w) of texture transfer; the texture
+        loss then compares the output's Gram matrices with theirs (where `has_texture`), as the texture-
+        transfer paper does, instead of with the truth's."""
         parts = {"l1": nn.functional.l1_loss(output, truth)}
         if self.extractor is not None:
             count = self.feature_patches or output.shape[0]
             output_features, truth_features = self.extractor(output[:count]), self.extractor(truth[:count])
+            if texture_target is not None:
+                chosen = has_texture[:count]
+                if chosen.any():
+                    target_gram = gram(texture_target[:count][chosen])
+                    parts["texture"] = (nn.functional.mse_loss(gram(output_features[chosen]), target_gram)
+                                        / (target_gram.pow(2).mean() + 1e-12))
+                else:
+                    parts["texture"] = output.new_zeros(())
             # Both relative to the truth's own feature scale, so that their weights do not depend on the
             # extractor's units (scattering coefficients of [0, 1] images are about 1e-2).
             if self.weights["perceptual"]:
                 parts["perceptual"] = (nn.functional.l1_loss(output_features, truth_features)
                                        / (truth_features.abs().mean() + 1e-8))
-            if self.weights["texture"]:
+            if self.weights["texture"] and texture_target is None:
                 truth_gram = gram(truth_features)
                 parts["texture"] = (nn.functional.mse_loss(gram(output_features), truth_gram)
                                     / (truth_gram.pow(2).mean() + 1e-12))

@@ -26,9 +26,11 @@ import yaml
 
 import _paths  # noqa: F401
 from losses import CompositeLoss
+from texture_training import texture_inputs
 from training_data import PairSpec, cut_patches, degrade_instance, load_scans
 from MRISuperResLib.models.architectures import build_architecture, macs_per_pixel
-from MRISuperResLib.models.registry import DEFAULT_MODELS_DIR, sha256_of
+from MRISuperResLib.models.registry import DEFAULT_MODELS_DIR, ModelRegistry, sha256_of
+from MRISuperResLib.scattering import Scattering
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,53 +40,80 @@ def specs(entries: list[dict]) -> list[PairSpec]:
 
 
 class PatchBank:
-    """A pool of patches from degraded instances, refreshed one instance at a time."""
+    """A pool of patches from degraded instances (each with its thick-slice factor), refreshed one instance
+    at a time."""
 
     def __init__(self, scans, config: dict, rng: random.Random) -> None:
         self.scans, self.config, self.rng = scans, config, rng
-        self.groups: list[np.ndarray] = [self._fresh_group() for _ in range(config["pool_instances"])]
+        self.groups: list[tuple[np.ndarray, int]] = [self._fresh_group() for _ in range(config["pool_instances"])]
 
-    def _fresh_group(self) -> np.ndarray:
+    def _fresh_group(self) -> tuple[np.ndarray, int]:
         c = self.config
         while True:
             instance = degrade_instance(self.rng.choice(self.scans), self.rng, c["factors"], c["noise_probability"])
             patches = cut_patches(instance, c["patches_per_instance"], c["patch_size"], self.rng,
                                   c["shift_probability"], c["max_shift"], c["absent_probability"])
             if patches:
-                return np.stack(patches)
+                return np.stack(patches), instance.factor
 
     def refresh(self) -> None:
         self.groups[self.rng.randrange(len(self.groups))] = self._fresh_group()
 
-    def batch(self, size: int) -> torch.Tensor:
-        picks = [self.groups[self.rng.randrange(len(self.groups))] for _ in range(size)]
-        return torch.from_numpy(np.stack([g[self.rng.randrange(len(g))] for g in picks]))
+    def batch(self, size: int, same_factor: bool = False) -> tuple[torch.Tensor, int | None]:
+        """A batch of patches; with `same_factor`, all of one thick-slice factor (texture transfer blurs the
+        reference by it), which is returned too."""
+        groups, factor = self.groups, None
+        if same_factor:
+            factor = self.groups[self.rng.randrange(len(self.groups))][1]
+            groups = [g for g in self.groups if g[1] == factor]
+        picks = [groups[self.rng.randrange(len(groups))][0] for _ in range(size)]
+        return torch.from_numpy(np.stack([g[self.rng.randrange(len(g))] for g in picks])), factor
 
 
-def fixed_validation_set(scans, config: dict, seed: int) -> torch.Tensor:
+def fixed_validation_set(scans, config: dict, seed: int) -> list[tuple[torch.Tensor, int]]:
+    """Validation patches per thick-slice factor (2, 4, 6), the same at every evaluation."""
     rng = random.Random(seed)
-    patches = []
-    for scan in scans:
-        for factor in (2, 4, 6):
+    by_factor = []
+    for factor in (2, 4, 6):
+        patches = []
+        for scan in scans:
             instance = degrade_instance(scan, rng, [factor], 0.0)
             patches += cut_patches(instance, 32, config["patch_size"], rng, 0.0, config["max_shift"], 0.0)
-    return torch.from_numpy(np.stack(patches))
+        by_factor.append((torch.from_numpy(np.stack(patches)), factor))
+    return by_factor
 
 
-def psnr_gain(network: torch.nn.Module, patches: torch.Tensor, device: torch.device) -> dict:
+def psnr_gain(network: torch.nn.Module, validation: list[tuple[torch.Tensor, int]], device: torch.device,
+              scattering: Scattering | None = None) -> dict:
     """PSNR (data range 1, MSE pooled over all validation patches) of cubic and of the network with and
-    without its reference; pooled, because per-patch PSNR is infinite on blank background patches."""
+    without its reference (and, for texture transfer, with its reference as paired texture); pooled,
+    because per-patch PSNR is infinite on blank background patches."""
     network.eval()
-    result = {}
+    errors: dict[str, list[torch.Tensor]] = {}
     with torch.inference_mode():
-        lr, truth, ref, mask = (patches[:, i:i + 1].to(device) for i in range(4))
-        def mean_psnr(x):
-            return float(-10 * torch.log10(((x - truth) ** 2).mean()))
-        result["cubic"] = mean_psnr(lr)
-        result["model_ref"] = mean_psnr(network(lr, ref, mask))
-        result["model_noref"] = mean_psnr(network(lr, torch.zeros_like(ref), torch.zeros_like(mask)))
+        for patches, factor in validation:
+            lr, truth, ref, mask = (patches[:, i:i + 1].to(device) for i in range(4))
+            outputs = {"cubic": lr, "model_ref": network(lr, ref, mask),
+                       "model_noref": network(lr, torch.zeros_like(ref), torch.zeros_like(mask))}
+            if scattering is not None:
+                texture, _, _ = texture_inputs(lr, truth, ref, mask, factor, random.Random(0), scattering,
+                                               probabilities={"paired": 1.0, "bank": 0.0})
+                outputs["model_ref_texture"] = network(lr, ref, mask, texture)
+            for name, output in outputs.items():
+                errors.setdefault(name, []).append(((output - truth) ** 2).flatten())
     network.train()
-    return result
+    return {name: float(-10 * torch.log10(torch.cat(e).mean())) for name, e in errors.items()}
+
+
+def initialise_from(network: torch.nn.Module, model_name: str) -> None:
+    """Start a texture-transfer network from its backbone's shipped weights (its texture branch starts at zero)."""
+    registry = ModelRegistry()
+    card = registry.get(model_name)
+    state = torch.load(registry.verified_weights(card), map_location="cpu", weights_only=True)
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    if unexpected or any(not key.startswith("texture.") for key in missing):
+        raise SystemExit(f"{model_name}'s weights do not fit this architecture: missing {missing}, unexpected {unexpected}")
+    print(f"initialised from {model_name}; new: {', '.join(missing)}")
 
 
 def main() -> None:
@@ -127,20 +156,29 @@ def main() -> None:
         rng.setstate(state["rng"])
         step = state["step"]
         print(f"resumed at step {step}")
+    elif config.get("initialise_from"):
+        initialise_from(network, config["initialise_from"])
     model = torch.nn.parallel.DistributedDataParallel(network) if distributed else network
 
     started = time.time()
     bank = PatchBank(load_scans(args.data, specs(config["train"])), config, rng)
     validation = fixed_validation_set(load_scans(args.data, specs(config["val"])), config, 12345)
-    print(f"bank ready in {time.time() - started:.0f} s; {len(validation)} validation patches", flush=True)
+    print(f"bank ready in {time.time() - started:.0f} s; {sum(len(p) for p, _ in validation)} validation patches", flush=True)
     loss_fn = CompositeLoss(**config.get("loss", {})).to(device)
+    # Texture transfer: scattering features, matching and swapping per batch, as at inference.
+    scattering = Scattering() if config["arguments"].get("texture_transfer") else None
     running, running_parts = [], []
     while step < config["steps"]:
         if step % config["refresh_every"] == 0 and step:
             bank.refresh()
-        batch = bank.batch(config["batch_size"]).to(device)
-        lr, truth, ref, mask = (batch[:, i:i + 1] for i in range(4))
-        loss, parts = loss_fn(model(lr, ref, mask), truth)
+        batch, factor = bank.batch(config["batch_size"], same_factor=scattering is not None)
+        lr, truth, ref, mask = (batch[:, i:i + 1].to(device) for i in range(4))
+        if scattering is None:
+            loss, parts = loss_fn(model(lr, ref, mask), truth)
+        else:
+            texture, swapped, has_texture = texture_inputs(lr, truth, ref, mask, factor, rng, scattering,
+                                                           probabilities=config.get("texture"))
+            loss, parts = loss_fn(model(lr, ref, mask, texture), truth, swapped, has_texture)
         running_parts.append(parts)
         optimizer.zero_grad()
         loss.backward()
@@ -154,7 +192,8 @@ def main() -> None:
         if rank == 0 and (step % config["validate_every"] == 0 or step == config["steps"]):
             record = {"step": step, "loss": float(np.mean(running)),
                       **{name: float(np.mean([p[name] for p in running_parts])) for name in running_parts[0]},
-                      "seconds": round(time.time() - started), "val_psnr": psnr_gain(network, validation, device)}
+                      "seconds": round(time.time() - started),
+                      "val_psnr": psnr_gain(network, validation, device, scattering)}
             running, running_parts = [], []
             print(json.dumps(record), flush=True)
             log.write(json.dumps(record) + "\n")
@@ -163,7 +202,7 @@ def main() -> None:
     if rank == 0:
         weights = run_dir / f"{config['name']}.pt"
         torch.save({k: v.cpu() for k, v in network.state_dict().items()}, weights)
-        scores = psnr_gain(network, validation, device)
+        scores = psnr_gain(network, validation, device, scattering)
         card = {
             "name": config["name"], "title": config["title"], "description": config["description"],
             "architecture": config["architecture"], "arguments": config["arguments"],
@@ -176,9 +215,12 @@ def main() -> None:
                              + " (see README acknowledgements for licences)",
             "training": f"{step} steps of {config['batch_size']}×{config['patch_size']}² patches, "
                         f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, "
-                        f"config {args.config.name}, seed {config['seed']}",
+                        f"config {args.config.name}, seed {config['seed']}"
+                        + (f", fine-tuned from {config['initialise_from']}" if config.get("initialise_from") else ""),
             "validation": {"patch_psnr_db": scores},
         }
+        if config.get("reference_modes"):
+            card["reference_modes"] = config["reference_modes"]
         (run_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
         print(json.dumps(card, indent=2))
         if args.install:

@@ -60,6 +60,7 @@ class Instance:
     lr: np.ndarray
     reference: np.ndarray | None
     axis: int
+    factor: int
 
 
 def degrade_instance(scan: Scan, rng: random.Random, factors: list[int], noise_probability: float) -> Instance:
@@ -80,7 +81,7 @@ def degrade_instance(scan: Scan, rng: random.Random, factors: list[int], noise_p
     interpolated = preinterpolate(lr.with_array(lr_array), grid).array
     crop = tuple(slice(0, n) for n in interpolated.shape)
     reference = None if scan.reference is None else scan.reference[crop]
-    return Instance(scan.truth[crop], interpolated, reference, axis)
+    return Instance(scan.truth[crop], interpolated, reference, axis, factor)
 
 
 def _oriented_slices(array: np.ndarray, degraded_axis_np: int, other_axis_np: int) -> np.ndarray:

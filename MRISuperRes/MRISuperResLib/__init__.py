@@ -16,7 +16,8 @@ from importlib import import_module
 __version__ = "0.1.0"
 _EXPORTS = {
     "CancelledError": "errors", "MRISuperResError": "errors", "read_volume": "io", "write_volume": "io",
-    "plan_run": "pipeline", "superresolve": "pipeline", "ProgressEvent": "progress", "Grid": "volume",
+    "plan_run": "pipeline", "superresolve": "pipeline", "superresolve_with_confidence": "pipeline",
+    "ProgressEvent": "progress", "Grid": "volume",
     "Volume": "volume",
 }
 __all__ = list(_EXPORTS)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import MRISuperResError
 from .io import check_writable, read_volume, write_volume
-from .plan import DEFAULT_TILE, PLANES
+from .plan import DEFAULT_TILE, PLANES, REFERENCE_MODES
 
 log = logging.getLogger("mrisuperres")
 
@@ -29,6 +29,10 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--planes", nargs="+", choices=PLANES,
                         help="planes to run, by voxel axes (default: every plane holding an upsampled axis)")
     parser.add_argument("--model", help="model name from `mrisuperres models` (default: the registry's default)")
+    parser.add_argument("--reference-mode", choices=REFERENCE_MODES,
+                        help="texture-transfer models: paired (another contrast of the same patient, aligned), "
+                             "unpaired (any high-resolution scan, not aligned) or self (no reference: the input's "
+                             "own high-resolution planes); default paired with --reference, self without")
     parser.add_argument("--models-dir", help="folder with models.json and weights (or set MRISUPERRES_MODELS_DIR)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -49,30 +53,49 @@ def _progress(args: argparse.Namespace):
 def _target(args: argparse.Namespace) -> dict:
     return {"target_spacing": args.target_spacing, "scale": args.scale, "planes": args.planes,
             "model": args.model, "models_dir": args.models_dir, "device": args.device, "threads": args.threads,
-            "batch_size": args.batch_size, "tile": args.tile}
+            "batch_size": args.batch_size, "tile": args.tile, "reference_mode": args.reference_mode}
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from .pipeline import superresolve
+    from .models.registry import ModelRegistry
+    from .pipeline import superresolve_with_confidence
 
-    output = check_writable(args.output)
-    for role, given in (("input", args.input), ("reference", args.reference)):
-        if given and Path(given).resolve() == output.resolve():
-            raise MRISuperResError(f"The output would overwrite the {role} '{given}'; choose another output path.")
+    outputs = {"output": check_writable(args.output)}
+    if args.confidence:
+        card = ModelRegistry(args.models_dir).get(args.model)
+        if not card.texture_transfer:
+            raise MRISuperResError(f"--confidence maps texture-transfer matches, and model {card.name} does not do "
+                                   "texture transfer; choose a texture-transfer model (see `mrisuperres models`).")
+        outputs["confidence output"] = check_writable(args.confidence)
+    for what, path in outputs.items():
+        for role, given in (("input", args.input), ("reference", args.reference)):
+            if given and Path(given).resolve() == path.resolve():
+                raise MRISuperResError(f"The {what} would overwrite the {role} '{given}'; choose another path.")
+    if len({path.resolve() for path in outputs.values()}) < len(outputs):
+        raise MRISuperResError("The output and the confidence output are the same file; give them different paths.")
     volume = read_volume(args.input, "input")
     reference = read_volume(args.reference, "reference") if args.reference else None
     progress = _progress(args)
     try:
-        result = superresolve(volume, reference, register_reference=args.register_reference, force=args.force,
-                              progress=progress, gate_reference=not args.no_reference_gate, **_target(args))
+        result, confidence = superresolve_with_confidence(
+            volume, reference, register_reference=args.register_reference, force=args.force, progress=progress,
+            gate_reference=not args.no_reference_gate, **_target(args))
     finally:
         if hasattr(progress, "close"):
             progress.close()
-    write_volume(result, output)
+    written = {"output": str(outputs["output"])}
+    if args.confidence:
+        if confidence is None:
+            raise MRISuperResError("No texture was transferred in this run, so there is no confidence map; "
+                                   "no output was written.")
+        write_volume(confidence, outputs["confidence output"])
+        written["confidence"] = str(outputs["confidence output"])
+    write_volume(result, outputs["output"])
     if args.progress_json:
-        print(json.dumps({"stage": "done", "output": str(output), "size": list(result.grid.size)}), flush=True)
+        print(json.dumps({"stage": "done", **written, "size": list(result.grid.size)}), flush=True)
     else:
-        print(f"wrote {output} ({result.grid.describe()})")
+        print(f"wrote {outputs['output']} ({result.grid.describe()})"
+              + (f" and the confidence map {outputs['confidence output']}" if args.confidence else ""))
     return 0
 
 
@@ -97,6 +120,8 @@ def command_models(args: argparse.Namespace) -> int:
     for card in registry.cards.values():
         mark = "*" if card.name == registry.default_name else " "
         reference = "uses reference" if card.uses_reference else "no reference"
+        if card.texture_transfer:
+            reference += "; texture transfer: " + ", ".join(card.reference_modes or ["paired", "unpaired", "self"])
         print(f"{mark} {card.name:<14} {card.title} [{reference}; {card.parameters} parameters]")
     print("(* = default)")
     return 0
@@ -151,7 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="super-resolve a volume")
     run.add_argument("input", help="volume file or DICOM folder")
     run.add_argument("--output", "-o", required=True)
-    run.add_argument("--reference", help="high-resolution volume of another contrast of the same patient")
+    run.add_argument("--reference", help="high-resolution volume of another contrast of the same patient "
+                                         "(with --reference-mode unpaired: any high-resolution scan)")
+    run.add_argument("--confidence", metavar="OUT",
+                     help="texture-transfer models: also write the confidence of the texture matches (0-1) here")
     run.add_argument("--register-reference", action="store_true", help="rigidly register the reference first")
     run.add_argument("--no-reference-gate", action="store_true",
                      help="use the reference everywhere, even where its edges do not match the input's")

@@ -14,6 +14,7 @@ import torch
 
 from .plan import TILE_OVERLAP, Plan
 from .progress import CancelFlag, ProgressCallback, StageReporter
+from .texture import TextureSource
 from .volume import AXIS_NAMES
 
 
@@ -66,33 +67,62 @@ def count_tiles(plan: Plan) -> int:
     return total
 
 
+def plane_factors(plan: Plan, axes: tuple[int, int, int]) -> tuple[float, float]:
+    """The upsampling factors along the rows and the columns of a plane's slices."""
+    return plan.factors[2 - axes[1]], plan.factors[2 - axes[2]]
+
+
 def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, reference: np.ndarray | None,
                    reference_mask: np.ndarray | None, device: torch.device,
-                   progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> np.ndarray:
-    """Average over the planned planes of the network's slice-by-slice prediction on the target grid."""
+                   progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
+                   texture: TextureSource | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Average over the planned planes of the network's slice-by-slice prediction on the target grid, and
+    (with texture transfer) of the texture matches' confidence.
+
+    Slices go through in groups of `plan.batch_size`: texture inputs (82 channels) exist only for the
+    group in flight.
+    """
     reporter = StageReporter("model", count_tiles(plan), progress, cancel)
     fused = np.zeros(lr.shape, dtype=np.float32)
+    fused_confidence = None if texture is None else np.zeros(lr.shape, dtype=np.float32)
     use_reference = plan.uses_reference and reference is not None
     for plane in plan.planes:
         axes = plane_axes(plane, plan.upsampled)
-        inputs = [np.transpose(lr, axes)]
+        oriented = {"lr": np.transpose(lr, axes)}
         if use_reference:
-            inputs += [np.transpose(reference, axes), np.transpose(reference_mask, axes)]
-        n, height, width = inputs[0].shape
+            oriented["reference"] = np.transpose(reference, axes)
+            oriented["reference_mask"] = np.transpose(reference_mask, axes)
+        n, height, width = oriented["lr"].shape
         tile_h, tile_w = min(plan.tile, height), min(plan.tile, width)
         prediction = np.empty((n, height, width), dtype=np.float32)
-        for batch in _batched(_tiles(n, height, width, plan.tile), plan.batch_size):
-            tensors = [torch.from_numpy(np.stack([x[s, r:r + tile_h, c:c + tile_w] for s, r, c in batch])[:, None])
-                       .to(device=device, dtype=torch.float32) for x in inputs]
-            with torch.inference_mode():
-                output = network(*tensors)[:, 0].float().cpu().numpy()
-            for (s, r, c), tile_out in zip(batch, output):
-                r0, r1 = _core(r, tile_h, height, TILE_OVERLAP)
-                c0, c1 = _core(c, tile_w, width, TILE_OVERLAP)
-                prediction[s, r0:r1, c0:c1] = tile_out[r0 - r:r1 - r, c0 - c:c1 - c]
-            reporter.advance(len(batch))
+        confidence = None if texture is None else np.empty((n, height, width), dtype=np.float32)
+        for first in range(0, n, plan.batch_size):
+            group = {name: np.ascontiguousarray(x[first:first + plan.batch_size])[:, None]
+                     for name, x in oriented.items()}
+            if texture is not None:
+                paired = texture.mode == "paired"
+                group["texture"] = texture.features(
+                    group["lr"][:, 0], plane_factors(plan, axes),
+                    group["reference"][:, 0] if paired else None, group["reference_mask"][:, 0] if paired else None)
+                confidence[first:first + plan.batch_size] = group["texture"][:, -1]
+            count = group["lr"].shape[0]
+            for batch in _batched(_tiles(count, height, width, plan.tile), plan.batch_size):
+                tensors = {name: torch.from_numpy(np.stack([x[s, :, r:r + tile_h, c:c + tile_w] for s, r, c in batch]))
+                           .to(device=device, dtype=torch.float32) for name, x in group.items()}
+                with torch.inference_mode():
+                    output = network(**tensors)[:, 0].float().cpu().numpy()
+                for (s, r, c), tile_out in zip(batch, output):
+                    r0, r1 = _core(r, tile_h, height, TILE_OVERLAP)
+                    c0, c1 = _core(c, tile_w, width, TILE_OVERLAP)
+                    prediction[first + s, r0:r1, c0:c1] = tile_out[r0 - r:r1 - r, c0 - c:c1 - c]
+                reporter.advance(len(batch))
+            del group
         fused += np.transpose(prediction, np.argsort(axes))
-        del prediction
+        if confidence is not None:
+            fused_confidence += np.transpose(confidence, np.argsort(axes))
+        del prediction, confidence
     fused /= len(plan.planes)
+    if fused_confidence is not None:
+        fused_confidence /= len(plan.planes)
     reporter.finish()
-    return fused
+    return fused, fused_confidence

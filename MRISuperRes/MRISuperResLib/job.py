@@ -38,11 +38,13 @@ class RunOptions:
     batch_size: int | None = None
     register_reference: bool = False
     models_dir: str | None = None
+    reference_mode: str | None = None
 
     def arguments(self) -> list[str]:
         args: list[str] = ["--device", self.device]
         for flag, value in (("--model", self.model), ("--threads", self.threads),
-                            ("--batch-size", self.batch_size), ("--models-dir", self.models_dir)):
+                            ("--batch-size", self.batch_size), ("--models-dir", self.models_dir),
+                            ("--reference-mode", self.reference_mode)):
             if value is not None:
                 args += [flag, str(value)]
         for flag, values in (("--target-spacing", self.target_spacing), ("--scale", self.scale),
@@ -63,10 +65,11 @@ class SuperResolutionJob:
 
     def __init__(self, python: str, input_path: str | os.PathLike, output_path: str | os.PathLike,
                  reference_path: str | os.PathLike | None = None, options: RunOptions = RunOptions(),
-                 environment: dict[str, str] | None = None) -> None:
+                 environment: dict[str, str] | None = None, confidence_path: str | os.PathLike | None = None) -> None:
         self.python = python
         self.input_path, self.output_path = Path(input_path), Path(output_path)
         self.reference_path = Path(reference_path) if reference_path else None
+        self.confidence_path = Path(confidence_path) if confidence_path else None
         self.options = options
         self.environment = dict(os.environ if environment is None else environment)
         self.process: subprocess.Popen | None = None
@@ -80,6 +83,8 @@ class SuperResolutionJob:
                    "--progress-json", *self.options.arguments()]
         if self.reference_path:
             command += ["--reference", str(self.reference_path)]
+        if self.confidence_path:
+            command += ["--confidence", str(self.confidence_path)]
         return command
 
     def start(self) -> None:

@@ -18,6 +18,8 @@ from .models.registry import ModelCard
 from .volume import AXIS_NAMES, Grid
 
 PLANES = ("ij", "ik", "jk")
+# Where texture-transfer models take their texture from (see MRISuperResLib.texture).
+REFERENCE_MODES = ("paired", "unpaired", "self")
 # Float32 volumes on the target grid alive at the peak: pre-interpolated input, reference, reference
 # mask, the current plane's prediction, the fused sum, and the de-normalised result.
 TARGET_GRID_COPIES = 6
@@ -33,6 +35,13 @@ ACTIVATION_CHANNELS = 320
 NETWORK_RUNTIME_BYTES = 400 * 2 ** 20
 DEFAULT_TILE = 256
 TILE_OVERLAP = 16
+# Texture transfer, per slice pixel of every planned plane: seconds of scattering (input, sharp and blurred
+# reference) and matching per CPU thread, and on a CUDA device (measured with scripts/benchmark.py); and
+# the working memory of scattering and bank matching (MatchSettings.memory_bytes plus the FFT planes).
+TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD = 6e-6
+TEXTURE_CUDA_SECONDS_PER_PIXEL = 5e-8
+TEXTURE_WORKING_BYTES = 320 * 2 ** 20
+TEXTURE_CHANNELS_IN_FLIGHT = 82
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class Plan:
     planes: tuple[str, ...]
     model: ModelCard
     uses_reference: bool
+    reference_mode: str | None
     device: str
     threads: int
     batch_size: int
@@ -58,7 +68,8 @@ class Plan:
             f"input   {self.source.describe()}",
             f"output  {self.target.describe()}  (scale {factors})",
             f"upsampled axes: {', '.join(AXIS_NAMES[a] for a in self.upsampled)}",
-            f"model   {self.model.name}" + (" with reference" if self.uses_reference else ""),
+            f"model   {self.model.name}" + (" with reference" if self.uses_reference else "")
+            + (f", texture transfer ({self.reference_mode} reference)" if self.reference_mode else ""),
             f"planes  {', '.join(plane_label(self.source, p) for p in self.planes) or 'none (interpolation only)'}",
             f"device  {self.device}, {self.threads} CPU threads, batch {self.batch_size}, tiles ≤ {self.tile} px",
             f"memory  about {format_bytes(self.memory_bytes)} at peak",
@@ -84,7 +95,8 @@ class Plan:
                     "direction": grid.direction.ravel().tolist()}
         return {"input": grid_json(self.source), "output": grid_json(self.target), "factors": list(self.factors),
                 "upsampled_axes": [AXIS_NAMES[a] for a in self.upsampled], "planes": list(self.planes),
-                "model": self.model.name, "uses_reference": self.uses_reference, "device": self.device,
+                "model": self.model.name, "uses_reference": self.uses_reference,
+                "reference_mode": self.reference_mode, "device": self.device,
                 "threads": self.threads, "batch_size": self.batch_size, "tile": self.tile,
                 "memory_bytes": self.memory_bytes, "seconds": round(self.seconds, 1), "notes": self.notes}
 
@@ -158,8 +170,11 @@ def available_memory_bytes() -> int:
 
 def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, planes: list[str] | None = None,
               has_reference: bool = False, device: str = "cpu", threads: int | None = None,
-              batch_size: int = 8, tile: int = DEFAULT_TILE) -> Plan:
-    """Decide the target grid, planes and costs of a run; refuse a target with nothing to upsample."""
+              batch_size: int = 8, tile: int = DEFAULT_TILE, reference_mode: str | None = None) -> Plan:
+    """Decide the target grid, planes and costs of a run; refuse a target with nothing to upsample.
+
+    `reference_mode` (texture-transfer models only) is paired, unpaired or self; an unpaired reference
+    feeds only the texture, not the reference branch."""
     spacing = target_spacing_for(source, target_spacing, scale)
     target = resampled_grid(source, spacing)
     factors = scale_factors(source, target)
@@ -189,8 +204,40 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
     else:
         rate = CUDA_MACS_PER_SECOND if device.startswith("cuda") else CPU_MACS_PER_SECOND_PER_THREAD * threads
         seconds = voxels * CUBIC_SECONDS_PER_VOXEL + voxels * len(chosen) * model.macs_per_pixel / rate
-    return Plan(source, target, factors, upsampled, chosen, model, has_reference and model.uses_reference,
+    if reference_mode:
+        # The texture inputs of one slice group and of one batch of tiles, and the confidence volume.
+        slice_pixels = max(target.size[a] * target.size[b] for a in range(3) for b in range(a + 1, 3))
+        memory += (TEXTURE_CHANNELS_IN_FLIGHT * 4 * batch_size * (slice_pixels + tile_pixels)
+                   + 4 * voxels + TEXTURE_WORKING_BYTES)
+        seconds += voxels * len(chosen) * (TEXTURE_CUDA_SECONDS_PER_PIXEL if device.startswith("cuda")
+                                           else TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD / threads)
+    uses_reference = has_reference and model.uses_reference and reference_mode in (None, "paired")
+    return Plan(source, target, factors, upsampled, chosen, model, uses_reference, reference_mode,
                 device, threads, batch_size, tile, int(memory), float(seconds), notes)
+
+
+def resolve_reference_mode(card: ModelCard, has_reference: bool, requested: str | None,
+                           texture_models: list[str] = ()) -> str | None:
+    """The texture-transfer reference mode of a run (None for other models): as asked, or paired with a
+    reference and self without one; refuses a mode the model or the inputs cannot serve."""
+    if requested is not None and requested not in REFERENCE_MODES:
+        raise MRISuperResError(f"Unknown reference mode {requested!r}; use one of {', '.join(REFERENCE_MODES)}.")
+    if not card.texture_transfer:
+        if requested in ("unpaired", "self"):
+            raise MRISuperResError(
+                f"Model {card.name} does not do texture transfer, so it has no {requested} reference mode; choose a "
+                f"texture-transfer model ({', '.join(texture_models) or 'none installed'}) or leave the mode out.")
+        return None
+    mode = requested or ("paired" if has_reference else "self")
+    if card.reference_modes and mode not in card.reference_modes:
+        raise MRISuperResError(f"Model {card.name} supports the reference modes {', '.join(card.reference_modes)}, "
+                               f"not {mode}.")
+    if mode != "self" and not has_reference:
+        raise MRISuperResError(f"The {mode} reference mode needs a reference volume; give one, or use the self mode.")
+    if mode == "self" and has_reference:
+        raise MRISuperResError("The self reference mode takes texture from the input's own high-resolution planes, "
+                               "not from a reference volume; leave the reference out or choose the paired or unpaired mode.")
+    return mode
 
 
 def check_memory(plan: Plan, force: bool = False) -> None:

@@ -1,7 +1,7 @@
 """The Python packages the core needs inside Slicer, and installing them on first use, after asking.
 
 torch comes through the PyTorch extension (`PyTorchUtils`), which picks the build for the machine's GPU;
-scipy and tqdm through `slicer.util.pip_install`. Slicer's own numpy, SimpleITK and VTK are never
+scipy, tqdm and kymatio through `slicer.util.pip_install`. Slicer's own numpy, SimpleITK and VTK are never
 reinstalled. Nothing is installed at import time.
 """
 
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 
-# Import name → pip requirement. scipy below 1.17: kymatio 0.3.0 (texture features) needs sph_harm.
-PIP_PACKAGES = {"scipy": "scipy>=1.10,<1.17", "tqdm": "tqdm>=4.60"}
+# Import name → pip requirement. scipy below 1.17: kymatio 0.3.0 (texture transfer) imports sph_harm, which
+# scipy 1.17 removed (MRISuperResLib.scattering also puts it back, for a Slicer that already has a newer scipy).
+PIP_PACKAGES = {"scipy": "scipy>=1.10,<1.17", "tqdm": "tqdm>=4.60", "kymatio": "kymatio==0.3.0"}
 TORCH_REQUIREMENT = ">=2.1"
 
 

@@ -2,7 +2,9 @@
 
 `start` validates the nodes, writes them to a private temporary folder and starts the child;
 `SuperResolutionRun.finish` loads the result into a new `<input>_SR` node (or the given output node) once
-the child succeeded; `cancel` kills the child. A failure or a cancel leaves the scene exactly as it was.
+the child succeeded, and with `confidence=True` (texture-transfer models) the match confidence into a
+new `<input>_SR_confidence` node; `cancel` kills the child. A failure or a cancel leaves the scene exactly
+as it was.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from MRISuperResLib.validation import check_reference_is_not_input
 from .nodes import check_volume_node, copy_window_level, update_node_from_volume, volume_from_node
 
 OUTPUT_SUFFIX = "_SR"
+CONFIDENCE_SUFFIX = "_SR_confidence"
 
 
 class SuperResolutionRun:
@@ -28,6 +31,7 @@ class SuperResolutionRun:
     def __init__(self, scene, job: SuperResolutionJob, folder: Path, input_node, output_node) -> None:
         self.scene, self.job, self.folder = scene, job, folder
         self.input_node, self.output_node = input_node, output_node
+        self.confidence_node = None
 
     @property
     def running(self) -> bool:
@@ -53,15 +57,23 @@ class SuperResolutionRun:
         """Load the child's result into the output node (created now if none was given)."""
         try:
             result = read_volume(self.job.outcome(progress), role="result")
+            confidence = (read_volume(self.job.confidence_path, role="confidence map")
+                          if self.job.confidence_path else None)
             node = self.output_node
             if node is None:
-                name = self.scene.GenerateUniqueName(self.input_node.GetName() + OUTPUT_SUFFIX)
-                node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+                node = self._new_node(OUTPUT_SUFFIX)
             update_node_from_volume(node, result)
             copy_window_level(self.input_node, node)
+            if confidence is not None:
+                self.confidence_node = self._new_node(CONFIDENCE_SUFFIX)
+                update_node_from_volume(self.confidence_node, confidence)
             return node
         finally:
             self._clean()
+
+    def _new_node(self, suffix: str):
+        name = self.scene.GenerateUniqueName(self.input_node.GetName() + suffix)
+        return self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
 
     def _clean(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -74,7 +86,8 @@ class SuperResolutionRunner:
         self.python = python or sys.executable
         self.environment = environment
 
-    def start(self, scene, input_node, reference_node=None, output_node=None, options: RunOptions = RunOptions()):
+    def start(self, scene, input_node, reference_node=None, output_node=None, options: RunOptions = RunOptions(),
+              confidence: bool = False):
         check_volume_node(input_node, "input")
         if output_node is not None:
             check_volume_node_class(output_node)
@@ -92,7 +105,7 @@ class SuperResolutionRunner:
             reference_path = (write_volume(reference_volume, folder / "reference.nrrd", compress=False)
                               if reference_volume is not None else None)
             job = SuperResolutionJob(self.python, input_path, folder / "output.nrrd", reference_path, options,
-                                     self.environment)
+                                     self.environment, folder / "confidence.nrrd" if confidence else None)
             job.start()
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -100,9 +113,9 @@ class SuperResolutionRunner:
         return SuperResolutionRun(scene, job, folder, input_node, output_node)
 
     def process(self, scene, input_node, reference_node=None, output_node=None, options: RunOptions = RunOptions(),
-                progress=None):
+                progress=None, confidence: bool = False):
         """Run to completion and return the output node; raises `MRISuperResError` with the reason."""
-        return self.start(scene, input_node, reference_node, output_node, options).wait(progress)
+        return self.start(scene, input_node, reference_node, output_node, options, confidence).wait(progress)
 
 
 def check_volume_node_class(node) -> None:

@@ -5,7 +5,9 @@ learns the residual that interpolation misses. Networks that use a reference tak
 same shape, the reference resampled onto the slice and the mask of where the reference has data; their
 reference branch is a separate feature extractor whose features join the target's in feature space
 (the fusion the progressive multi-contrast paper finds better than stacking input channels). A blank
-reference with a zero mask means "no reference".
+reference with a zero mask means "no reference". Networks built with `texture_transfer=True` also take
+`texture`: the swapped scattering features and the match confidence of `MRISuperResLib.texture`
+(81 + 1 channels on the slice's pixels), joined to the first layer's features through `TextureBranch`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,46 @@ def _reference_input(lr: torch.Tensor, reference: torch.Tensor | None,
     return torch.cat([reference * reference_mask, reference_mask], dim=1)
 
 
+TEXTURE_INPUT_CHANNELS = 82  # 81 swapped scattering channels + the confidence
+# Scattering coefficients of [0, 1] images span about 1e-3 to 1: log1p(gain · x) evens out their scales.
+TEXTURE_GAIN = 100.0
+
+
+class TextureBranch(nn.Module):
+    """Swapped texture features gated by the confidence of their match, projected into an early layer.
+
+    The projection (1×1 to `hidden`, ReLU, 1×1 to the layer's width: the features already describe 3 × 3
+    patches of scattering coefficients, 12 × 12 pixels, so it needs no spatial kernel) is added to the layer's
+    pre-activation, which is the same as concatenating its hidden features to the layer's input.
+    Its last convolution starts at zero, so a texture-transfer network starts as its backbone: it can be
+    initialised from the backbone's trained weights and fine-tuned. Without texture (`None`), the branch
+    sees zeros, as in training when no reference is given.
+    """
+
+    def __init__(self, features: int, hidden: int = 16) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(TEXTURE_INPUT_CHANNELS, hidden, 1)
+        self.expand = nn.Conv2d(hidden, features, 1)
+        nn.init.zeros_(self.expand.weight)
+        nn.init.zeros_(self.expand.bias)
+
+    def forward(self, texture: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        if texture is None:
+            # A constant (zero) input gives a constant output: compute it on one pixel.
+            texture = torch.zeros((1, TEXTURE_INPUT_CHANNELS, 1, 1), dtype=like.dtype, device=like.device)
+        swapped, confidence = texture[:, :-1], texture[:, -1:]
+        gated = torch.cat([torch.log1p(TEXTURE_GAIN * swapped.clamp(min=0)) * confidence, confidence], dim=1)
+        return self.expand(torch.relu(self.reduce(gated)))
+
+
+def _texture_branch(features: int, texture_transfer: bool) -> TextureBranch | None:
+    return TextureBranch(features) if texture_transfer else None
+
+
+def _with_texture(features: torch.Tensor, branch: TextureBranch | None, texture: torch.Tensor | None) -> torch.Tensor:
+    return features if branch is None else features + branch(texture, features)
+
+
 @register_architecture("srcnn")
 class SRCNN(nn.Module):
     """SRCNN (Dong et al., 2014; the 9-1-5 form) with a global residual and an optional reference branch.
@@ -58,10 +100,11 @@ class SRCNN(nn.Module):
     """
 
     def __init__(self, features: int = 64, mapped: int = 32, reference_features: int = 32,
-                 use_reference: bool = False) -> None:
+                 use_reference: bool = False, texture_transfer: bool = False) -> None:
         super().__init__()
         self.use_reference = use_reference
         self.extract = _conv(1, features, 9)
+        self.texture = _texture_branch(features, texture_transfer)
         fused = features
         if use_reference:
             self.reference_extract = _conv(2, reference_features, 9)
@@ -71,8 +114,8 @@ class SRCNN(nn.Module):
         self.activation = nn.ReLU(inplace=True)
 
     def forward(self, lr: torch.Tensor, reference: torch.Tensor | None = None,
-                reference_mask: torch.Tensor | None = None) -> torch.Tensor:
-        features = self.activation(self.extract(lr))
+                reference_mask: torch.Tensor | None = None, texture: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.activation(_with_texture(self.extract(lr), self.texture, texture))
         if self.use_reference:
             reference_features = self.activation(self.reference_extract(_reference_input(lr, reference, reference_mask)))
             features = torch.cat([features, reference_features], dim=1)
@@ -88,7 +131,7 @@ class VDSR(nn.Module):
     """
 
     def __init__(self, features: int = 16, depth: int = 7, reference_features: int = 16,
-                 use_reference: bool = False, fusion: str = "feature") -> None:
+                 use_reference: bool = False, fusion: str = "feature", texture_transfer: bool = False) -> None:
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")
@@ -104,13 +147,14 @@ class VDSR(nn.Module):
                                     for layer in (_conv(features, features, 3), nn.ReLU(inplace=True))])
         self.tail = _conv(features, 1, 3)
         self.activation = nn.ReLU(inplace=True)
+        self.texture = _texture_branch(features, texture_transfer)
 
     def forward(self, lr: torch.Tensor, reference: torch.Tensor | None = None,
-                reference_mask: torch.Tensor | None = None) -> torch.Tensor:
+                reference_mask: torch.Tensor | None = None, texture: torch.Tensor | None = None) -> torch.Tensor:
         if self.stacked:
-            return lr + self.tail(self.body(self.activation(
-                self.head(torch.cat([lr, _reference_input(lr, reference, reference_mask)], dim=1)))))
-        features = self.activation(self.head(lr))
+            head = self.head(torch.cat([lr, _reference_input(lr, reference, reference_mask)], dim=1))
+            return lr + self.tail(self.body(self.activation(_with_texture(head, self.texture, texture))))
+        features = self.activation(_with_texture(self.head(lr), self.texture, texture))
         if self.use_reference:
             reference_features = self.activation(self.reference_extract(_reference_input(lr, reference, reference_mask)))
             features = self.activation(self.fuse(torch.cat([features, reference_features], dim=1)))
@@ -194,17 +238,18 @@ class RFDN(nn.Module):
     `features` channels, their outputs concatenated and fused, a global residual; optional reference head."""
 
     def __init__(self, features: int = 16, blocks: int = 2, reference_features: int = 16, use_reference: bool = False,
-                 fusion: str = "feature") -> None:
+                 fusion: str = "feature", texture_transfer: bool = False) -> None:
         super().__init__()
         self.head = ReferenceHead(features, reference_features, use_reference, fusion)
+        self.texture = _texture_branch(features, texture_transfer)
         self.blocks = nn.ModuleList([DistillationBlock(features) for _ in range(blocks)])
         self.merge = nn.Sequential(nn.Conv2d(features * blocks, features, 1), nn.LeakyReLU(0.05, inplace=True))
         self.smooth = _conv(features, features, 3)
         self.tail = _conv(features, 1, 3)
 
     def forward(self, lr: torch.Tensor, reference: torch.Tensor | None = None,
-                reference_mask: torch.Tensor | None = None) -> torch.Tensor:
-        shallow = self.head(lr, reference, reference_mask)
+                reference_mask: torch.Tensor | None = None, texture: torch.Tensor | None = None) -> torch.Tensor:
+        shallow = _with_texture(self.head(lr, reference, reference_mask), self.texture, texture)
         outputs, current = [], shallow
         for block in self.blocks:
             current = block(current)
@@ -253,13 +298,14 @@ class RCAN(nn.Module):
     """
 
     def __init__(self, features: int = 16, groups: int = 2, blocks: int = 2, reference_features: int = 16,
-                 use_reference: bool = False, fusion: str = "feature") -> None:
+                 use_reference: bool = False, fusion: str = "feature", texture_transfer: bool = False) -> None:
         super().__init__()
         self.head = ReferenceHead(features, reference_features, use_reference, fusion)
+        self.texture = _texture_branch(features, texture_transfer)
         self.body = nn.Sequential(*[ResidualGroup(features, blocks) for _ in range(groups)], _conv(features, features, 3))
         self.tail = _conv(features, 1, 3)
 
     def forward(self, lr: torch.Tensor, reference: torch.Tensor | None = None,
-                reference_mask: torch.Tensor | None = None) -> torch.Tensor:
-        shallow = self.head(lr, reference, reference_mask)
+                reference_mask: torch.Tensor | None = None, texture: torch.Tensor | None = None) -> torch.Tensor:
+        shallow = _with_texture(self.head(lr, reference, reference_mask), self.texture, texture)
         return lr + self.tail(self.body(shallow) + shallow)

@@ -38,10 +38,16 @@ class ModelCard:
     training_data: str = ""
     training: str = ""
     validation: dict = field(default_factory=dict)
+    # Texture-transfer models: the reference modes they were trained for (paired, unpaired, self).
+    reference_modes: list = field(default_factory=list)
 
     @property
     def is_interpolation(self) -> bool:
         return self.architecture == INTERPOLATION
+
+    @property
+    def texture_transfer(self) -> bool:
+        return bool(self.arguments.get("texture_transfer"))
 
     def to_json(self) -> dict:
         return asdict(self)

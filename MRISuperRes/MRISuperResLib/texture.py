@@ -1,0 +1,320 @@
+"""Reference-based texture transfer with wavelet scattering (the design papers' core method).
+
+For each slice the networks see (pre-interpolated, an upsampled axis along rows):
+
+1. Scattering features (J = 2, L = 8: 81 channels at 1/4 resolution) of the slice, of the sharp
+   reference and of the *blurred* reference: the reference averaged over the same number of target
+   pixels along the upsampled direction(s) and interpolated back (box slice profile + cubic), so that
+   matching compares like with like.
+2. Dense matching of 3 × 3 feature patches, stride 1, by normalised dot product (cosine), argmax per
+   input patch; the best score is the **confidence** (0 where there is nothing to match). The features
+   are standardised per channel first (mean and spread of the blurred reference's foreground): raw
+   scattering coefficients are non-negative and dominated by the low-pass channel, so their cosine is
+   about 0.97 for any two patches, and matching would compare local brightness rather than texture.
+3. Swapping: the matched patches of the *sharp* reference's features are put in place and overlaps
+   averaged; the network takes them, with the confidence, in an early layer.
+
+Where the matches are searched depends on the reference mode:
+
+- ``paired``: the reference is resampled onto the target grid (same patient, registered), so each input
+  patch is compared with the blurred reference patches of the same slice within ±`window` feature pixels
+  (±4 · `window` image pixels), which tolerates misregistration and costs (2·window + 1)² · 81 multiply-adds
+  per position.
+- ``unpaired``: any high-resolution scan, not aligned, maybe another patient: a bank of at most
+  `bank_size` patches from slices of all three planes of the reference (resampled to the target
+  spacing in its own orientation), searched whole for every input patch.
+- ``self``: no reference: the bank comes from the input's own high-resolution planes (the acquired
+  slices of a thick-slice volume are sharp in-plane), blurred the way the other planes are.
+
+Bank matching runs in chunks of input patches so that the similarity matrix never exceeds
+`memory_bytes` (default 64 MiB); on top of that it holds the matched patches of the slices in flight,
+9 · 81 · 4 bytes per feature position (about 12 MB for a 256 × 256 slice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import MRISuperResError
+from .plan import REFERENCE_MODES
+from .scattering import Scattering
+TEXTURE_CHANNELS = 81
+# Feature positions whose low-pass (order-0) coefficient is below this, in normalised intensity, are
+# background: they are not matched (confidence 0) and do not enter a bank.
+FOREGROUND_LEVEL = 0.05
+
+
+@dataclass(frozen=True)
+class MatchSettings:
+    window: int = 4
+    bank_size: int = 1024
+    bank_slices: int = 6
+    memory_bytes: int = 64 << 20
+
+
+def blur_like_input(slices: torch.Tensor, factors: tuple[float, float]) -> torch.Tensor:
+    """(B, H, W) slices averaged over round(factor) pixels along rows / columns and interpolated back."""
+    images = slices[:, None].float()
+    kernel = (max(1, round(factors[0])), max(1, round(factors[1])))
+    if kernel == (1, 1):
+        return slices.float()
+    size = images.shape[-2:]
+    coarse = F.avg_pool2d(images, kernel, stride=kernel, ceil_mode=True, count_include_pad=False)
+    return F.interpolate(coarse, size=size, mode="bicubic", align_corners=False)[:, 0]
+
+
+@dataclass(frozen=True)
+class FeatureStatistics:
+    """Per-channel mean and spread used to standardise features before matching."""
+
+    mean: torch.Tensor  # (C,)
+    spread: torch.Tensor
+
+    @classmethod
+    def of(cls, features: torch.Tensor) -> "FeatureStatistics":
+        """Statistics of the foreground positions of (N, C, h, w) features (all positions if none)."""
+        flat = features.transpose(0, 1).flatten(1)
+        foreground = flat[:, flat[0] > FOREGROUND_LEVEL]
+        if foreground.shape[1] < 2:
+            foreground = flat
+        return cls(foreground.mean(1), foreground.std(1).clamp(min=1e-6))
+
+    def standardise(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.mean.view(1, -1, 1, 1)) / self.spread.view(1, -1, 1, 1)
+
+
+def _box3(x: torch.Tensor) -> torch.Tensor:
+    """Sum over each position's 3 × 3 neighbourhood (zeros outside), per channel."""
+    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=True) * 9
+
+
+def _shift(x: torch.Tensor, dy: int, dx: int, radius: int) -> torch.Tensor:
+    """x[..., y + dy, x + dx] from a tensor padded by `radius` on every side."""
+    h, w = x.shape[-2] - 2 * radius, x.shape[-1] - 2 * radius
+    return x[..., radius + dy:radius + dy + h, radius + dx:radius + dx + w]
+
+
+def match_window(query: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor,
+                 radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paired matching: for every position of `query` (B, C, h, w), the 3 × 3 patch of `blurred` (same
+    slice) within ±`radius` positions with the highest cosine similarity; returns the swapped patches of
+    `sharp` (B, C, h, w) with overlaps averaged, and the best similarity (B, 1, h, w), 0 on background."""
+    eps = 1e-12
+    foreground = query[:, :1] > FOREGROUND_LEVEL
+    statistics = FeatureStatistics.of(blurred)
+    query, blurred = statistics.standardise(query), statistics.standardise(blurred)
+    query_energy = _box3(query.pow(2).sum(1, keepdim=True))
+    padded = F.pad(blurred, (radius,) * 4)
+    padded_energy = _box3(padded.pow(2).sum(1, keepdim=True))
+    # Candidates are patches centred inside the map.
+    padded_inside = F.pad(torch.ones_like(query_energy), (radius,) * 4)
+    best = torch.full_like(query_energy, -1.0)
+    best_dy = torch.zeros_like(query_energy, dtype=torch.long)
+    best_dx = torch.zeros_like(best_dy)
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            dot = _box3((query * _shift(padded, dy, dx, radius)).sum(1, keepdim=True))
+            score = dot / (query_energy * _shift(padded_energy, dy, dx, radius) + eps).sqrt()
+            better = (score > best) & (_shift(padded_inside, dy, dx, radius) > 0)
+            best = torch.where(better, score, best)
+            best_dy = torch.where(better, dy, best_dy)
+            best_dx = torch.where(better, dx, best_dx)
+    confidence = best.clamp(min=0.0) * foreground
+    return _place_window_patches(sharp, best_dy[:, 0], best_dx[:, 0], radius), confidence
+
+
+def _place_window_patches(sharp: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, radius: int) -> torch.Tensor:
+    """Average, at each position p, the values that the matched patches of p's 3 × 3 neighbours put there:
+    neighbour n = p − o matched the patch centred at n + d(n), whose element at offset o lies at p + d(n)."""
+    b, c, h, w = sharp.shape
+    padded = F.pad(sharp, (radius + 1,) * 4).flatten(2)
+    width = w + 2 * radius + 2
+    rows = torch.arange(h, device=sharp.device).view(1, h, 1)
+    cols = torch.arange(w, device=sharp.device).view(1, 1, w)
+    total = torch.zeros_like(sharp)
+    count = torch.zeros((b, 1, h, w), dtype=sharp.dtype, device=sharp.device)
+    for oy in (-1, 0, 1):
+        for ox in (-1, 0, 1):
+            # d(p − o), with neighbours outside the map contributing nothing.
+            ny, nx = rows - oy, cols - ox
+            inside = ((ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)).expand(b, h, w)
+            ny_c, nx_c = ny.clamp(0, h - 1).expand(b, h, w), nx.clamp(0, w - 1).expand(b, h, w)
+            batch = torch.arange(b, device=sharp.device).view(b, 1, 1).expand(b, h, w)
+            shift_y, shift_x = dy[batch, ny_c, nx_c], dx[batch, ny_c, nx_c]
+            index = (rows + shift_y + radius + 1) * width + (cols + shift_x + radius + 1)
+            values = torch.gather(padded, 2, index.flatten(1)[:, None].expand(b, c, h * w)).view(b, c, h, w)
+            weight = inside[:, None].to(sharp.dtype)
+            total += values * weight
+            count += weight
+    return total / count
+
+
+@dataclass
+class PatchBank:
+    """Unit-normalised 3 × 3 patches of blurred reference features (keys) and the sharp ones (values)."""
+
+    keys: torch.Tensor    # (P, 9C), standardised with `statistics`
+    values: torch.Tensor  # (P, 9C)
+    statistics: FeatureStatistics
+
+    @property
+    def size(self) -> int:
+        return self.keys.shape[0]
+
+
+def build_bank(blurred: list[torch.Tensor], sharp: list[torch.Tensor], max_patches: int) -> PatchBank:
+    """A bank from feature maps (each (N, C, h, w), shapes may differ): foreground 3 × 3 patches, at most
+    `max_patches`, evenly spread over the foreground (deterministic), standardised with the statistics
+    of all the blurred maps' foreground."""
+    channels = blurred[0].shape[1]
+    statistics = FeatureStatistics.of(torch.cat([b.flatten(2) for b in blurred], dim=2)[..., None])
+    keys, values = [], []
+    for blurred_maps, sharp_maps in zip(blurred, sharp):
+        foreground = (blurred_maps[:, 0] > FOREGROUND_LEVEL).flatten()
+        keys.append(F.unfold(statistics.standardise(blurred_maps), 3, padding=1)
+                    .transpose(1, 2).reshape(-1, 9 * channels)[foreground])
+        values.append(F.unfold(sharp_maps, 3, padding=1).transpose(1, 2).reshape(-1, 9 * channels)[foreground])
+    keys, values = torch.cat(keys), torch.cat(values)
+    if keys.shape[0] > max_patches:
+        picks = torch.linspace(0, keys.shape[0] - 1, max_patches).round().long()
+        keys, values = keys[picks], values[picks]
+    return PatchBank(F.normalize(keys, dim=1), values.contiguous(), statistics)
+
+
+def match_bank(query: torch.Tensor, bank: PatchBank, memory_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpaired / self matching of every foreground 3 × 3 patch of `query` (B, C, h, w) against the whole
+    bank, in chunks whose similarity matrix stays within `memory_bytes`; returns swapped features with
+    overlaps averaged and the best cosine similarity (0 on background and with an empty bank)."""
+    b, c, h, w = query.shape
+    confidence = torch.zeros((b, h * w), dtype=query.dtype, device=query.device)
+    matched = torch.zeros((b, h * w, 9 * c), dtype=query.dtype, device=query.device)
+    if bank.size:
+        patches = F.unfold(bank.statistics.standardise(query), 3, padding=1).transpose(1, 2)  # (B, h·w, 9C)
+        foreground = (query[:, 0] > FOREGROUND_LEVEL).flatten(1)
+        chunk = max(1, memory_bytes // (4 * bank.size))
+        for item in range(b):
+            positions = foreground[item].nonzero()[:, 0]
+            for start in range(0, positions.numel(), chunk):
+                where = positions[start:start + chunk]
+                similarity = F.normalize(patches[item, where], dim=1) @ bank.keys.T
+                score, index = similarity.max(dim=1)
+                del similarity
+                confidence[item, where] = score.clamp(min=0.0)
+                matched[item, where] = bank.values[index]
+    weights = F.fold(torch.ones((1, 9, h * w), dtype=query.dtype, device=query.device), (h, w), 3, padding=1)
+    swapped = F.fold(matched.transpose(1, 2), (h, w), 3, padding=1) / weights
+    return swapped, confidence.view(b, 1, h, w)
+
+
+def upsample_features(features: torch.Tensor, image_shape: tuple[int, int], scattering: Scattering) -> torch.Tensor:
+    """Bilinear interpolation of (B, C, h, w) scattering-grid maps onto the (H, W) image pixels they describe:
+    coefficient i sits at image pixel 2^J · (i + 1) − padding (kymatio pads, subsamples and unpads)."""
+    height, width = image_shape
+    top, left = scattering.leading_padding(height, width)
+    step = 2 ** scattering.J
+    h, w = features.shape[-2:]
+    y = (torch.arange(height, dtype=features.dtype, device=features.device) + top) / step - 1
+    x = (torch.arange(width, dtype=features.dtype, device=features.device) + left) / step - 1
+    grid_y = (2 * y / max(h - 1, 1) - 1).view(height, 1).expand(height, width)
+    grid_x = (2 * x / max(w - 1, 1) - 1).view(1, width).expand(height, width)
+    grid = torch.stack([grid_x, grid_y], dim=-1)[None].expand(features.shape[0], height, width, 2)
+    return F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def acquired_planes(upsampled: tuple[int, ...]) -> list[int]:
+    """Numpy axes normal to the planes the input was acquired in at full resolution: planes whose two axes
+    are not upsampled. Self-reference takes its texture from them; refuses a run that has none."""
+    from .volume import AXIS_NAMES
+
+    normals = [2 - normal for normal in range(3) if all(a not in upsampled for a in range(3) if a != normal)]
+    if not normals:
+        raise MRISuperResError(
+            "Self-reference needs an input plane that was acquired at high resolution, but every plane of this "
+            f"run holds an upsampled axis ({', '.join(AXIS_NAMES[a] for a in upsampled)}); give a reference volume "
+            "(paired or unpaired mode) instead.")
+    return normals
+
+
+def _spread_slices(array: np.ndarray, numpy_axis: int, count: int) -> list[np.ndarray]:
+    """`count` slices along `numpy_axis`, evenly spread over the middle 80 % of the volume."""
+    n = array.shape[numpy_axis]
+    picks = sorted({int(round(i)) for i in np.linspace(0.1 * (n - 1), 0.9 * (n - 1), count)})
+    return [np.take(array, p, axis=numpy_axis) for p in picks]
+
+
+def _sharp_slices_unpaired(reference: np.ndarray, count: int) -> list[np.ndarray]:
+    slices = []
+    for axis in range(3):
+        slices += _spread_slices(reference, axis, count)
+    return slices
+
+
+class TextureSource:
+    """Texture-transfer inputs for the slices of a run: (G, 82, H, W) = swapped features and confidence,
+    on the slices' pixels."""
+
+    def __init__(self, mode: str, settings: MatchSettings = MatchSettings(), device: torch.device | None = None,
+                 reference: np.ndarray | None = None, reference_mask: np.ndarray | None = None,
+                 bank_source: list[np.ndarray] | None = None) -> None:
+        if mode not in REFERENCE_MODES:
+            raise MRISuperResError(f"Unknown reference mode {mode!r}; use one of {', '.join(REFERENCE_MODES)}.")
+        self.mode, self.settings = mode, settings
+        self.device = device or torch.device("cpu")
+        self.scattering = Scattering()
+        self.reference, self.reference_mask = reference, reference_mask
+        self.bank_source = bank_source
+        self._banks: dict[tuple[float, float], PatchBank] = {}
+
+    @classmethod
+    def paired(cls, reference: np.ndarray, reference_mask: np.ndarray, **kwargs) -> "TextureSource":
+        return cls("paired", reference=reference, reference_mask=reference_mask, **kwargs)
+
+    @classmethod
+    def unpaired(cls, reference: np.ndarray, settings: MatchSettings = MatchSettings(), **kwargs) -> "TextureSource":
+        return cls("unpaired", settings, bank_source=_sharp_slices_unpaired(reference, settings.bank_slices), **kwargs)
+
+    @classmethod
+    def self_reference(cls, lr: np.ndarray, upsampled: tuple[int, ...], settings: MatchSettings = MatchSettings(),
+                       **kwargs) -> "TextureSource":
+        slices = [s for axis in acquired_planes(upsampled) for s in _spread_slices(lr, axis, settings.bank_slices)]
+        # Both orientations: the acquired slices' texture can lie either way in the other planes.
+        return cls("self", settings, bank_source=slices + [s.T for s in slices], **kwargs)
+
+    def bank(self, factors: tuple[float, float]) -> PatchBank:
+        if factors not in self._banks:
+            keys, values = [], []
+            for image in self.bank_source:
+                sharp = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(self.device)
+                if min(sharp.shape[-2:]) < 8:
+                    continue
+                keys.append(self.scattering(blur_like_input(sharp, factors)))
+                values.append(self.scattering(sharp))
+            self._banks[factors] = build_bank(keys, values, self.settings.bank_size)
+        return self._banks[factors]
+
+    def prepare(self, factors: list[tuple[float, float]]) -> None:
+        """Build the banks (unpaired and self modes) for the planes' blur factors ahead of the slices."""
+        if self.mode != "paired":
+            for pair in factors:
+                self.bank(pair)
+
+    def features(self, lr_slices: np.ndarray, factors: tuple[float, float],
+                 reference_slices: np.ndarray | None = None, mask_slices: np.ndarray | None = None) -> np.ndarray:
+        """Texture inputs (G, 82, H, W) for pre-interpolated slices (G, H, W) blurred by `factors` (rows,
+        columns); paired mode also takes the reference and its mask on the same slices."""
+        with torch.inference_mode():
+            lr = torch.from_numpy(np.ascontiguousarray(lr_slices, dtype=np.float32)).to(self.device)
+            query = self.scattering(lr)
+            if self.mode == "paired":
+                sharp_image = torch.from_numpy(np.ascontiguousarray(reference_slices * mask_slices,
+                                                                    dtype=np.float32)).to(self.device)
+                blurred = self.scattering(blur_like_input(sharp_image, factors))
+                swapped, confidence = match_window(query, blurred, self.scattering(sharp_image), self.settings.window)
+            else:
+                swapped, confidence = match_bank(query, self.bank(factors), self.settings.memory_bytes)
+            texture = upsample_features(torch.cat([swapped, confidence], 1), lr.shape[-2:], self.scattering)
+            return texture.cpu().numpy()

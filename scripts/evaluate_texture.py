@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""The texture-transfer ablation on the held-back `val/` subjects, 4× thick slices (box profile).
+
+Per backbone: the reference-fusion model without a reference and with its paired reference, and the
+texture-transfer model fine-tuned from it with a paired reference (the subject's other contrast, also
+fed to the reference branch), an unpaired reference (another subject's scan: texture only) and self
+(no reference: texture from the input's own acquired planes). PSNR / SSIM over the foreground, as
+`scripts/evaluate.py` scores them. Rows are cached in `<output>/texture_ablation.jsonl`, so an
+interrupted run continues where it stopped.
+
+    python scripts/evaluate_texture.py --threads 2 --output Resources
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+import _paths  # noqa: F401
+from evaluate import CASES, centred_on, crop_to, degrade
+from MRISuperResLib import read_volume, superresolve_with_confidence
+from MRISuperResLib.figures import save_panels
+from MRISuperResLib.metrics import score
+
+REPO = Path(__file__).resolve().parents[1]
+PAIRS = [("srcnn-ref", "srcnn-tt"), ("rfdn-ref", "rfdn-tt"), ("rcan-ref", "rcan-tt")]
+# column: (which model of the pair, reference, reference mode)
+COLUMNS = {
+    "no reference": (0, "none", None),
+    "reference fusion": (0, "paired", None),
+    "TT paired": (1, "paired", "paired"),
+    "TT unpaired": (1, "unpaired", "unpaired"),
+    "TT self": (1, "none", "self"),
+}
+PICTURE_CASE = "openms_p26 T2<-T1"
+
+
+def run(data: Path, pairs, cases, factor: int, threads: int, cache: Path, pictures: Path | None) -> list[dict]:
+    done = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
+    key = lambda r: (r["case"], r["model"], r["column"])  # noqa: E731
+    finished = {key(r) for r in done}
+    rows = list(done)
+    for case in cases:
+        name, target_path, reference_path, mask_path, axis = case[:5]
+        truth = read_volume(data / target_path)
+        references = {"none": None, "paired": read_volume(data / reference_path, "reference"),
+                      "unpaired": centred_on(read_volume(data / case[6], "reference"), truth)}
+        mask = read_volume(data / mask_path).array if mask_path else None
+        low = degrade(truth, "thick", factor, case)
+        truth_crop = None
+        todo = [("cubic", "cubic", "none", None)] + [
+            (column, pair[which], reference, mode) for pair in pairs
+            for column, (which, reference, mode) in COLUMNS.items()]
+        confidences = {}
+        for column, model, reference, mode in todo:
+            wants_picture = pictures is not None and name == PICTURE_CASE and model == pairs[0][1]
+            if (name, model, column) in finished and not wants_picture:
+                continue
+            started = time.perf_counter()
+            result, confidence = superresolve_with_confidence(
+                low, references[reference], model=model, target_spacing=truth.spacing, threads=threads,
+                reference_mode=mode)
+            truth_crop = crop_to(truth.array, result.array.shape)
+            if wants_picture:
+                confidences[column] = (result.array, confidence.array)
+            if (name, model, column) in finished:
+                continue
+            row = {"case": name, "factor": factor, "model": model, "column": column, "reference": reference,
+                   "seconds": round(time.perf_counter() - started, 1),
+                   **score(result.array, truth_crop, None if mask is None else crop_to(mask, result.array.shape))}
+            if confidence is not None:
+                row["mean_confidence"] = round(float(confidence.array[truth_crop > 0].mean()), 3)
+            rows.append(row)
+            with open(cache, "a") as stream:
+                stream.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+        if confidences:
+            confidence_picture(pictures / "texture_confidence.png", low, truth_crop, confidences, axis, factor)
+    return rows
+
+
+def confidence_picture(path: Path, low, truth: np.ndarray, confidences: dict, axis: int, factor: int) -> None:
+    """Input, texture-transfer output and the confidence maps of the three modes, on a slice that holds
+    the thick-slice axis (vertical); confidence 0-1 is drawn on the image's grey scale."""
+    axis_np = 2 - axis
+    other = [a for a in range(3) if a != axis_np]
+    middle = truth.shape[other[0]] // 2
+
+    def cut(array: np.ndarray) -> np.ndarray:
+        plane = np.take(array, middle, axis=other[0])
+        return plane if axis_np < other[1] else plane.T
+
+    top = float(np.percentile(truth, 99.5))
+    thick = np.repeat(low.array, factor, axis=axis_np)[tuple(slice(0, n) for n in truth.shape)]
+    panels = [(f"input: {factor}x thick slices", cut(thick)),
+              ("TT paired output", cut(confidences["TT paired"][0]))]
+    panels += [(f"confidence, {column[3:]} (0-1)", cut(confidence) * top)
+               for column, (_, confidence) in confidences.items()]
+    panels.append(("truth", cut(truth)))
+    save_panels(panels, path, (0.0, top))
+
+
+def markdown(rows: list[dict], pairs) -> str:
+    cubic = [r for r in rows if r["model"] == "cubic"]
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    mean = lambda hits, what: float(np.mean([r[what] for r in hits]))  # noqa: E731
+    lines = [f"Mean over {len(cases)} val/ cases, 4× thick slices, PSNR (dB) / SSIM over the foreground; "
+             f"cubic: **{mean(cubic, 'psnr'):.2f} / {mean(cubic, 'ssim'):.4f}**.\n",
+             "| backbone | " + " | ".join(COLUMNS) + " |", "|" + " --- |" * (len(COLUMNS) + 1)]
+    for pair in pairs:
+        cells = []
+        for column, (which, _, _) in COLUMNS.items():
+            hits = [r for r in rows if r["model"] == pair[which] and r["column"] == column]
+            cells.append(f"{mean(hits, 'psnr'):.2f} / {mean(hits, 'ssim'):.4f}" if len(hits) == len(cases) else "")
+        lines.append(f"| {pair[0].split('-')[0]} | " + " | ".join(cells) + " |")
+    lines += ["", "Per subject, PSNR (dB):", "",
+              "| case | cubic | " + " | ".join(f"{p[0].split('-')[0]} {c}" for p in pairs for c in COLUMNS) + " |",
+              "|" + " --- |" * (2 + len(pairs) * len(COLUMNS))]
+    for case in cases:
+        cells = [next((f"{r['psnr']:.2f}" for r in cubic if r["case"] == case), "")]
+        for pair in pairs:
+            for column, (which, _, _) in COLUMNS.items():
+                cells.append(next((f"{r['psnr']:.2f}" for r in rows if (r["case"], r["model"], r["column"])
+                                   == (case, pair[which], column)), ""))
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--factor", type=int, default=4)
+    parser.add_argument("--backbones", nargs="+", help="backbone names (srcnn rfdn rcan); default all three")
+    parser.add_argument("--cases", nargs="+", help="case names to run (default: all)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=REPO / "Resources")
+    args = parser.parse_args()
+    pairs = [p for p in PAIRS if not args.backbones or p[0].split("-")[0] in args.backbones]
+    cases = [c for c in CASES if not args.cases or c[0] in args.cases]
+    args.output.mkdir(parents=True, exist_ok=True)
+    rows = run(args.data, pairs, cases, args.factor, args.threads, args.output / "texture_ablation.jsonl",
+               args.output)
+    text = markdown(rows, pairs)
+    print(text)
+    (args.output / "texture_ablation.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
