@@ -18,13 +18,14 @@ from slicer.util import VTKObservationMixin
 from MRISuperResLib.errors import CancelledError, MRISuperResError
 from MRISuperResLib.job import RunOptions
 from MRISuperResLib.models.registry import ModelRegistry
-from MRISuperResLib.plan import make_plan
+from MRISuperResLib.plan import REFERENCE_MODES, make_plan, resolve_reference_mode
 from MRISuperResSlicer import dependencies
 from MRISuperResSlicer.nodes import grid_from_node
 from MRISuperResSlicer.runner import SuperResolutionRunner
 
 TARGET_MODES = ("isotropic", "scale", "spacing")
 DEVICES = ("auto", "cpu", "cuda")
+REFERENCE_MODE_CHOICES = ("", *REFERENCE_MODES)  # "": automatic
 POLL_MILLISECONDS = 200
 
 
@@ -73,6 +74,8 @@ class MRISuperResParameterNode:
     targetValues: str = "1,1,1"
     device: str = "auto"
     registerReference: bool = False
+    referenceMode: str = ""
+    confidenceMap: bool = False
     planes: str = ""
     batchSize: Annotated[int, WithinRange(1, 256)] = 8
 
@@ -105,6 +108,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onManualWidgetChanged)
         self.ui.targetModeComboBox.connect("currentIndexChanged(int)", self.onManualWidgetChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onManualWidgetChanged)
+        self.ui.referenceModeComboBox.connect("currentIndexChanged(int)", self.onManualWidgetChanged)
         self.ui.targetValuesWidget.connect("coordinatesChanged(double*)", self.onManualWidgetChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.initializeParameterNode()
@@ -154,21 +158,26 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         if parameters is None:
             return
-        for widget in (self.ui.modelComboBox, self.ui.targetModeComboBox, self.ui.deviceComboBox,
-                       self.ui.targetValuesWidget):
+        manual = (self.ui.modelComboBox, self.ui.targetModeComboBox, self.ui.deviceComboBox,
+                  self.ui.targetValuesWidget, self.ui.referenceModeComboBox)
+        for widget in manual:
             widget.blockSignals(True)
         self.ui.modelComboBox.currentIndex = max(0, self.ui.modelComboBox.findData(parameters.model))
         self.ui.targetModeComboBox.currentIndex = TARGET_MODES.index(parameters.targetMode)
         self.ui.deviceComboBox.currentIndex = DEVICES.index(parameters.device)
         self.ui.targetValuesWidget.coordinates = parameters.targetValues
         self.ui.targetValuesWidget.enabled = parameters.targetMode != "isotropic"
-        for widget in (self.ui.modelComboBox, self.ui.targetModeComboBox, self.ui.deviceComboBox,
-                       self.ui.targetValuesWidget):
+        self.ui.referenceModeComboBox.currentIndex = REFERENCE_MODE_CHOICES.index(parameters.referenceMode)
+        for widget in manual:
             widget.blockSignals(False)
 
         card = self.logic.registry.get(parameters.model or None)
-        self.ui.modelHintLabel.text = ("Uses the reference when one is selected." if card.uses_reference
-                                       else "Does not use a reference.")
+        hint = "Uses the reference when one is selected." if card.uses_reference else "Does not use a reference."
+        if card.texture_transfer:
+            hint += " Texture transfer: " + ", ".join(card.reference_modes or REFERENCE_MODES) + " reference."
+        self.ui.modelHintLabel.text = hint
+        self.ui.referenceModeComboBox.enabled = card.texture_transfer
+        self.ui.confidenceMapCheckBox.enabled = card.texture_transfer
         self.ui.planLabel.text = self.planLine()
         if self._run is None:
             self.ui.applyButton.enabled = parameters.inputVolume is not None
@@ -182,6 +191,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.targetMode = TARGET_MODES[self.ui.targetModeComboBox.currentIndex]
             self._parameterNode.device = DEVICES[self.ui.deviceComboBox.currentIndex]
             self._parameterNode.targetValues = self.ui.targetValuesWidget.coordinates
+            self._parameterNode.referenceMode = REFERENCE_MODE_CHOICES[self.ui.referenceModeComboBox.currentIndex]
 
     def targetArguments(self):
         """{'targetSpacing': …, 'scale': …} as `MRISuperResLogic.process` takes them (None: not chosen)."""
@@ -189,13 +199,23 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         mode = self._parameterNode.targetMode
         return {"targetSpacing": values if mode == "spacing" else None, "scale": values if mode == "scale" else None}
 
+    def textureArguments(self):
+        """{'referenceMode': …, 'confidenceMap': …} for texture-transfer models; nothing for the others."""
+        parameters = self._parameterNode
+        if not self.logic.registry.get(parameters.model or None).texture_transfer:
+            return {}
+        return {"referenceMode": parameters.referenceMode or None, "confidenceMap": parameters.confidenceMap}
+
     def planLine(self):
         parameters = self._parameterNode
         try:
             target = self.targetArguments()
             grid = grid_from_node(parameters.inputVolume, "input")
-            plan = make_plan(grid, self.logic.registry.get(parameters.model or None), planes=parameters.planes.split() or None,
-                             has_reference=parameters.referenceVolume is not None,
+            card = self.logic.registry.get(parameters.model or None)
+            hasReference = parameters.referenceVolume is not None
+            mode = resolve_reference_mode(card, hasReference, parameters.referenceMode or None)
+            plan = make_plan(grid, card, planes=parameters.planes.split() or None, has_reference=hasReference,
+                             reference_mode=mode,
                              device="cuda" if parameters.device == "cuda" else "cpu", threads=os.cpu_count(),
                              batch_size=parameters.batchSize, target_spacing=target["targetSpacing"],
                              scale=target["scale"])
@@ -215,7 +235,8 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 parameters.inputVolume, parameters.referenceVolume, parameters.outputVolume,
                 model=parameters.model or None, device=parameters.device,
                 registerReference=parameters.registerReference, planes=parameters.planes.split() or None,
-                batchSize=parameters.batchSize, waitForCompletion=False, **self.targetArguments())
+                batchSize=parameters.batchSize, waitForCompletion=False, **self.targetArguments(),
+                **self.textureArguments())
         except Exception as error:  # a bad input (MRISuperResError) or a failed dependency install
             slicer.util.errorDisplay(str(error))
             return
@@ -246,7 +267,8 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(str(error))
             return
         self.logic.showResult(node)
-        self.ui.statusLabel.text = f"Done: {node.GetName()}."
+        self.ui.statusLabel.text = f"Done: {node.GetName()}" + (
+            f" and {run.confidence_node.GetName()}." if run.confidence_node else ".")
 
     def showProgress(self, event):
         if event.total:
@@ -276,6 +298,7 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self.registry = ModelRegistry()
+        self.lastConfidenceNode = None
 
     def getParameterNode(self):
         return MRISuperResParameterNode(super().getParameterNode())
@@ -291,8 +314,12 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
 
     def process(self, inputVolume, referenceVolume=None, outputVolume=None, model=None, targetSpacing=None,
                 device="auto", registerReference=False, waitForCompletion=True, progressCallback=None, scale=None,
-                planes=None, batchSize=None, installDependencies=True):
+                planes=None, batchSize=None, installDependencies=True, referenceMode=None, confidenceMap=False):
         """Super-resolve `inputVolume` and return the output node (a new `<input>_SR` unless given).
+
+        Texture-transfer models take `referenceMode` (paired, unpaired or self; None: paired with a
+        reference, self without) and, with `confidenceMap=True`, also create `<input>_SR_confidence`,
+        which is then `self.lastConfidenceNode`.
 
         With `waitForCompletion=False` it returns the running job at once (poll `pending_events()`, then
         `finish()` or `cancel()`); the scene changes only when a run succeeds. Raises `MRISuperResError`
@@ -303,9 +330,10 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
             return None
         options = RunOptions(model=model, target_spacing=tuple(targetSpacing) if targetSpacing else None,
                              scale=tuple(scale) if scale else None, planes=tuple(planes) if planes else None,
-                             device=device, batch_size=batchSize, register_reference=registerReference)
+                             device=device, batch_size=batchSize, register_reference=registerReference,
+                             reference_mode=referenceMode)
         runner = SuperResolutionRunner(self.pythonExecutable(), slicer.util.startupEnvironment())
-        run = runner.start(slicer.mrmlScene, inputVolume, referenceVolume, outputVolume, options)
+        run = runner.start(slicer.mrmlScene, inputVolume, referenceVolume, outputVolume, options, confidenceMap)
         if not waitForCompletion:
             return run
 
@@ -315,6 +343,7 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
             slicer.app.processEvents()
 
         node = run.wait(onProgress)
+        self.lastConfidenceNode = run.confidence_node
         self.showResult(node)
         return node
 
@@ -334,6 +363,8 @@ class MRISuperResTest(ScriptedLoadableModuleTest):
         self.test_cubic_and_trained_model_keep_the_planned_grid()
         self.setUp()
         self.test_bad_input_leaves_the_scene_unchanged()
+        self.setUp()
+        self.test_texture_transfer_self_mode_adds_a_confidence_node()
 
     def _obliqueThickVolume(self):
         import numpy as np
@@ -381,4 +412,16 @@ class MRISuperResTest(ScriptedLoadableModuleTest):
         with self.assertRaises(CancelledError):
             run.finish()
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
+        self.delayDisplay("Test passed")
+
+    def test_texture_transfer_self_mode_adds_a_confidence_node(self):
+        logic = MRISuperResLogic()
+        texture_models = [c.name for c in logic.registry.cards.values() if c.texture_transfer]
+        self.assertTrue(texture_models, "no texture-transfer model is installed")
+        self.delayDisplay(f"Texture transfer with {texture_models[0]}, self reference")
+        inputNode = self._obliqueThickVolume()
+        output = logic.process(inputNode, model=texture_models[0], referenceMode="self", confidenceMap=True)
+        confidence = slicer.util.arrayFromVolume(logic.lastConfidenceNode)
+        self.assertEqual(confidence.shape, slicer.util.arrayFromVolume(output).shape)
+        self.assertTrue(0.0 <= confidence.min() and confidence.max() <= 1.0)
         self.delayDisplay("Test passed")

@@ -27,7 +27,8 @@ from MRISuperResLib.figures import save_panels
 from MRISuperResLib.metrics import score
 
 REPO = Path(__file__).resolve().parents[1]
-PAIRS = [("srcnn-ref", "srcnn-tt"), ("rfdn-ref", "rfdn-tt"), ("rcan-ref", "rcan-tt")]
+# (backbone, its texture-transfer model); srcnn-tt-l1 is srcnn-tt fine-tuned without the feature losses.
+PAIRS = [("srcnn-ref", "srcnn-tt"), ("srcnn-ref", "srcnn-tt-l1"), ("rfdn-ref", "rfdn-tt"), ("rcan-ref", "rcan-tt")]
 # column: (which model of the pair, reference, reference mode)
 COLUMNS = {
     "no reference": (0, "none", None),
@@ -110,15 +111,15 @@ def markdown(rows: list[dict], pairs) -> str:
     mean = lambda hits, what: float(np.mean([r[what] for r in hits]))  # noqa: E731
     lines = [f"Mean over {len(cases)} val/ cases, 4× thick slices, PSNR (dB) / SSIM over the foreground; "
              f"cubic: **{mean(cubic, 'psnr'):.2f} / {mean(cubic, 'ssim'):.4f}**.\n",
-             "| backbone | " + " | ".join(COLUMNS) + " |", "|" + " --- |" * (len(COLUMNS) + 1)]
+             "| backbone / texture model | " + " | ".join(COLUMNS) + " |", "|" + " --- |" * (len(COLUMNS) + 1)]
     for pair in pairs:
         cells = []
         for column, (which, _, _) in COLUMNS.items():
             hits = [r for r in rows if r["model"] == pair[which] and r["column"] == column]
             cells.append(f"{mean(hits, 'psnr'):.2f} / {mean(hits, 'ssim'):.4f}" if len(hits) == len(cases) else "")
-        lines.append(f"| {pair[0].split('-')[0]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {pair[0]} / {pair[1]} | " + " | ".join(cells) + " |")
     lines += ["", "Per subject, PSNR (dB):", "",
-              "| case | cubic | " + " | ".join(f"{p[0].split('-')[0]} {c}" for p in pairs for c in COLUMNS) + " |",
+              "| case | cubic | " + " | ".join(f"{p[1]} {c}" for p in pairs for c in COLUMNS) + " |",
               "|" + " --- |" * (2 + len(pairs) * len(COLUMNS))]
     for case in cases:
         cells = [next((f"{r['psnr']:.2f}" for r in cubic if r["case"] == case), "")]
@@ -134,12 +135,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--factor", type=int, default=4)
-    parser.add_argument("--backbones", nargs="+", help="backbone names (srcnn rfdn rcan); default all three")
+    parser.add_argument("--texture-models", nargs="+", help="texture-transfer models to score (default: all of PAIRS)")
     parser.add_argument("--cases", nargs="+", help="case names to run (default: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=REPO / "Resources")
     args = parser.parse_args()
-    pairs = [p for p in PAIRS if not args.backbones or p[0].split("-")[0] in args.backbones]
+    pairs = [p for p in PAIRS if not args.texture_models or p[1] in args.texture_models]
     cases = [c for c in CASES if not args.cases or c[0] in args.cases]
     args.output.mkdir(parents=True, exist_ok=True)
     rows = run(args.data, pairs, cases, args.factor, args.threads, args.output / "texture_ablation.jsonl",
