@@ -9,8 +9,7 @@ import torch
 from .confidence import CONFIDENCE_THRESHOLD, reference_agreement
 from .devices import resolve_device, set_threads
 from .errors import MRISuperResError
-from .geometry import overlap_fraction
-from .geometry import resampled_grid
+from .geometry import overlap_fraction, resampled_grid
 from .inference import plane_axes, plane_factors, predict_planes
 from .intensity import IntensityScale
 from .models.registry import ModelRegistry, load_network
