@@ -76,6 +76,7 @@ def run(data: Path, pairs, cases, factor: int, threads: int, cache: Path, pictur
             if confidence is not None:
                 row["mean_confidence"] = round(float(confidence.array[truth_crop > 0].mean()), 3)
             rows.append(row)
+            finished.add(key(row))  # the next pair may share this backbone
             with open(cache, "a") as stream:
                 stream.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
@@ -118,17 +119,41 @@ def markdown(rows: list[dict], pairs) -> str:
             hits = [r for r in rows if r["model"] == pair[which] and r["column"] == column]
             cells.append(f"{mean(hits, 'psnr'):.2f} / {mean(hits, 'ssim'):.4f}" if len(hits) == len(cases) else "")
         lines.append(f"| {pair[0]} / {pair[1]} | " + " | ".join(cells) + " |")
-    lines += ["", "Per subject, PSNR (dB):", "",
-              "| case | cubic | " + " | ".join(f"{p[1]} {c}" for p in pairs for c in COLUMNS) + " |",
-              "|" + " --- |" * (2 + len(pairs) * len(COLUMNS))]
-    for case in cases:
-        cells = [next((f"{r['psnr']:.2f}" for r in cubic if r["case"] == case), "")]
-        for pair in pairs:
-            for column, (which, _, _) in COLUMNS.items():
-                cells.append(next((f"{r['psnr']:.2f}" for r in rows if (r["case"], r["model"], r["column"])
-                                   == (case, pair[which], column)), ""))
-        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    lines += ["", "Per subject, PSNR (dB):", "", "| model | reference | " + " | ".join(cases) + " |",
+              "|" + " --- |" * (len(cases) + 2)]
+    variants = [("cubic", "cubic")] + list(dict.fromkeys(
+        (pair[which], column) for pair in pairs for column, (which, _, _) in COLUMNS.items()))
+    for model, column in variants:
+        cells = [next((f"{r['psnr']:.2f}" for r in rows if (r["case"], r["model"], r["column"]) == (case, model, column)),
+                      "") for case in cases]
+        lines.append(f"| {model} | {column} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def update_cards(rows: list[dict], pairs, cases) -> None:
+    """Put each texture model's val/ means per reference mode into its card in models.json."""
+    from MRISuperResLib.models.registry import DEFAULT_MODELS_DIR
+
+    path = DEFAULT_MODELS_DIR / "models.json"
+    manifest = json.loads(path.read_text())
+    cubic = [r for r in rows if r["model"] == "cubic"]
+    for card in manifest["models"]:
+        pair = next((p for p in pairs if p[1] == card["name"]), None)
+        if pair is None:
+            continue
+        means = {"cubic": cubic}
+        for column, (which, _, _) in COLUMNS.items():
+            hits = [r for r in rows if r["model"] == pair[which] and r["column"] == column]
+            if len(hits) == len(cases):
+                means[column if which else f"{pair[0]} {column}"] = hits
+        card["validation"] = {
+            "protocol": f"scripts/evaluate_texture.py: 4x box thick slices on {len(cases)} val/ cases, PSNR/SSIM over "
+                        "the foreground; see Resources/texture_ablation.md",
+            "mean_psnr_db": {k: round(float(np.mean([r["psnr"] for r in v])), 2) for k, v in means.items()},
+            "mean_ssim": {k: round(float(np.mean([r["ssim"] for r in v])), 4) for k, v in means.items()},
+            "patch_psnr_db": card["validation"].get("patch_psnr_db", {}),
+        }
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def main() -> None:
@@ -139,12 +164,29 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", help="case names to run (default: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=REPO / "Resources")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="run nothing: write the tables (and update the cards) from the cached rows")
+    parser.add_argument("--update-cards", action="store_true",
+                        help="write each texture model's means into its card in models.json")
     args = parser.parse_args()
     pairs = [p for p in PAIRS if not args.texture_models or p[1] in args.texture_models]
     cases = [c for c in CASES if not args.cases or c[0] in args.cases]
     args.output.mkdir(parents=True, exist_ok=True)
-    rows = run(args.data, pairs, cases, args.factor, args.threads, args.output / "texture_ablation.jsonl",
-               args.output)
+    cache = args.output / "texture_ablation.jsonl"
+    if args.tables_only:
+        names = {c[0] for c in cases}
+        unique = {}
+        for row in map(json.loads, cache.read_text().splitlines()):
+            unique.setdefault((row["case"], row["model"], row["column"]), row)  # an earlier run's duplicates
+        rows = [r for r in unique.values() if r["case"] in names]
+        last_column = list(COLUMNS)[-1]  # a case is complete when the last model's last column is in
+        cases = [c for c in cases if any((r["case"], r["model"], r["column"]) == (c[0], pairs[-1][1], last_column)
+                                         for r in rows)]
+        rows = [r for r in rows if r["case"] in {c[0] for c in cases}]
+    else:
+        rows = run(args.data, pairs, cases, args.factor, args.threads, cache, args.output)
+    if args.update_cards:
+        update_cards(rows, pairs, cases)
     text = markdown(rows, pairs)
     print(text)
     (args.output / "texture_ablation.md").write_text(text)
