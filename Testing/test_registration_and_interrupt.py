@@ -51,7 +51,8 @@ def test_run_with_registration_prints_the_transform(tmp_path, cli, untrained_mod
 
 
 def test_ctrl_c_stops_cleanly_and_writes_nothing(tmp_path, untrained_models_dir):
-    array = np.random.default_rng(0).random((40, 200, 200)).astype(np.float32)
+    # Large enough that the child cannot finish before a parent starved of CPU reads its second event.
+    array = np.random.default_rng(0).random((48, 256, 256)).astype(np.float32)
     source = write_volume(Volume(array, (0.9, 0.9, 4.0), direction=rotation("x", 10)), tmp_path / "in.nii.gz")
     output = tmp_path / "out.nii.gz"
     child = subprocess.Popen(
