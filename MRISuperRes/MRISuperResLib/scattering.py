@@ -46,12 +46,11 @@ def _periodize(x: torch.Tensor, k: int) -> torch.Tensor:
         return x
     h, w = x.shape[-2] // k, x.shape[-1] // k
     # Block sums of contiguous slices: several times faster than a mean over strided reshaped axes.
-    total = x[..., :h, :w].clone()
-    for a in range(k):
-        for b in range(k):
-            if a or b:
-                total += x[..., a * h:(a + 1) * h, b * w:(b + 1) * w]
-    return total / (k * k)
+    blocks = [x[..., a * h:(a + 1) * h, b * w:(b + 1) * w] for a in range(k) for b in range(k)]
+    total = blocks[0] + blocks[1]
+    for block in blocks[2:]:
+        total += block
+    return total.mul_(1.0 / (k * k))
 
 
 class _FilterBank:

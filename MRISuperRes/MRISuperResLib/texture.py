@@ -306,15 +306,22 @@ class TextureSource:
                  reference_slices: np.ndarray | None = None, mask_slices: np.ndarray | None = None) -> np.ndarray:
         """Texture inputs (G, 82, H, W) for pre-interpolated slices (G, H, W) blurred by `factors` (rows,
         columns); paired mode also takes the reference and its mask on the same slices."""
+        texture = np.zeros((lr_slices.shape[0], TEXTURE_CHANNELS + 1) + lr_slices.shape[1:], dtype=np.float32)
+        # Slices with nothing above the foreground level get confidence 0 everywhere, and the networks see
+        # texture only through the confidence: zeros are exactly what they would get, without the work.
+        active = np.flatnonzero(lr_slices.reshape(lr_slices.shape[0], -1).max(axis=1) > FOREGROUND_LEVEL)
+        if active.size == 0:
+            return texture
         with torch.inference_mode():
-            lr = torch.from_numpy(np.ascontiguousarray(lr_slices, dtype=np.float32)).to(self.device)
+            lr = torch.from_numpy(np.ascontiguousarray(lr_slices[active], dtype=np.float32)).to(self.device)
             query = self.scattering(lr)
             if self.mode == "paired":
-                sharp_image = torch.from_numpy(np.ascontiguousarray(reference_slices * mask_slices,
+                sharp_image = torch.from_numpy(np.ascontiguousarray(reference_slices[active] * mask_slices[active],
                                                                     dtype=np.float32)).to(self.device)
                 blurred = self.scattering(blur_like_input(sharp_image, factors))
                 swapped, confidence = match_window(query, blurred, self.scattering(sharp_image), self.settings.window)
             else:
                 swapped, confidence = match_bank(query, self.bank(factors), self.settings.memory_bytes)
-            texture = upsample_features(torch.cat([swapped, confidence], 1), lr.shape[-2:], self.scattering)
-            return texture.cpu().numpy()
+            texture[active] = upsample_features(torch.cat([swapped, confidence], 1), lr.shape[-2:],
+                                                self.scattering).cpu().numpy()
+        return texture
