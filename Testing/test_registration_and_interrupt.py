@@ -51,15 +51,17 @@ def test_run_with_registration_prints_the_transform(tmp_path, cli, untrained_mod
 
 
 def test_ctrl_c_stops_cleanly_and_writes_nothing(tmp_path, untrained_models_dir):
-    # Large enough that the child cannot finish before a parent starved of CPU reads its second event.
-    array = np.random.default_rng(0).random((48, 256, 256)).astype(np.float32)
+    array = np.random.default_rng(0).random((40, 200, 200)).astype(np.float32)
     source = write_volume(Volume(array, (0.9, 0.9, 4.0), direction=rotation("x", 10)), tmp_path / "in.nii.gz")
     output = tmp_path / "out.nii.gz"
     child = subprocess.Popen(
         [sys.executable, "-m", "MRISuperResLib.cli", "run", str(source), "-o", str(output), "--progress-json",
          "--model", "tiny", "--models-dir", str(untrained_models_dir), "--threads", "1", "--batch-size", "1"],
         cwd=REPO / "MRISuperRes", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # A shell that runs the tests as a background job ignores SIGINT, and its children inherit that;
+        # Python installs its KeyboardInterrupt handler only where SIGINT has its default action.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in child.stdout:
         event = json.loads(line)
         if event["stage"] == "model" and event["done"] >= 2:
