@@ -36,8 +36,10 @@ NETWORK_RUNTIME_BYTES = 400 * 2 ** 20
 DEFAULT_TILE = 256
 TILE_OVERLAP = 16
 # Texture transfer, per slice pixel of every planned plane: seconds of scattering (input, sharp and blurred
-# reference) and matching per CPU thread, and on a CUDA device (measured with scripts/benchmark.py); and
-# the working memory of scattering and bank matching (MatchSettings.memory_bytes plus the FFT planes).
+# reference) and matching per CPU thread. scripts/benchmark.py measures 3.7e-6 for the texture stages alone;
+# 6e-6 also covers the RFDN backbone running slower than its multiply-adds suggest, so that the plan for
+# rfdn-tt comes within 15-25 % of the benchmark. The CUDA figure is a guess (no GPU measured yet). And the
+# working memory of scattering and bank matching (MatchSettings.memory_bytes plus the FFT planes).
 TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD = 6e-6
 TEXTURE_CUDA_SECONDS_PER_PIXEL = 5e-8
 TEXTURE_WORKING_BYTES = 320 * 2 ** 20
