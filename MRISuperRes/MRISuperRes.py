@@ -174,7 +174,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         card = self.logic.registry.get(parameters.model or None)
         hint = "Uses the reference when one is selected." if card.uses_reference else "Does not use a reference."
         if card.texture_transfer:
-            hint += " Texture transfer: " + ", ".join(card.reference_modes or REFERENCE_MODES) + " reference."
+            hint += " Texture transfer: " + ", ".join(card.supported_reference_modes) + " reference."
         self.ui.modelHintLabel.text = hint
         self.ui.referenceModeComboBox.enabled = card.texture_transfer
         self.ui.confidenceMapCheckBox.enabled = card.texture_transfer

@@ -9,7 +9,7 @@ Texture-transfer models run once per reference mode (`name:mode`: paired with th
 T1 flipped and shifted away, self without a reference), and the texture stages are also timed per
 256 × 256 slice (scattering, matching, upsampling).
 
-    python scripts/benchmark.py --threads 2 [--models cubic srcnn-ref srcnn-tt:self] [--device cpu] [--output bench.json]
+    python scripts/benchmark.py --threads 2 [--models cubic srcnn-ref rfdn-tt:self] [--device cpu] [--output bench.json]
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def default_runs() -> list[str]:
     runs = []
     for name in registry.names():
         card = registry.get(name)
-        runs += [f"{name}:{mode}" for mode in card.reference_modes] if card.texture_transfer else [name]
+        runs += [f"{name}:{mode}" for mode in card.supported_reference_modes] if card.texture_transfer else [name]
     return runs
 
 

@@ -121,7 +121,7 @@ def command_models(args: argparse.Namespace) -> int:
         mark = "*" if card.name == registry.default_name else " "
         reference = "uses reference" if card.uses_reference else "no reference"
         if card.texture_transfer:
-            reference += "; texture transfer: " + ", ".join(card.reference_modes or ["paired", "unpaired", "self"])
+            reference += "; texture transfer: " + ", ".join(card.supported_reference_modes)
         print(f"{mark} {card.name:<14} {card.title} [{reference}; {card.parameters} parameters]")
     print("(* = default)")
     return 0

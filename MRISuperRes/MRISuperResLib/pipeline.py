@@ -119,8 +119,7 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
                                                             gate_reference, progress, cancel)
         if reference_array is None and mode == "paired":
             mode = _fallback_mode(plan)
-    texture = _texture_source(mode, plan, lr, reference, reference_array, reference_mask, torch_device,
-                              progress, cancel)
+    texture = _texture_source(mode, plan, lr, reference, torch_device, progress, cancel)
 
     with torch.inference_mode():
         fused, confidence = predict_planes(network, plan, lr, reference_array, reference_mask, torch_device,
@@ -159,7 +158,7 @@ def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, registe
 
 def _fallback_mode(plan: Plan) -> str | None:
     """After the gate dropped a paired reference: texture from the input's own planes, if it has any."""
-    if plan.reference_mode and "self" in (plan.model.reference_modes or ["self"]):
+    if "self" in plan.model.supported_reference_modes:
         try:
             acquired_planes(plan.upsampled)
             return "self"
@@ -168,13 +167,13 @@ def _fallback_mode(plan: Plan) -> str | None:
     return None
 
 
-def _texture_source(mode: str | None, plan: Plan, lr, reference: Volume | None, reference_array, reference_mask,
-                    device: torch.device, progress, cancel) -> TextureSource | None:
+def _texture_source(mode: str | None, plan: Plan, lr, reference: Volume | None, device: torch.device,
+                    progress, cancel) -> TextureSource | None:
     if mode is None:
         return None
     stage = StageReporter("texture", 1, progress, cancel)
     if mode == "paired":
-        source = TextureSource.paired(reference_array, reference_mask, device=device)
+        source = TextureSource.paired(device=device)
     elif mode == "unpaired":
         # Its own orientation and extent, at the output's spacing, so that its texture has the output's scale.
         own_grid = resampled_grid(reference.grid, plan.target.spacing)

@@ -14,12 +14,10 @@ import numpy as np
 
 from .errors import MRISuperResError
 from .geometry import SPACING_TOLERANCE, resampled_grid, scale_factors, upsampled_axes
-from .models.registry import ModelCard
+from .models.registry import REFERENCE_MODES, ModelCard
 from .volume import AXIS_NAMES, Grid
 
 PLANES = ("ij", "ik", "jk")
-# Where texture-transfer models take their texture from (see MRISuperResLib.texture).
-REFERENCE_MODES = ("paired", "unpaired", "self")
 # Float32 volumes on the target grid alive at the peak: pre-interpolated input, reference, reference
 # mask, the current plane's prediction, the fused sum, and the de-normalised result.
 TARGET_GRID_COPIES = 6
@@ -231,8 +229,8 @@ def resolve_reference_mode(card: ModelCard, has_reference: bool, requested: str 
                 f"texture-transfer model ({', '.join(texture_models) or 'none installed'}) or leave the mode out.")
         return None
     mode = requested or ("paired" if has_reference else "self")
-    if card.reference_modes and mode not in card.reference_modes:
-        raise MRISuperResError(f"Model {card.name} supports the reference modes {', '.join(card.reference_modes)}, "
+    if mode not in card.supported_reference_modes:
+        raise MRISuperResError(f"Model {card.name} supports the reference modes {', '.join(card.supported_reference_modes)}, "
                                f"not {mode}.")
     if mode != "self" and not has_reference:
         raise MRISuperResError(f"The {mode} reference mode needs a reference volume; give one, or use the self mode.")

@@ -89,10 +89,6 @@ class Scattering:
     def __init__(self, J: int = 2, L: int = 8) -> None:
         self.J, self.L = J, L
 
-    @property
-    def channels(self) -> int:
-        return 1 + self.J * self.L + self.L * self.L * self.J * (self.J - 1) // 2
-
     def _bank(self, height: int, width: int, device: torch.device) -> _FilterBank:
         key = (height, width, self.J, self.L, str(device))
         with _LOCK:
@@ -139,9 +135,3 @@ class Scattering:
                 second_order.append(joined.reshape(joined.shape[0], -1, *joined.shape[-2:]))
         return torch.cat(orders + first_order + second_order, dim=1)
 
-
-def scattering_shape(height: int, width: int, J: int = 2) -> tuple[int, int]:
-    """Spatial size of the coefficients of a `height` × `width` slice."""
-    _, compute_padding = import_kymatio_filter_bank()
-    padded_h, padded_w = compute_padding(height, width, J)
-    return padded_h // 2 ** J - 2, padded_w // 2 ** J - 2

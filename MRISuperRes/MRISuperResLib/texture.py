@@ -40,7 +40,6 @@ import torch
 import torch.nn.functional as F
 
 from .errors import MRISuperResError
-from .plan import REFERENCE_MODES
 from .scattering import Scattering
 TEXTURE_CHANNELS = 81
 # Feature positions whose low-pass (order-0) coefficient is below this, in normalised intensity, are
@@ -246,36 +245,27 @@ def _spread_slices(array: np.ndarray, numpy_axis: int, count: int) -> list[np.nd
     return [np.take(array, p, axis=numpy_axis) for p in picks]
 
 
-def _sharp_slices_unpaired(reference: np.ndarray, count: int) -> list[np.ndarray]:
-    slices = []
-    for axis in range(3):
-        slices += _spread_slices(reference, axis, count)
-    return slices
-
-
 class TextureSource:
     """Texture-transfer inputs for the slices of a run: (G, 82, H, W) = swapped features and confidence,
     on the slices' pixels."""
 
     def __init__(self, mode: str, settings: MatchSettings = MatchSettings(), device: torch.device | None = None,
-                 reference: np.ndarray | None = None, reference_mask: np.ndarray | None = None,
                  bank_source: list[np.ndarray] | None = None) -> None:
-        if mode not in REFERENCE_MODES:
-            raise MRISuperResError(f"Unknown reference mode {mode!r}; use one of {', '.join(REFERENCE_MODES)}.")
         self.mode, self.settings = mode, settings
         self.device = device or torch.device("cpu")
         self.scattering = Scattering()
-        self.reference, self.reference_mask = reference, reference_mask
         self.bank_source = bank_source
         self._banks: dict[tuple[float, float], PatchBank] = {}
 
     @classmethod
-    def paired(cls, reference: np.ndarray, reference_mask: np.ndarray, **kwargs) -> "TextureSource":
-        return cls("paired", reference=reference, reference_mask=reference_mask, **kwargs)
+    def paired(cls, **kwargs) -> "TextureSource":
+        """Matches in the reference slices that `features` is given with the input slices."""
+        return cls("paired", **kwargs)
 
     @classmethod
     def unpaired(cls, reference: np.ndarray, settings: MatchSettings = MatchSettings(), **kwargs) -> "TextureSource":
-        return cls("unpaired", settings, bank_source=_sharp_slices_unpaired(reference, settings.bank_slices), **kwargs)
+        slices = [s for axis in range(3) for s in _spread_slices(reference, axis, settings.bank_slices)]
+        return cls("unpaired", settings, bank_source=slices, **kwargs)
 
     @classmethod
     def self_reference(cls, lr: np.ndarray, upsampled: tuple[int, ...], settings: MatchSettings = MatchSettings(),

@@ -17,6 +17,8 @@ from ..errors import MRISuperResError
 MODELS_DIR_VARIABLE = "MRISUPERRES_MODELS_DIR"
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 INTERPOLATION = "cubic"
+# Where texture-transfer models take their texture from (see MRISuperResLib.texture).
+REFERENCE_MODES = ("paired", "unpaired", "self")
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class ModelCard:
     training_data: str = ""
     training: str = ""
     validation: dict = field(default_factory=dict)
-    # Texture-transfer models: the reference modes they were trained for (paired, unpaired, self).
+    # Texture-transfer models: the reference modes they were trained for (empty: all of REFERENCE_MODES).
     reference_modes: list = field(default_factory=list)
 
     @property
@@ -48,6 +50,13 @@ class ModelCard:
     @property
     def texture_transfer(self) -> bool:
         return bool(self.arguments.get("texture_transfer"))
+
+    @property
+    def supported_reference_modes(self) -> tuple[str, ...]:
+        """The reference modes a run of this model can use: none without texture transfer."""
+        if not self.texture_transfer:
+            return ()
+        return tuple(self.reference_modes or REFERENCE_MODES)
 
     def to_json(self) -> dict:
         return asdict(self)
