@@ -7,7 +7,7 @@ import pytest
 
 from conftest import FLIPPED, OBLIQUE
 from MRISuperResLib import Volume
-from MRISuperResLib.degrade import kspace_truncate, thick_slices
+from MRISuperResLib.degrade import bicubic_downsample, kspace_truncate, thick_slices
 from MRISuperResLib.geometry import overlap_fraction, resampled_grid, source_positions
 from MRISuperResLib.resample import preinterpolate, resample_to_grid
 
@@ -83,6 +83,20 @@ def test_kspace_truncation_keeps_extent_and_low_frequencies():
     assert low.spacing == (1.0, 1.0, 3.0)
     np.testing.assert_allclose(low.grid.corners(), volume.grid.corners(), atol=1e-9)
     np.testing.assert_allclose(low.array, (np.cos(2 * np.pi * (2 * i[:, :16, :16] + 0.5) / 32) + 2.0), atol=1e-4)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_bicubic_downsampling_lands_on_the_kspace_grid_and_keeps_ramps(factor):
+    truth = ramp_volume(OBLIQUE, spacing=(1.0, 1.0, 1.0), shape_kji=(6, 48, 48))
+    low = bicubic_downsample(truth, (0, 1), factor)
+    assert low.grid.same_as(kspace_truncate(truth, (0, 1), factor).grid)
+    # Inside, a symmetric kernel of a ramp returns the ramp at the slab centre; the kernel (±2 coarse voxels)
+    # and the cubic pre-interpolation (±2 more) carry the renormalised edges 4 coarse voxels in.
+    restored = preinterpolate(low, resampled_grid(low.grid, truth.spacing))
+    inner = (slice(None), slice(4 * factor, -4 * factor), slice(4 * factor, -4 * factor))
+    np.testing.assert_allclose(restored.array[inner], truth.array[inner], atol=1e-3)
+    noise = Volume(np.random.default_rng(0).normal(size=(4, 64, 64)).astype(np.float32), (1.0, 1.0, 1.0))
+    assert bicubic_downsample(noise, (0, 1), factor).array.std() < 0.6  # antialiased: white noise is averaged down
 
 
 def test_reference_resampling_masks_what_it_does_not_cover():

@@ -26,7 +26,7 @@ from MRISuperResLib.phantom import make_phantom  # noqa: E402
 def test_patches_put_the_degraded_axis_along_rows():
     k = np.arange(40, dtype=np.float32)
     varying_along_i = np.broadcast_to(k[None, None, :] / 40 + 0.5, (30, 36, 40)).copy()  # varies along i only
-    instance = Instance(truth=varying_along_i, lr=varying_along_i.copy(), reference=None, axis=0, factor=4)
+    instance = Instance(truth=varying_along_i, lr=varying_along_i.copy(), reference=None, axes=(0,), factor=4)
     patches = cut_patches(instance, 8, 16, random.Random(0), 0.0, 2, 0.0)
     assert len(patches) == 8
     for patch in patches:
@@ -34,6 +34,17 @@ def test_patches_put_the_degraded_axis_along_rows():
         assert np.ptp(truth, axis=1).max() < 1e-6  # constant along columns
         assert np.ptp(truth[:, 0]) > 0.2           # varies along rows: the degraded axis
         assert not patch[2].any() and not patch[3].any()  # no reference: blank, mask 0
+
+
+def test_inplane_patches_put_a_degraded_axis_along_rows_from_every_plane_holding_one():
+    k = np.arange(30, dtype=np.float32)
+    varying_along_k = np.broadcast_to(k[:, None, None] / 30 + 0.5, (30, 36, 40)).copy()  # k is not degraded
+    instance = Instance(truth=varying_along_k, lr=varying_along_k.copy(), reference=None, axes=(0, 1), factor=2)
+    patches = cut_patches(instance, 60, 16, random.Random(0), 0.0, 2, 0.0)
+    assert len(patches) == 60
+    assert all(np.ptp(patch[1], axis=0).max() < 1e-6 for patch in patches)  # rows run along i or j: constant
+    varies_along_columns = [np.ptp(patch[1]) > 0.2 for patch in patches]
+    assert any(varies_along_columns) and not all(varies_along_columns)  # the ik/jk planes and the ij plane
 
 
 def test_scattering_features_and_composite_loss():
@@ -83,7 +94,7 @@ def test_training_is_seeded_resumable_and_writes_a_card(tmp_path, texture):
         "arguments: {features: 4, depth: 3, reference_features: 4, use_reference: true, texture_transfer: %s}"
         % str(texture).lower(), "uses_reference: true", "reference_modes: [paired, self]",
         "texture: {paired: 0.5, bank: 0.4}",
-        "degradation: thick slices", "factors: [2, 3]", "seed: 1", "steps: 2", "batch_size: 4", "patch_size: 16",
+        "degradation: thick slices", "factors: [2, 3]", "inplane_probability: %s" % (0.0 if texture else 0.5), "seed: 1", "steps: 2", "batch_size: 4", "patch_size: 16",
         "learning_rate: 0.001", "lr_milestones: [100]", "checkpoint_every: 1", "validate_every: 2",
         "pool_instances: 2", "patches_per_instance: 8", "refresh_every: 1", "noise_probability: 0.5",
         "shift_probability: 0.5", "max_shift: 2", "absent_probability: 0.3",
@@ -102,4 +113,5 @@ def test_training_is_seeded_resumable_and_writes_a_card(tmp_path, texture):
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [2, 4] and {"l1", "perceptual", "texture"} <= set(log[0])
     assert ("model_ref_texture" in log[0]["val_psnr"]) == texture
+    assert ("val_psnr_inplane" in log[0]) == (not texture) == ("patch_psnr_db_inplane" in card["validation"])
     assert card["reference_modes"] == ["paired", "self"]

@@ -3,12 +3,16 @@
 reference, across degradations; write the tables and figures the README shows.
 
 Each case simulates a low-resolution acquisition along axes that really were acquired at high resolution
-(thick slices with a box profile, or in-plane k-space truncation), super-resolves back to the truth's
-spacing, and scores PSNR/SSIM over the foreground (the subject's brain mask where it has one, else the
-rule of `MRISuperResLib.metrics`). A wrong reference is another subject's scan, placed so that its centre
-coincides with the input's.
+(2×, 3×, 4×, 5× thick slices with a box profile; 2×, 4× in-plane by k-space truncation of i and j),
+super-resolves back to the truth's spacing, and scores PSNR/SSIM over the foreground (the subject's brain
+mask where it has one, else the rule of `MRISuperResLib.metrics`). Every model runs with and without its
+reference; the default also with a wrong reference: another subject's scan, placed so that its centre
+coincides with the input's. Texture-transfer models have their own ablation (`evaluate_texture.py`).
 
-    python scripts/evaluate.py --threads 2 --output Resources/evaluation
+Rows are cached in `<output>/evaluation_rows.jsonl` under the model's weights sha256, so an interrupted
+run continues where it stopped and retrained weights are scored again. The default model goes first.
+
+    python scripts/evaluate.py --threads 2 --output Resources
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -56,38 +61,85 @@ def centred_on(volume: Volume, target: Volume) -> Volume:
     return Volume(volume.array, volume.spacing, tuple(np.asarray(volume.origin) + shift), volume.direction)
 
 
+DEGRADATIONS = ("thick:4", "thick:2", "thick:3", "thick:5", "kspace:2", "kspace:4")
+TITLES = {"thick": "thick slices", "kspace": "in-plane (k-space truncation of i and j)"}
+
+
+def parse_degradation(text: str) -> tuple[str, int]:
+    kind, factor = text.split(":")
+    if kind not in TITLES:
+        raise argparse.ArgumentTypeError(f"unknown degradation '{kind}'; use one of {', '.join(TITLES)}")
+    return kind, int(factor)
+
+
 def degrade(truth: Volume, kind: str, factor: int, case) -> Volume:
     if kind == "thick":
         return thick_slices(truth, case[4], factor, "box")
     return kspace_truncate(truth, case[5], factor)
 
 
-def run_case(data: Path, case, kind: str, factor: int, variants: list[tuple[str, str]], threads: int,
-             pictures: Path | None) -> list[dict]:
-    name, target_path, reference_path, mask_path = case[:4]
-    truth = read_volume(data / target_path)
-    references = {"paired": read_volume(data / reference_path, "reference"), "none": None}
-    references["wrong"] = centred_on(read_volume(data / case[6], "reference"), truth)
-    mask = read_volume(data / mask_path).array if mask_path else None
-    low = degrade(truth, kind, factor, case)
-    rows, results = [], {}
-    for model, reference in variants:
+class Case:
+    """One val/ case's truth, references and mask, loaded once; its degraded inputs made on demand."""
+
+    def __init__(self, data: Path, case) -> None:
+        self.case, self.name = case, case[0]
+        self.truth = read_volume(data / case[1])
+        self.references = {"paired": read_volume(data / case[2], "reference"), "none": None,
+                           "wrong": centred_on(read_volume(data / case[6], "reference"), self.truth)}
+        self.mask = read_volume(data / case[3]).array if case[3] else None
+        self._inputs: dict[tuple[str, int], Volume] = {}
+
+    def low(self, kind: str, factor: int) -> Volume:
+        if (kind, factor) not in self._inputs:
+            self._inputs[(kind, factor)] = degrade(self.truth, kind, factor, self.case)
+        return self._inputs[(kind, factor)]
+
+    def run(self, kind: str, factor: int, model: str, reference: str, threads: int) -> tuple[np.ndarray, dict]:
         started = time.perf_counter()
-        result = superresolve(low, references[reference], model=model, target_spacing=truth.spacing, threads=threads)
-        truth_crop = crop_to(truth.array, result.array.shape)
-        rows.append({"case": name, "degradation": kind, "factor": factor, "model": model, "reference": reference,
-                     "seconds": round(time.perf_counter() - started, 1),
-                     **score(result.array, truth_crop, None if mask is None else crop_to(mask, result.array.shape))})
-        results[(model, reference)] = result.array
-        print(json.dumps(rows[-1]), flush=True)
-    if pictures and kind == "thick" and name in EXAMPLES:
-        picture(pictures / EXAMPLES[name], name, factor, low, results, crop_to(truth.array, result.array.shape), case[4])
-    return rows
+        result = superresolve(self.low(kind, factor), self.references[reference], model=model,
+                              target_spacing=self.truth.spacing, threads=threads)
+        truth = crop_to(self.truth.array, result.array.shape)
+        mask = None if self.mask is None else crop_to(self.mask, result.array.shape)
+        return result.array, {"case": self.name, "degradation": kind, "factor": factor, "model": model,
+                              "reference": reference, "seconds": round(time.perf_counter() - started, 1),
+                              **score(result.array, truth, mask)}
 
 
-def picture(path: Path, name: str, factor: int, low: Volume, results: dict, truth: np.ndarray, axis: int) -> None:
-    """Before / after / truth on a slice that holds the thick-slice axis (vertical)."""
-    axis_np = 2 - axis
+def row_key(row: dict) -> tuple:
+    return row["case"], row["degradation"], row["factor"], row["model"], row["reference"], row.get("sha256")
+
+
+def sweep(cases: list, degradations, variants: list[tuple[str, str]], threads: int, cache: Path,
+          weights_sha: Callable[[str], str | None], compute: bool = True) -> list[dict]:
+    """Score every variant on every case and degradation, skipping (and keeping) what the cache holds; with
+    `compute` False, only what the cache holds."""
+    rows = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
+    done = {row_key(r) for r in rows}
+    for model, reference in variants if compute else []:  # model-major: the default's results land first
+        for kind, factor in degradations:
+            for case in cases:
+                sha = weights_sha(model)
+                if (case.name, kind, factor, model, reference, sha) in done:
+                    continue
+                _, row = case.run(kind, factor, model, reference, threads)
+                row["sha256"] = sha
+                rows.append(row)
+                done.add(row_key(row))
+                with open(cache, "a") as stream:
+                    stream.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+    return [r for r in rows if (r["model"], r["reference"]) in variants and r.get("sha256") == weights_sha(r["model"])]
+
+
+def picture(path: Path, case: Case, factor: int, default: str, threads: int) -> None:
+    """Before / after / truth on a slice that holds the thick-slice axis (vertical): cubic and the default
+    model with and without its reference."""
+    axis_np = 2 - case.case[4]
+    low = case.low("thick", factor)
+    results = {label: case.run("thick", factor, model, reference, threads)[0]
+               for label, model, reference in (("cubic", "cubic", "none"), (f"{default} + reference", default, "paired"),
+                                               (default, default, "none"))}
+    truth = crop_to(case.truth.array, next(iter(results.values())).shape)
     other = [a for a in range(3) if a != axis_np]
     middle = truth.shape[other[0]] // 2
 
@@ -97,106 +149,182 @@ def picture(path: Path, name: str, factor: int, low: Volume, results: dict, trut
 
     thick = np.repeat(low.array, factor, axis=axis_np)[tuple(slice(0, n) for n in truth.shape)]
     panels = [(f"input: {factor}x thick slices", cut(thick))]
-    for (model, reference), array in results.items():
-        if reference != "wrong":
-            label = f"{model}" + (" + reference" if reference == "paired" else "")
-            panels.append((f"{label}  {score(array, truth)['psnr']:.2f} dB", cut(array)))
+    panels += [(f"{label}  {score(array, truth)['psnr']:.2f} dB", cut(array)) for label, array in results.items()]
     panels.append(("truth", cut(truth)))
     save_panels(panels, path, (0.0, float(np.percentile(truth, 99.5))))
 
 
-def markdown(rows: list[dict], kind: str, factor: int) -> str:
+def variant_label(model: str, reference: str) -> str:
+    return model if reference == "none" else f"{model} + {'ref' if reference == 'paired' else 'wrong ref'}"
+
+
+def per_case_table(rows: list[dict], kind: str, factor: int) -> str:
     chosen = [r for r in rows if r["degradation"] == kind and r["factor"] == factor]
     variants = list(dict.fromkeys((r["model"], r["reference"]) for r in chosen))
-    label = lambda m, ref: m if ref == "none" else f"{m} + {'ref' if ref == 'paired' else 'wrong ref'}"  # noqa: E731
-    lines = [f"| case | " + " | ".join(label(*v) for v in variants) + " |", "|" + " --- |" * (len(variants) + 1)]
+    lines = ["| case | " + " | ".join(variant_label(*v) for v in variants) + " |", "|" + " --- |" * (len(variants) + 1)]
     for case in dict.fromkeys(r["case"] for r in chosen):
         cells = []
         for model, reference in variants:
             hit = [r for r in chosen if (r["case"], r["model"], r["reference"]) == (case, model, reference)]
             cells.append(f"{hit[0]['psnr']:.2f} / {hit[0]['ssim']:.4f}" if hit else "")
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
-    means = []
-    for model, reference in variants:
-        hit = [r for r in chosen if (r["model"], r["reference"]) == (model, reference)]
-        means.append(f"**{np.mean([r['psnr'] for r in hit]):.2f} / {np.mean([r['ssim'] for r in hit]):.4f}**")
-    lines.append("| **mean** | " + " | ".join(means) + " |")
+    means = [mean_cell(chosen, model=m, reference=ref) for m, ref in variants]
+    lines.append("| **mean** | " + " | ".join(f"**{cell}**" for cell in means) + " |")
     return "\n".join(lines) + "\n"
 
 
-def mean_psnr(rows, **match) -> float:
-    return float(np.mean([r["psnr"] for r in rows if all(r[k] == v for k, v in match.items())]))
+def mean_cell(rows: list[dict], **match) -> str:
+    hit = [r for r in rows if all(r[k] == v for k, v in match.items())]
+    if len(hit) < len(CASES):
+        return f"({len(hit)}/{len(CASES)} cases)" if hit else ""
+    return f"{np.mean([r['psnr'] for r in hit]):.2f} / {np.mean([r['ssim'] for r in hit]):.4f}"
 
 
-def gain_plot(rows: list[dict], default: str, path: Path) -> None:
+def mean_psnr(rows, **match) -> float | None:
+    hit = [r["psnr"] for r in rows if all(r[k] == v for k, v in match.items())]
+    return float(np.mean(hit)) if len(hit) == len(CASES) else None
+
+
+def summary_table(rows: list[dict], degradations, variants) -> str:
+    """Mean PSNR gain over cubic (dB) per variant and degradation; cubic's own mean PSNR on top."""
+    names = [f"{factor}× {'thick' if kind == 'thick' else 'in-plane'}" for kind, factor in degradations]
+    lines = ["| mean over val/ | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
+    cubic = [mean_psnr(rows, degradation=k, factor=f, model="cubic") for k, f in degradations]
+    lines.append("| cubic (PSNR dB) | " + " | ".join("" if c is None else f"{c:.2f}" for c in cubic) + " |")
+    for model, reference in variants:
+        if model == "cubic":
+            continue
+        cells = []
+        for (kind, factor), base in zip(degradations, cubic):
+            value = mean_psnr(rows, degradation=kind, factor=factor, model=model, reference=reference)
+            cells.append("" if value is None or base is None else f"{value - base:+.2f}")
+        lines.append(f"| {variant_label(model, reference)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def gain_plot(rows: list[dict], variants, default: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+    figure, axis = plt.subplots(figsize=(6.0, 4.0), dpi=110)
     factors = sorted({r["factor"] for r in rows if r["degradation"] == "thick"})
-    for reference, style in (("paired", "o-"), ("none", "s--"), ("wrong", "x:")):
-        gains = [mean_psnr(rows, degradation="thick", factor=f, model=default, reference=reference)
-                 - mean_psnr(rows, degradation="thick", factor=f, model="cubic") for f in factors]
-        axis.plot(factors, gains, style, label=f"{default}, {'no' if reference == 'none' else reference} reference")
+    for model, reference in variants:
+        if model == "cubic" or (model != default and reference != "paired"):
+            continue
+        points = []
+        for factor in factors:
+            value = mean_psnr(rows, degradation="thick", factor=factor, model=model, reference=reference)
+            base = mean_psnr(rows, degradation="thick", factor=factor, model="cubic")
+            if value is not None and base is not None:
+                points.append((factor, value - base))
+        if not points:
+            continue
+        style = {"paired": "o-", "none": "s--", "wrong": "x:"}[reference]
+        axis.plot(*zip(*points), style, lw=2.2 if model == default else 1.0, alpha=1.0 if model == default else 0.6,
+                  label=f"{model}, {'no' if reference == 'none' else reference} reference")
     axis.axhline(0, color="grey", lw=0.8)
     axis.set_xlabel("thick-slice factor")
     axis.set_ylabel("PSNR gain over cubic (dB), val/ mean")
     axis.set_xticks(factors)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
 
 
+def update_cards(rows: list[dict], degradations, variants) -> None:
+    """Put each model's val/ means (4× thick slices, and the gain over cubic per degradation) into its card."""
+    from MRISuperResLib.models.registry import DEFAULT_MODELS_DIR
+
+    path = DEFAULT_MODELS_DIR / "models.json"
+    manifest = json.loads(path.read_text())
+    columns = {"paired": "with_reference", "none": "without_reference", "wrong": "with_wrong_reference"}
+    for card in manifest["models"]:
+        mine = [ref for model, ref in variants if model == card["name"]]
+        if not mine:
+            continue
+
+        def means(kind, factor, key, model, reference="none"):
+            hit = [r[key] for r in rows if (r["degradation"], r["factor"], r["model"], r["reference"])
+                   == (kind, factor, model, reference)]
+            return round(float(np.mean(hit)), 4 if key == "ssim" else 2) if len(hit) == len(CASES) else None
+
+        validation = {
+            "protocol": "scripts/evaluate.py: box thick slices and in-plane k-space truncation on the "
+                        f"{len(CASES)} val/ cases, PSNR/SSIM over the foreground; see Resources/evaluation.md",
+            "mean_psnr_db": {"cubic": means("thick", 4, "psnr", "cubic"),
+                             **{columns[ref]: means("thick", 4, "psnr", card["name"], ref) for ref in mine}},
+            "mean_ssim": {"cubic": means("thick", 4, "ssim", "cubic"),
+                          **{columns[ref]: means("thick", 4, "ssim", card["name"], ref) for ref in mine}},
+            "mean_psnr_gain_db": {},
+        }
+        for kind, factor in degradations:
+            base = means(kind, factor, "psnr", "cubic")
+            gains = {columns[ref]: round(value - base, 2) for ref in mine
+                     if base is not None and (value := means(kind, factor, "psnr", card["name"], ref)) is not None}
+            if gains:
+                validation["mean_psnr_gain_db"][f"{factor}x {'thick' if kind == 'thick' else 'in-plane'}"] = gains
+        for key in ("patch_psnr_db", "patch_psnr_db_inplane"):
+            if key in card["validation"]:
+                validation[key] = card["validation"][key]
+        card["validation"] = validation
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--factor", type=int, default=4, help="thick-slice factor at which every model is scored")
-    parser.add_argument("--models", nargs="+", help="default: every trained model in the registry")
-    parser.add_argument("--sweep-factors", type=int, nargs="*", default=[2, 3, 5],
-                        help="more thick-slice factors, scored for cubic and the default model")
-    parser.add_argument("--inplane-factors", type=int, nargs="*", default=[2, 4],
-                        help="in-plane k-space truncation factors, scored for cubic and the default model")
+    parser.add_argument("--models", nargs="+", help="default: every trained model without texture transfer")
+    parser.add_argument("--degradations", type=parse_degradation, nargs="+",
+                        default=[parse_degradation(d) for d in DEGRADATIONS],
+                        help=f"kind:factor, kind thick or kspace (default: {' '.join(DEGRADATIONS)})")
+    parser.add_argument("--wrong-reference-models", nargs="+", help="also score these with a wrong reference "
+                        "(default: the default model); they run first")
     parser.add_argument("--cases", nargs="+", help="case names to run (default: all)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", type=Path, help="folder for evaluation.json/.md and the figures")
+    parser.add_argument("--output", type=Path, default=REPO / "Resources",
+                        help="folder for the row cache, evaluation.json/.md and the figures")
+    parser.add_argument("--no-pictures", action="store_true")
+    parser.add_argument("--tables-only", action="store_true", help="write tables and plot from the cache; run nothing")
+    parser.add_argument("--update-cards", action="store_true", help="write each model's val/ means into models.json")
     args = parser.parse_args()
     registry = ModelRegistry()
-    models = args.models or [n for n in registry.names() if n != "cubic"]
     default = registry.default_name
+    models = args.models or [n for n in registry.names() if n != "cubic" and not registry.get(n).texture_transfer]
+    wrong = args.wrong_reference_models or [default]
+    models = sorted(models, key=lambda name: (name not in wrong, name != default))
+    variants = [("cubic", "none")]
+    for name in models:
+        if registry.get(name).uses_reference:
+            variants += [(name, "paired"), (name, "none")] + ([(name, "wrong")] if name in wrong else [])
+        else:
+            variants.append((name, "none"))
 
-    def variants(names):
-        """cubic; every model with and without its reference; the default also with a wrong reference."""
-        chosen = [("cubic", "none")]
-        for name in names:
-            if registry.get(name).uses_reference:
-                chosen += [(name, "paired"), (name, "none")] + ([(name, "wrong")] if name == default else [])
-            else:
-                chosen.append((name, "none"))
-        return chosen
+    def weights_sha(name: str) -> str | None:
+        return registry.get(name).sha256
 
-    if args.output:
-        args.output.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for case in [c for c in CASES if not args.cases or c[0] in args.cases]:
-        rows += run_case(args.data, case, "thick", args.factor, variants(models), args.threads, args.output)
-        for factor in args.sweep_factors:
-            rows += run_case(args.data, case, "thick", factor, variants([default]), args.threads, None)
-        for factor in args.inplane_factors:
-            rows += run_case(args.data, case, "kspace", factor, variants([default]), args.threads, None)
-    text = [f"### {args.factor}× thick slices, every model\n", markdown(rows, "thick", args.factor)]
-    for factor in args.sweep_factors:
-        text += [f"\n### {factor}× thick slices\n", markdown(rows, "thick", factor)]
-    for factor in args.inplane_factors:
-        text += [f"\n### {factor}× in-plane (k-space truncation of both in-plane axes)\n", markdown(rows, "kspace", factor)]
+    args.output.mkdir(parents=True, exist_ok=True)
+    chosen = [c for c in CASES if not args.cases or c[0] in args.cases]
+    cases = [] if args.tables_only else [Case(args.data, c) for c in chosen]
+    rows = sweep(cases, args.degradations, variants, args.threads, args.output / "evaluation_rows.jsonl", weights_sha,
+                 compute=not args.tables_only)
+    if args.update_cards:
+        update_cards(rows, args.degradations, variants)
+    text = [f"Mean PSNR gain over cubic (dB) on the {len(CASES)} val/ cases; default model: `{default}`.\n\n",
+            summary_table(rows, args.degradations, variants)]
+    for kind, factor in args.degradations:
+        text += [f"\n### {factor}× {TITLES[kind]}\n", per_case_table(rows, kind, factor)]
     text.append("\nPSNR (dB) / SSIM over the foreground; data range = the truth's max − min.\n")
     print("".join(text))
-    if args.output:
-        (args.output / "evaluation.json").write_text(json.dumps(rows, indent=2) + "\n")
-        (args.output / "evaluation.md").write_text("".join(text))
-        gain_plot(rows, default, args.output / "psnr_gain_vs_factor.png")
+    (args.output / "evaluation.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (args.output / "evaluation.md").write_text("".join(text))
+    gain_plot(rows, variants, default, args.output / "psnr_gain_vs_factor.png")
+    if not (args.no_pictures or args.tables_only):
+        for case in cases:
+            if case.name in EXAMPLES:
+                picture(args.output / EXAMPLES[case.name], case, 4, default, args.threads)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Uses the GPU when there is one; under `torchrun` it trains with DistributedDataP
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -27,7 +28,7 @@ import yaml
 import _paths  # noqa: F401
 from losses import CompositeLoss
 from texture_training import texture_inputs
-from training_data import PairSpec, cut_patches, degrade_instance, load_scans
+from training_data import Degradations, PairSpec, cut_patches, degrade_instance, load_scans
 from MRISuperResLib.models.architectures import build_architecture, macs_per_pixel
 from MRISuperResLib.models.registry import DEFAULT_MODELS_DIR, ModelRegistry, sha256_of
 from MRISuperResLib.scattering import Scattering
@@ -45,12 +46,13 @@ class PatchBank:
 
     def __init__(self, scans, config: dict, rng: random.Random) -> None:
         self.scans, self.config, self.rng = scans, config, rng
+        self.degradations = Degradations.from_config(config)
         self.groups: list[tuple[np.ndarray, int]] = [self._fresh_group() for _ in range(config["pool_instances"])]
 
     def _fresh_group(self) -> tuple[np.ndarray, int]:
         c = self.config
         while True:
-            instance = degrade_instance(self.rng.choice(self.scans), self.rng, c["factors"], c["noise_probability"])
+            instance = degrade_instance(self.rng.choice(self.scans), self.rng, self.degradations)
             patches = cut_patches(instance, c["patches_per_instance"], c["patch_size"], self.rng,
                                   c["shift_probability"], c["max_shift"], c["absent_probability"])
             if patches:
@@ -70,14 +72,16 @@ class PatchBank:
         return torch.from_numpy(np.stack([g[self.rng.randrange(len(g))] for g in picks])), factor
 
 
-def fixed_validation_set(scans, config: dict, seed: int) -> list[tuple[torch.Tensor, int]]:
-    """Validation patches per thick-slice factor (2, 4, 6), the same at every evaluation."""
+def fixed_validation_set(scans, config: dict, seed: int, inplane: bool = False) -> list[tuple[torch.Tensor, int]]:
+    """Validation patches per thick-slice factor (2, 4, 6), or with `inplane` per in-plane factor (2, 4), the same
+    at every evaluation."""
     rng = random.Random(seed)
     by_factor = []
-    for factor in (2, 4, 6):
+    for factor in (2, 4) if inplane else (2, 4, 6):
+        degradations = Degradations(factors=(factor,), inplane_probability=float(inplane), inplane_factors=(factor,))
         patches = []
         for scan in scans:
-            instance = degrade_instance(scan, rng, [factor], 0.0)
+            instance = degrade_instance(scan, rng, degradations)
             patches += cut_patches(instance, 32, config["patch_size"], rng, 0.0, config["max_shift"], 0.0)
         by_factor.append((torch.from_numpy(np.stack(patches)), factor))
     return by_factor
@@ -162,7 +166,13 @@ def main() -> None:
 
     started = time.time()
     bank = PatchBank(load_scans(args.data, specs(config["train"])), config, rng)
-    validation = fixed_validation_set(load_scans(args.data, specs(config["val"])), config, 12345)
+    val_scans = load_scans(args.data, specs(config["val"]))
+    validation = fixed_validation_set(val_scans, config, 12345)
+    # Models trained on in-plane pairs are also validated on them, under their own key; like
+    # scripts/evaluate.py, the in-plane axes are i and j.
+    inplane_scans = [dataclasses.replace(scan, spec=dataclasses.replace(scan.spec, axes=(0, 1))) for scan in val_scans]
+    validation_inplane = fixed_validation_set(inplane_scans, config, 12345, inplane=True) \
+        if config.get("inplane_probability") else None
     print(f"bank ready in {time.time() - started:.0f} s; {sum(len(p) for p, _ in validation)} validation patches", flush=True)
     loss_fn = CompositeLoss(**config.get("loss", {})).to(device)
     # Texture transfer: scattering features, matching and swapping per batch, as at inference.
@@ -194,6 +204,8 @@ def main() -> None:
                       **{name: float(np.mean([p[name] for p in running_parts])) for name in running_parts[0]},
                       "seconds": round(time.time() - started),
                       "val_psnr": psnr_gain(network, validation, device, scattering)}
+            if validation_inplane:
+                record["val_psnr_inplane"] = psnr_gain(network, validation_inplane, device, scattering)
             running, running_parts = [], []
             print(json.dumps(record), flush=True)
             log.write(json.dumps(record) + "\n")
@@ -211,13 +223,16 @@ def main() -> None:
             "macs_per_pixel": macs_per_pixel(network),
             "uses_reference": config["uses_reference"], "degradation": config["degradation"],
             "factors": config["factors"],
+            **({"inplane_factors": config["inplane_factors"]} if config.get("inplane_probability") else {}),
             "training_data": "; ".join(sorted({e["target"].split("/")[1] for e in config["train"]}))
                              + " (see README acknowledgements for licences)",
             "training": f"{step} steps of {config['batch_size']}×{config['patch_size']}² patches, "
                         f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, "
                         f"config {args.config.name}, seed {config['seed']}"
                         + (f", fine-tuned from {config['initialise_from']}" if config.get("initialise_from") else ""),
-            "validation": {"patch_psnr_db": scores},
+            "validation": {"patch_psnr_db": scores,
+                           **({"patch_psnr_db_inplane": psnr_gain(network, validation_inplane, device, scattering)}
+                              if validation_inplane else {})},
         }
         if config.get("reference_modes"):
             card["reference_modes"] = config["reference_modes"]
@@ -232,7 +247,11 @@ def main() -> None:
 def install(weights: Path, card: dict) -> None:
     manifest_path = DEFAULT_MODELS_DIR / "models.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": []}
-    manifest["models"] = [m for m in manifest["models"] if m["name"] != card["name"]] + [card]
+    names = [m["name"] for m in manifest["models"]]
+    if card["name"] in names:  # keep its place in the list; scripts/evaluate.py --update-cards adds the val/ scores
+        manifest["models"][names.index(card["name"])] = card
+    else:
+        manifest["models"].append(card)
     shutil.copy(weights, DEFAULT_MODELS_DIR / weights.name)
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"installed {card['name']} into {manifest_path}")

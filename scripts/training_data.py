@@ -1,9 +1,11 @@
-"""Training pairs from real scans: thick-slice simulation, pre-interpolation, references, patch banks.
+"""Training pairs from real scans: thick-slice and in-plane simulation, pre-interpolation, references.
 
-Each *instance* is one scan degraded along one truly high-resolution axis, pre-interpolated back onto its
-grid exactly as inference does, next to its truth and (when the subject has one) another contrast as
-reference. Patches are cut from every plane that contains the degraded axis, oriented with the degraded
-axis along rows as `MRISuperResLib.inference` orients slices.
+Each *instance* is one scan degraded along truly high-resolution axes, pre-interpolated back onto its grid
+exactly as inference does, next to its truth and (when the subject has one) another contrast as reference:
+either thick slices along one axis (box or Gaussian profile), or in-plane low resolution along two axes
+(k-space truncation or antialiased bicubic). Patches are cut from every plane that contains a degraded axis,
+oriented with a degraded axis along rows as `MRISuperResLib.inference` orients slices (a plane with two
+degraded axes is cut both ways round: the 90° rotation).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import _paths  # noqa: F401  (puts MRISuperResLib on sys.path)
-from MRISuperResLib.degrade import thick_slices
+from MRISuperResLib.degrade import bicubic_downsample, kspace_truncate, thick_slices
 from MRISuperResLib.geometry import resampled_grid
 from MRISuperResLib.intensity import IntensityScale
 from MRISuperResLib.io import read_volume
@@ -59,20 +61,47 @@ class Instance:
     truth: np.ndarray
     lr: np.ndarray
     reference: np.ndarray | None
-    axis: int
+    axes: tuple[int, ...]  # the degraded axes (0 = i, 1 = j, 2 = k)
     factor: int
 
 
-def degrade_instance(scan: Scan, rng: random.Random, factors: list[int], noise_probability: float) -> Instance:
-    """Simulate a thick-slice acquisition of `scan` and pre-interpolate it back onto the truth's grid."""
+@dataclass(frozen=True)
+class Degradations:
+    """What `degrade_instance` draws from: thick-slice factors, and how often and how much in-plane."""
+
+    factors: tuple[int, ...] = (2, 3, 4, 5, 6)
+    noise_probability: float = 0.0
+    inplane_probability: float = 0.0
+    inplane_factors: tuple[int, ...] = (2, 4)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Degradations":
+        return cls(tuple(config["factors"]), config.get("noise_probability", 0.0),
+                   config.get("inplane_probability", 0.0), tuple(config.get("inplane_factors", (2, 4))))
+
+
+def _simulate(volume, scan: Scan, rng: random.Random, degradations: Degradations):
+    """One simulated low-resolution acquisition: (volume, degraded axes, factor)."""
+    # Thick-slice-only configs draw no extra random number, so their pairs stay as they were.
+    if degradations.inplane_probability > 0 and len(scan.spec.axes) >= 2 \
+            and rng.random() < degradations.inplane_probability:
+        axes = tuple(sorted(rng.sample(scan.spec.axes, 2)))
+        factor = rng.choice(degradations.inplane_factors)
+        if rng.random() < 0.5:
+            return kspace_truncate(volume, axes, factor), axes, factor
+        return bicubic_downsample(volume, axes, factor), axes, factor
     axis = rng.choice(scan.spec.axes)
-    factor = rng.choice(factors)
-    profile = rng.choice(["box", "gaussian"])
+    factor = rng.choice(degradations.factors)
+    return thick_slices(volume, axis, factor, rng.choice(["box", "gaussian"])), (axis,), factor
+
+
+def degrade_instance(scan: Scan, rng: random.Random, degradations: Degradations) -> Instance:
+    """Simulate a low-resolution acquisition of `scan` and pre-interpolate it back onto the truth's grid."""
     volume = scan.template.with_array(scan.truth)
-    lr = thick_slices(volume, axis, factor, profile)
+    lr, axes, factor = _simulate(volume, scan, rng, degradations)
     grid = resampled_grid(lr.grid, volume.spacing)
     lr_array = lr.array
-    if rng.random() < noise_probability:
+    if rng.random() < degradations.noise_probability:
         # Rician noise: magnitude of a complex signal with Gaussian noise in both channels.
         sigma = rng.uniform(0.01, 0.03)
         np_rng = np.random.default_rng(rng.randrange(1 << 30))
@@ -81,31 +110,29 @@ def degrade_instance(scan: Scan, rng: random.Random, factors: list[int], noise_p
     interpolated = preinterpolate(lr.with_array(lr_array), grid).array
     crop = tuple(slice(0, n) for n in interpolated.shape)
     reference = None if scan.reference is None else scan.reference[crop]
-    return Instance(scan.truth[crop], interpolated, reference, axis, factor)
+    return Instance(scan.truth[crop], interpolated, reference, axes, factor)
 
 
-def _oriented_slices(array: np.ndarray, degraded_axis_np: int, other_axis_np: int) -> np.ndarray:
-    """(slices, rows along the degraded axis, columns along the other axis)."""
-    third = 3 - degraded_axis_np - other_axis_np
-    return np.transpose(array, (third, degraded_axis_np, other_axis_np))
+def _oriented_slices(array: np.ndarray, rows_np: int, columns_np: int) -> np.ndarray:
+    """(slices, rows along `rows_np`, columns along `columns_np`)."""
+    return np.transpose(array, (3 - rows_np - columns_np, rows_np, columns_np))
 
 
 def cut_patches(instance: Instance, count: int, size: int, rng: random.Random,
                 shift_probability: float, max_shift: int, absent_probability: float) -> list[np.ndarray]:
     """`count` patches of shape (4, size, size): lr, truth, reference, reference mask."""
-    degraded_np = 2 - instance.axis
-    planes = [other for other in range(3) if other != degraded_np
-              and instance.truth.shape[other] >= size + 2 * max_shift
-              and instance.truth.shape[degraded_np] >= size + 2 * max_shift]
+    shape = instance.truth.shape
+    planes = [(rows, columns) for rows in (2 - axis for axis in instance.axes) for columns in range(3)
+              if columns != rows and min(shape[rows], shape[columns]) >= size + 2 * max_shift]
     patches = []
     if not planes:
         return patches
     attempts = 0
     while len(patches) < count and attempts < count * 20:
         attempts += 1
-        other = rng.choice(planes)
-        truth = _oriented_slices(instance.truth, degraded_np, other)
-        lr = _oriented_slices(instance.lr, degraded_np, other)
+        rows, columns = rng.choice(planes)
+        truth = _oriented_slices(instance.truth, rows, columns)
+        lr = _oriented_slices(instance.lr, rows, columns)
         s = rng.randrange(truth.shape[0])
         r = rng.randrange(max_shift, truth.shape[1] - size - max_shift + 1)
         c = rng.randrange(max_shift, truth.shape[2] - size - max_shift + 1)
@@ -114,7 +141,7 @@ def cut_patches(instance: Instance, count: int, size: int, rng: random.Random,
             continue  # mostly background: keep only a few
         lr_patch = lr[s, r:r + size, c:c + size]
         if instance.reference is not None and rng.random() >= absent_probability:
-            reference = _oriented_slices(instance.reference, degraded_np, other)
+            reference = _oriented_slices(instance.reference, rows, columns)
             dr = dc = 0
             if rng.random() < shift_probability:
                 dr, dc = rng.randint(-max_shift, max_shift), rng.randint(-max_shift, max_shift)

@@ -36,6 +36,7 @@ class ModelCard:
     uses_reference: bool = False
     degradation: str = ""
     factors: list = field(default_factory=list)
+    inplane_factors: list = field(default_factory=list)  # in-plane factors trained for (none: thick slices only)
     macs_per_pixel: int = 0
     training_data: str = ""
     training: str = ""
