@@ -44,6 +44,11 @@ def test_kspace_degradation_from_the_command_line(tmp_path, cli):
     code, _, _ = cli("degrade", path, "-o", tmp_path / "low.nii.gz", "--kspace", "--factor", "2", "--axes", "0", "1")
     assert code == 0
     assert read_volume(tmp_path / "low.nii.gz").grid.size == (9, 10, 6)
+    code, _, _ = cli("degrade", path, "-o", tmp_path / "bicubic.nii.gz", "--bicubic", "--factor", "2", "--axes", "0", "1")
+    assert code == 0
+    assert read_volume(tmp_path / "bicubic.nii.gz").grid.same_as(read_volume(tmp_path / "low.nii.gz").grid)
+    code, _, err = cli("degrade", path, "-o", tmp_path / "both.nii.gz", "--kspace", "--bicubic", "--axes", "0", "1")
+    assert code == 2 and "give one of them" in err and not (tmp_path / "both.nii.gz").exists()
 
 
 def test_evaluate_refuses_different_grids(tmp_path, cli):

@@ -28,6 +28,18 @@ def test_planes_are_those_holding_an_upsampled_axis(untrained_models_dir):
     assert plan.planes == ("jk",)
 
 
+def test_a_thick_slice_model_on_an_input_coarse_in_plane_says_so(untrained_models_dir):
+    volume = smooth_volume()
+    thick = plan_run(volume, model="tiny", models_dir=str(untrained_models_dir))
+    assert not any("trained for thick slices" in note for note in thick.notes)
+    inplane = plan_run(volume, model="tiny", scale=(2, 2, 1), models_dir=str(untrained_models_dir))
+    assert any("coarse along 2 axes but tiny was trained for thick slices" in note for note in inplane.notes)
+    manifest = untrained_models_dir / "models.json"
+    manifest.write_text(manifest.read_text().replace('"factors"', '"inplane_factors": [2, 4], "factors"'))
+    mixed = plan_run(volume, model="tiny", scale=(2, 2, 1), models_dir=str(untrained_models_dir))
+    assert not any("trained for thick slices" in note for note in mixed.notes)
+
+
 def test_non_integer_scale_and_explicit_spacing():
     volume = smooth_volume(spacing=(0.9, 0.9, 4.0))
     plan = plan_run(volume, model="cubic", scale=[2.5])

@@ -122,18 +122,26 @@ def command_models(args: argparse.Namespace) -> int:
         reference = "uses reference" if card.uses_reference else "no reference"
         if card.texture_transfer:
             reference += "; texture transfer: " + ", ".join(card.supported_reference_modes)
-        print(f"{mark} {card.name:<14} {card.title} [{reference}; {card.parameters} parameters]")
+        trained = ""
+        if card.factors:
+            trained = f"; thick {min(card.factors)}-{max(card.factors)}x"
+            trained += f", in-plane {'/'.join(map(str, card.inplane_factors))}x" if card.inplane_factors else ""
+        print(f"{mark} {card.name:<14} {card.title} [{reference}{trained}; {card.parameters} parameters]")
     print("(* = default)")
     return 0
 
 
 def command_degrade(args: argparse.Namespace) -> int:
-    from .degrade import kspace_truncate, thick_slices
+    from .degrade import bicubic_downsample, kspace_truncate, thick_slices
 
     output = check_writable(args.output)
     volume = read_volume(args.input, "input")
+    if args.kspace and args.bicubic:
+        raise MRISuperResError("--kspace and --bicubic are two different degradations; give one of them.")
     if args.kspace:
         result = kspace_truncate(volume, tuple(args.axes), args.factor)
+    elif args.bicubic:
+        result = bicubic_downsample(volume, tuple(args.axes), args.factor)
     else:
         if len(args.axes) != 1:
             raise MRISuperResError("Thick slices are simulated along one axis; give one --axes value.")
@@ -209,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="voxel axes (0 = i, 1 = j, 2 = k); default 2")
     degrade.add_argument("--profile", default="box", choices=("box", "gaussian"), help="thick-slice profile")
     degrade.add_argument("--kspace", action="store_true", help="k-space truncation instead of thick slices")
+    degrade.add_argument("--bicubic", action="store_true",
+                         help="antialiased bicubic downsampling (integer factor) instead of thick slices")
     degrade.set_defaults(handler=command_degrade)
 
     evaluate = commands.add_parser("evaluate", help="PSNR and SSIM of a result against the truth, as JSON")

@@ -193,6 +193,9 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
         top = max(factors)
         if top > max(model.factors) + 0.5 or top < min(model.factors) - 0.5:
             notes.append(f"scale {top:.3g} is outside the factors {model.name} was trained for ({model.factors})")
+    if len(upsampled) > 1 and not model.is_interpolation and not model.inplane_factors:
+        notes.append(f"the input is coarse along {len(upsampled)} axes but {model.name} was trained for thick slices "
+                     "(one coarse axis) only; a model with in-plane factors (see `mrisuperres models`) fits it better")
     threads = threads or max(1, min(os.cpu_count() or 1, 8))
     voxels = target.voxel_count
     tile_pixels = min(tile, max(target.size)) ** 2
