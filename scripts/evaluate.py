@@ -158,11 +158,12 @@ def variant_label(model: str, reference: str) -> str:
     return model if reference == "none" else f"{model} + {'ref' if reference == 'paired' else 'wrong ref'}"
 
 
-def per_case_table(rows: list[dict], kind: str, factor: int) -> str:
+def per_case_table(rows: list[dict], kind: str, factor: int, variants) -> str:
     chosen = [r for r in rows if r["degradation"] == kind and r["factor"] == factor]
-    variants = list(dict.fromkeys((r["model"], r["reference"]) for r in chosen))
+    present = {(r["model"], r["reference"]) for r in chosen}
+    variants = [v for v in variants if v in present]
     lines = ["| case | " + " | ".join(variant_label(*v) for v in variants) + " |", "|" + " --- |" * (len(variants) + 1)]
-    for case in dict.fromkeys(r["case"] for r in chosen):
+    for case in [c[0] for c in CASES if any(r["case"] == c[0] for r in chosen)]:
         cells = []
         for model, reference in variants:
             hit = [r for r in chosen if (r["case"], r["model"], r["reference"]) == (case, model, reference)]
@@ -246,10 +247,11 @@ def update_cards(rows: list[dict], degradations, variants) -> None:
         if not mine:
             continue
 
-        def means(kind, factor, key, model, reference="none"):
+        def means(kind, factor, key, model, reference="none", digits=None):
             hit = [r[key] for r in rows if (r["degradation"], r["factor"], r["model"], r["reference"])
                    == (kind, factor, model, reference)]
-            return round(float(np.mean(hit)), 4 if key == "ssim" else 2) if len(hit) == len(CASES) else None
+            digits = digits or (4 if key == "ssim" else 2)
+            return round(float(np.mean(hit)), digits) if len(hit) == len(CASES) else None
 
         validation = {
             "protocol": "scripts/evaluate.py: box thick slices and in-plane k-space truncation on the "
@@ -261,9 +263,9 @@ def update_cards(rows: list[dict], degradations, variants) -> None:
             "mean_psnr_gain_db": {},
         }
         for kind, factor in degradations:
-            base = means(kind, factor, "psnr", "cubic")
-            gains = {columns[ref]: round(value - base, 2) for ref in mine
-                     if base is not None and (value := means(kind, factor, "psnr", card["name"], ref)) is not None}
+            base = means(kind, factor, "psnr", "cubic", digits=9)
+            gains = {columns[ref]: round(value - base, 2) for ref in mine if base is not None
+                     and (value := means(kind, factor, "psnr", card["name"], ref, digits=9)) is not None}
             if gains:
                 validation["mean_psnr_gain_db"][f"{factor}x {'thick' if kind == 'thick' else 'in-plane'}"] = gains
         for key in ("patch_psnr_db", "patch_psnr_db_inplane"):
@@ -315,7 +317,7 @@ def main() -> None:
     text = [f"Mean PSNR gain over cubic (dB) on the {len(CASES)} val/ cases; default model: `{default}`.\n\n",
             summary_table(rows, args.degradations, variants)]
     for kind, factor in args.degradations:
-        text += [f"\n### {factor}× {TITLES[kind]}\n", per_case_table(rows, kind, factor)]
+        text += [f"\n### {factor}× {TITLES[kind]}\n", per_case_table(rows, kind, factor, variants)]
     text.append("\nPSNR (dB) / SSIM over the foreground; data range = the truth's max − min.\n")
     print("".join(text))
     (args.output / "evaluation.json").write_text(json.dumps(rows, indent=2) + "\n")
