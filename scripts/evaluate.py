@@ -209,7 +209,7 @@ def gain_plot(rows: list[dict], variants, default: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6.0, 4.0), dpi=110)
+    figure, axis = plt.subplots(figsize=(8.0, 4.0), dpi=110)
     factors = sorted({r["factor"] for r in rows if r["degradation"] == "thick"})
     for model, reference in variants:
         if model == "cubic" or (model != default and reference != "paired"):
@@ -229,7 +229,7 @@ def gain_plot(rows: list[dict], variants, default: str, path: Path) -> None:
     axis.set_xlabel("thick-slice factor")
     axis.set_ylabel("PSNR gain over cubic (dB), val/ mean")
     axis.set_xticks(factors)
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
