@@ -39,7 +39,7 @@ def test_scattering_equals_kymatio(shape):
     ours = Scattering()(images)
     theirs = Scattering2D(J=2, shape=shape, L=8)(images)
     assert ours.shape == theirs.shape == (3, 81, shape[0] // 4, shape[1] // 4)
-    assert torch.allclose(ours, theirs, atol=1e-6)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)  # float32 FFTs in another order
 
 
 def test_kymatio_imports_with_a_scipy_that_lacks_sph_harm():

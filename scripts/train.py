@@ -223,7 +223,8 @@ def main() -> None:
             "macs_per_pixel": macs_per_pixel(network),
             "uses_reference": config["uses_reference"], "degradation": config["degradation"],
             "factors": config["factors"],
-            **({"inplane_factors": config["inplane_factors"]} if config.get("inplane_probability") else {}),
+            **({"inplane_factors": list(Degradations.from_config(config).inplane_factors)}
+               if config.get("inplane_probability") else {}),
             "training_data": "; ".join(sorted({e["target"].split("/")[1] for e in config["train"]}))
                              + " (see README acknowledgements for licences)",
             "training": f"{step} steps of {config['batch_size']}×{config['patch_size']}² patches, "
