@@ -47,6 +47,18 @@ def test_inplane_patches_put_a_degraded_axis_along_rows_from_every_plane_holding
     assert any(varies_along_columns) and not all(varies_along_columns)  # the ik/jk planes and the ij plane
 
 
+def test_reference_misregistration_rotates_only_when_asked():
+    k, j, i = np.meshgrid(np.arange(20), np.arange(40), np.arange(40), indexing="ij")
+    ramp = (0.3 + (3 * k + 2 * j + i) / 200).astype(np.float32)  # varies in every plane
+    instance = Instance(truth=ramp, lr=ramp.copy(), reference=ramp.copy(), axes=(2,), factor=2)
+    straight = cut_patches(instance, 6, 16, random.Random(0), 0.0, 2, 0.0)
+    np.testing.assert_array_equal(np.stack(straight)[:, 2], np.stack(straight)[:, 1])  # aligned reference
+    turned = cut_patches(instance, 6, 16, random.Random(0), 0.0, 2, 0.0, rotation_probability=1.0, max_rotation=5.0)
+    for patch in turned:
+        assert not np.allclose(patch[2], patch[1], atol=1e-4)  # turned away from the truth
+        assert abs(patch[2][8, 8] - patch[1][8, 8]) < 0.01  # about the patch centre
+
+
 def test_scattering_features_and_composite_loss():
     images = torch.rand(2, 1, 32, 32)
     features = ScatteringFeatures()(images)

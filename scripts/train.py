@@ -54,7 +54,8 @@ class PatchBank:
         while True:
             instance = degrade_instance(self.rng.choice(self.scans), self.rng, self.degradations)
             patches = cut_patches(instance, c["patches_per_instance"], c["patch_size"], self.rng,
-                                  c["shift_probability"], c["max_shift"], c["absent_probability"])
+                                  c["shift_probability"], c["max_shift"], c["absent_probability"],
+                                  c.get("rotation_probability", 0.0), c.get("max_rotation_degrees", 0.0))
             if patches:
                 return np.stack(patches), instance.factor
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import rotate
 
 import _paths  # noqa: F401  (puts MRISuperResLib on sys.path)
 from MRISuperResLib.degrade import bicubic_downsample, kspace_truncate, thick_slices
@@ -119,8 +120,11 @@ def _oriented_slices(array: np.ndarray, rows_np: int, columns_np: int) -> np.nda
 
 
 def cut_patches(instance: Instance, count: int, size: int, rng: random.Random,
-                shift_probability: float, max_shift: int, absent_probability: float) -> list[np.ndarray]:
-    """`count` patches of shape (4, size, size): lr, truth, reference, reference mask."""
+                shift_probability: float, max_shift: int, absent_probability: float,
+                rotation_probability: float = 0.0, max_rotation: float = 0.0) -> list[np.ndarray]:
+    """`count` patches of shape (4, size, size): lr, truth, reference, reference mask. The reference is
+    misregistered, sometimes, by a shift of up to `max_shift` voxels and a rotation of up to `max_rotation`
+    degrees about the slice normal."""
     shape = instance.truth.shape
     planes = [(rows, columns) for rows in (2 - axis for axis in instance.axes) for columns in range(3)
               if columns != rows and min(shape[rows], shape[columns]) >= size + 2 * max_shift]
@@ -146,6 +150,10 @@ def cut_patches(instance: Instance, count: int, size: int, rng: random.Random,
             if rng.random() < shift_probability:
                 dr, dc = rng.randint(-max_shift, max_shift), rng.randint(-max_shift, max_shift)
             reference_patch = reference[s, r + dr:r + dr + size, c + dc:c + dc + size]
+            # Configs without rotation draw no extra random number, so their patches stay as they were.
+            if rotation_probability > 0 and rng.random() < rotation_probability:
+                angle = rng.uniform(-max_rotation, max_rotation)
+                reference_patch = rotate(reference_patch, angle, reshape=False, order=1, mode="nearest")
             mask_patch = np.ones_like(reference_patch)
         else:
             reference_patch = np.zeros_like(lr_patch)
