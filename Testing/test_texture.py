@@ -39,7 +39,7 @@ def test_scattering_equals_kymatio(shape):
     ours = Scattering()(images)
     theirs = Scattering2D(J=2, shape=shape, L=8)(images)
     assert ours.shape == theirs.shape == (3, 81, shape[0] // 4, shape[1] // 4)
-    # float32 FFTs in another order: 2e-7 here, up to 6e-6 with the newest numpy a fresh install picks
+    # float32 FFTs in another order: 2e-7 here, up to 6e-6 seen on a fresh install
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=2e-5)
 
 
