@@ -62,3 +62,15 @@ def test_weights_of_another_architecture_are_refused(untrained_models_dir):
     object.__setattr__(card, "sha256", sha256_of(weights))
     with pytest.raises(MRISuperResError, match="do not fit its architecture"):
         load_network(registry, card, torch.device("cpu"))
+
+
+def test_models_command_stops_quietly_when_its_reader_goes_away():
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", "import sys; from MRISuperResLib.cli import main; sys.exit(main(['models']))"]
+    for _ in range(3):
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process.stdout.close()  # like `mrisuperres models | head -c 0`
+        _, error = process.communicate(timeout=60)
+        assert b"Traceback" not in error

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -247,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mrisuperres: cancelled; no output was written.", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our stdout went away (`mrisuperres models | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
