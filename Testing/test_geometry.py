@@ -9,7 +9,7 @@ from conftest import FLIPPED, OBLIQUE
 from MRISuperResLib import Volume
 from MRISuperResLib.degrade import bicubic_downsample, kspace_truncate, thick_slices
 from MRISuperResLib.geometry import overlap_fraction, resampled_grid, source_positions
-from MRISuperResLib.resample import preinterpolate, resample_to_grid
+from MRISuperResLib.resample import _catmull_rom_weights, catmull_rom, preinterpolate, resample_to_grid
 
 
 def ramp_volume(direction, spacing=(0.9, 0.8, 4.0), shape_kji=(10, 12, 14), slopes=(3.0, -2.0, 0.5)):
@@ -83,6 +83,12 @@ def test_kspace_truncation_keeps_extent_and_low_frequencies():
     assert low.spacing == (1.0, 1.0, 3.0)
     np.testing.assert_allclose(low.grid.corners(), volume.grid.corners(), atol=1e-9)
     np.testing.assert_allclose(low.array, (np.cos(2 * np.pi * (2 * i[:, :16, :16] + 0.5) / 32) + 2.0), atol=1e-4)
+
+
+def test_the_cubic_kernel_and_its_interpolation_taps_agree():
+    t = np.linspace(0, 0.999, 50)
+    taps = np.stack([catmull_rom(t + 1), catmull_rom(t), catmull_rom(1 - t), catmull_rom(2 - t)])
+    np.testing.assert_allclose(_catmull_rom_weights(t), taps, atol=1e-6)
 
 
 @pytest.mark.parametrize("factor", [2, 4])

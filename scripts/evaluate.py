@@ -181,24 +181,30 @@ def mean_cell(rows: list[dict], **match) -> str:
     return f"{np.mean([r['psnr'] for r in hit]):.2f} / {np.mean([r['ssim'] for r in hit]):.4f}"
 
 
-def mean_psnr(rows, **match) -> float | None:
-    hit = [r["psnr"] for r in rows if all(r[k] == v for k, v in match.items())]
+def mean_of(rows: list[dict], key: str = "psnr", **match) -> float | None:
+    """Mean of `key` over the rows that match; None unless every case has one."""
+    hit = [r[key] for r in rows if all(r[k] == v for k, v in match.items())]
     return float(np.mean(hit)) if len(hit) == len(CASES) else None
+
+
+def mean_gain(rows: list[dict], kind: str, factor: int, model: str, reference: str) -> float | None:
+    """Mean PSNR gain over cubic; None unless both are complete."""
+    base = mean_of(rows, degradation=kind, factor=factor, model="cubic")
+    value = mean_of(rows, degradation=kind, factor=factor, model=model, reference=reference)
+    return None if base is None or value is None else value - base
 
 
 def summary_table(rows: list[dict], degradations, variants) -> str:
     """Mean PSNR gain over cubic (dB) per variant and degradation; cubic's own mean PSNR on top."""
     names = [f"{factor}× {'thick' if kind == 'thick' else 'in-plane'}" for kind, factor in degradations]
     lines = ["| mean over val/ | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
-    cubic = [mean_psnr(rows, degradation=k, factor=f, model="cubic") for k, f in degradations]
+    cubic = [mean_of(rows, degradation=k, factor=f, model="cubic") for k, f in degradations]
     lines.append("| cubic (PSNR dB) | " + " | ".join("" if c is None else f"{c:.2f}" for c in cubic) + " |")
     for model, reference in variants:
         if model == "cubic":
             continue
-        cells = []
-        for (kind, factor), base in zip(degradations, cubic):
-            value = mean_psnr(rows, degradation=kind, factor=factor, model=model, reference=reference)
-            cells.append("" if value is None or base is None else f"{value - base:+.2f}")
+        gains = [mean_gain(rows, kind, factor, model, reference) for kind, factor in degradations]
+        cells = ["" if gain is None else f"{gain:+.2f}" for gain in gains]
         lines.append(f"| {variant_label(model, reference)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -214,12 +220,8 @@ def gain_plot(rows: list[dict], variants, default: str, path: Path) -> None:
     for model, reference in variants:
         if model == "cubic" or (model != default and reference != "paired"):
             continue
-        points = []
-        for factor in factors:
-            value = mean_psnr(rows, degradation="thick", factor=factor, model=model, reference=reference)
-            base = mean_psnr(rows, degradation="thick", factor=factor, model="cubic")
-            if value is not None and base is not None:
-                points.append((factor, value - base))
+        gains = [(factor, mean_gain(rows, "thick", factor, model, reference)) for factor in factors]
+        points = [(factor, gain) for factor, gain in gains if gain is not None]
         if not points:
             continue
         style = {"paired": "o-", "none": "s--", "wrong": "x:"}[reference]
@@ -247,25 +249,22 @@ def update_cards(rows: list[dict], degradations, variants) -> None:
         if not mine:
             continue
 
-        def means(kind, factor, key, model, reference="none", digits=None):
-            hit = [r[key] for r in rows if (r["degradation"], r["factor"], r["model"], r["reference"])
-                   == (kind, factor, model, reference)]
-            digits = digits or (4 if key == "ssim" else 2)
-            return round(float(np.mean(hit)), digits) if len(hit) == len(CASES) else None
+        def at_4x(key, model, reference="none"):
+            value = mean_of(rows, key, degradation="thick", factor=4, model=model, reference=reference)
+            return None if value is None else round(value, 4 if key == "ssim" else 2)
 
         validation = {
             "protocol": "scripts/evaluate.py: box thick slices and in-plane k-space truncation on the "
                         f"{len(CASES)} val/ cases, PSNR/SSIM over the foreground; see Resources/evaluation.md",
-            "mean_psnr_db": {"cubic": means("thick", 4, "psnr", "cubic"),
-                             **{columns[ref]: means("thick", 4, "psnr", card["name"], ref) for ref in mine}},
-            "mean_ssim": {"cubic": means("thick", 4, "ssim", "cubic"),
-                          **{columns[ref]: means("thick", 4, "ssim", card["name"], ref) for ref in mine}},
+            "mean_psnr_db": {"cubic": at_4x("psnr", "cubic"),
+                             **{columns[ref]: at_4x("psnr", card["name"], ref) for ref in mine}},
+            "mean_ssim": {"cubic": at_4x("ssim", "cubic"),
+                          **{columns[ref]: at_4x("ssim", card["name"], ref) for ref in mine}},
             "mean_psnr_gain_db": {},
         }
         for kind, factor in degradations:
-            base = means(kind, factor, "psnr", "cubic", digits=9)
-            gains = {columns[ref]: round(value - base, 2) for ref in mine if base is not None
-                     and (value := means(kind, factor, "psnr", card["name"], ref, digits=9)) is not None}
+            gains = {columns[ref]: round(gain, 2) for ref in mine
+                     if (gain := mean_gain(rows, kind, factor, card["name"], ref)) is not None}
             if gains:
                 validation["mean_psnr_gain_db"][f"{factor}x {'thick' if kind == 'thick' else 'in-plane'}"] = gains
         for key in ("patch_psnr_db", "patch_psnr_db_inplane"):

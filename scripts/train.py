@@ -173,7 +173,7 @@ def main() -> None:
     # scripts/evaluate.py, the in-plane axes are i and j.
     inplane_scans = [dataclasses.replace(scan, spec=dataclasses.replace(scan.spec, axes=(0, 1))) for scan in val_scans]
     validation_inplane = fixed_validation_set(inplane_scans, config, 12345, inplane=True) \
-        if config.get("inplane_probability") else None
+        if bank.degradations.inplane_probability else None
     print(f"bank ready in {time.time() - started:.0f} s; {sum(len(p) for p, _ in validation)} validation patches", flush=True)
     loss_fn = CompositeLoss(**config.get("loss", {})).to(device)
     # Texture transfer: scattering features, matching and swapping per batch, as at inference.
@@ -224,8 +224,7 @@ def main() -> None:
             "macs_per_pixel": macs_per_pixel(network),
             "uses_reference": config["uses_reference"], "degradation": config["degradation"],
             "factors": config["factors"],
-            **({"inplane_factors": list(Degradations.from_config(config).inplane_factors)}
-               if config.get("inplane_probability") else {}),
+            **({"inplane_factors": list(bank.degradations.inplane_factors)} if validation_inplane else {}),
             "training_data": "; ".join(sorted({e["target"].split("/")[1] for e in config["train"]}))
                              + " (see README acknowledgements for licences)",
             "training": f"{step} steps of {config['batch_size']}×{config['patch_size']}² patches, "

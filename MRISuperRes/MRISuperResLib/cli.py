@@ -124,8 +124,8 @@ def command_models(args: argparse.Namespace) -> int:
         if card.texture_transfer:
             reference += "; texture transfer: " + ", ".join(card.supported_reference_modes)
         trained = ""
-        if card.factors and all(isinstance(f, (int, float)) for f in card.factors):
-            trained = f"; thick {min(card.factors)}-{max(card.factors)}x"
+        if card.trained_factors:
+            trained = f"; thick {min(card.trained_factors)}-{max(card.trained_factors)}x"
             trained += f", in-plane {'/'.join(map(str, card.inplane_factors))}x" if card.inplane_factors else ""
         print(f"{mark} {card.name:<14} {card.title} [{reference}{trained}; {card.parameters} parameters]")
     print("(* = default)")

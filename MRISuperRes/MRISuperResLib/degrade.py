@@ -16,6 +16,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from .errors import MRISuperResError
 from .geometry import resampled_grid
+from .resample import catmull_rom
 from .volume import Volume
 
 PROFILES = ("box", "gaussian")
@@ -74,13 +75,6 @@ def kspace_truncate(volume: Volume, axes: tuple[int, ...], factor: float) -> Vol
         spacing[axis] *= n / kept
         size[axis] = kept
     return Volume.on_grid(array.astype(np.float32), resampled_grid(volume.grid, tuple(spacing), tuple(size)))
-
-
-def catmull_rom(x: np.ndarray) -> np.ndarray:
-    """The cubic convolution kernel with a = -0.5 (support ±2)."""
-    x = np.abs(x)
-    return np.where(x <= 1, 1.5 * x ** 3 - 2.5 * x ** 2 + 1,
-                    np.where(x < 2, -0.5 * x ** 3 + 2.5 * x ** 2 - 4 * x + 2, 0.0))
 
 
 def _bicubic_matrix(n_in: int, factor: int) -> np.ndarray:

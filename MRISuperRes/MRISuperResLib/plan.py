@@ -189,9 +189,9 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
         notes.append("some axes get coarser; they are low-pass filtered before resampling")
     if has_reference and not model.uses_reference:
         notes.append(f"model {model.name} does not use a reference; the reference is only checked, not used")
-    if model.factors and all(isinstance(f, (int, float)) for f in model.factors):
+    if model.trained_factors:
         top = max(factors)
-        if top > max(model.factors) + 0.5 or top < min(model.factors) - 0.5:
+        if top > max(model.trained_factors) + 0.5 or top < min(model.trained_factors) - 0.5:
             notes.append(f"scale {top:.3g} is outside the factors {model.name} was trained for ({model.factors})")
     if len(upsampled) > 1 and not model.is_interpolation and not model.inplane_factors:
         notes.append(f"the input is coarse along {len(upsampled)} axes but {model.name} was trained for thick slices "

@@ -18,7 +18,15 @@ from .geometry import source_positions
 from .volume import Grid, Volume
 
 
+def catmull_rom(x: np.ndarray) -> np.ndarray:
+    """The cubic convolution kernel with a = -0.5 (support ±2), for kernels stretched or placed freely."""
+    x = np.abs(x)
+    return np.where(x <= 1, 1.5 * x ** 3 - 2.5 * x ** 2 + 1,
+                    np.where(x < 2, -0.5 * x ** 3 + 2.5 * x ** 2 - 4 * x + 2, 0.0))
+
+
 def _catmull_rom_weights(t: np.ndarray) -> np.ndarray:
+    """The same kernel's 4 taps at offsets t + 1, t, 1 − t, 2 − t, as polynomials: the interpolation hot path."""
     t2, t3 = t * t, t * t * t
     return np.stack([-0.5 * t3 + t2 - 0.5 * t,
                      1.5 * t3 - 2.5 * t2 + 1.0,

@@ -53,6 +53,13 @@ class ModelCard:
         return bool(self.arguments.get("texture_transfer"))
 
     @property
+    def trained_factors(self) -> tuple[float, ...]:
+        """The thick-slice factors the model was trained for; empty when its card names none (cubic: "any")."""
+        if self.factors and all(isinstance(f, (int, float)) for f in self.factors):
+            return tuple(self.factors)
+        return ()
+
+    @property
     def supported_reference_modes(self) -> tuple[str, ...]:
         """The reference modes a run of this model can use: none without texture transfer."""
         if not self.texture_transfer:
