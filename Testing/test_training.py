@@ -12,15 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from MRISuperResLib.io import write_volume
+from MRISuperResLib.models.registry import sha256_of
+from MRISuperResLib.phantom import make_phantom
+from MRISuperResLib.training.losses import CompositeLoss, ScatteringFeatures, VGG19_PLAN
+from MRISuperResLib.training.pairs import Instance, cut_patches
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-
-from losses import CompositeLoss, ScatteringFeatures, VGG19_PLAN  # noqa: E402
-from training_data import Instance, cut_patches  # noqa: E402
-
-from MRISuperResLib.io import write_volume  # noqa: E402
-from MRISuperResLib.models.registry import sha256_of  # noqa: E402
-from MRISuperResLib.phantom import make_phantom  # noqa: E402
 
 
 def test_patches_put_the_degraded_axis_along_rows():
@@ -112,11 +110,13 @@ def test_training_is_seeded_resumable_and_writes_a_card(tmp_path, texture):
         "shift_probability: 0.5", "max_shift: 2", "absent_probability: 0.3",
         "loss: {l1: 1.0, perceptual: 0.1, texture: 0.1, feature_patches: 2}",
         f"train:\n  - {spec % ('train', 'train')}", f"val:\n  - {spec % ('val', 'val')}"]) + "\n")
-    command = [sys.executable, str(REPO / "scripts" / "train.py"), str(config), "--data", str(data),
+    command = [sys.executable, "-m", "MRISuperResLib.cli", "train", str(config), "--data", str(data),
                "--runs", str(tmp_path / "runs"), "--threads", "1"]
     first = subprocess.run(command, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
-    second = subprocess.run(command + ["--steps", "4"], capture_output=True, text=True)
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+    second = subprocess.run(command + ["--steps", "4", "--resume"], capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     assert "resumed at step 2" in second.stdout
     run = tmp_path / "runs" / "tiny"
@@ -127,3 +127,73 @@ def test_training_is_seeded_resumable_and_writes_a_card(tmp_path, texture):
     assert ("model_ref_texture" in log[0]["val_psnr"]) == texture
     assert ("val_psnr_inplane" in log[0]) == (not texture) == ("patch_psnr_db_inplane" in card["validation"])
     assert card["reference_modes"] == ["paired", "self"]
+
+
+def _phantom_data(root: Path) -> str:
+    phantom = make_phantom((40, 56, 48), seed=3)
+    (root / "p").mkdir(parents=True)
+    write_volume(phantom["T2"], root / "p" / "T2.nii.gz")
+    write_volume(phantom["T1"], root / "p" / "T1.nii.gz")
+    return "{target: p/T2.nii.gz, reference: p/T1.nii.gz, axes: [0, 1]}"
+
+
+def _mrisuperres(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "MRISuperResLib.cli", *map(str, arguments)],
+                          capture_output=True, text=True)
+
+
+def test_a_user_trains_a_2_5d_model_installs_it_and_runs_it_with_models_dir(tmp_path):
+    pair = _phantom_data(tmp_path / "data")
+    config = tmp_path / "mine.yaml"
+    config.write_text("\n".join([
+        "name: mine", "architecture: edsr", "arguments: {features: 8, blocks: 1, context: 1, use_reference: true}",
+        "uses_reference: true", "factors: [3, 4]", "steps: 3", "batch_size: 4", "patch_size: 16",
+        "pool_instances: 2", "patches_per_instance: 8", "validate_every: 3", f"train:\n  - {pair}", f"val:\n  - {pair}"]))
+    models = tmp_path / "models"
+    trained = _mrisuperres("train", config, "--data", tmp_path / "data", "--runs", tmp_path / "runs",
+                           "--threads", "1", "--install", "--models-dir", models)
+    assert trained.returncode == 0, trained.stderr
+    card = json.loads((models / "models.json").read_text())["models"][0]
+    assert card["name"] == "mine" and card["sha256"] == sha256_of(models / "mine.pt")
+    assert card["arguments"]["context"] == 1 and card["validation"]["patch_psnr_db"]["cubic"] > 0
+    thick = tmp_path / "thick.nii.gz"
+    write_volume(make_phantom((32, 32, 32), seed=4)["T2"], tmp_path / "t2.nii.gz")
+    assert _mrisuperres("degrade", tmp_path / "t2.nii.gz", "-o", thick, "--factor", 4).returncode == 0
+    ran = _mrisuperres("run", thick, "-o", tmp_path / "sr.nii.gz", "--models-dir", models, "--model", "mine",
+                       "--quiet", "--threads", "1")
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / "sr.nii.gz").is_file()
+
+
+@pytest.mark.parametrize("change, message", [
+    ("colour: red\n", "unknown setting(s) colour"),
+    ("", "does not exist"),            # the pair names a missing file
+    ("train: []\n", "no training pairs"),
+])
+def test_a_bad_training_config_is_refused_with_one_sentence(tmp_path, change, message):
+    pair = "{target: nowhere/T2.nii.gz, axes: [0]}" if not change else "{target: p/T2.nii.gz, axes: [0]}"
+    if change.startswith("colour"):
+        _phantom_data(tmp_path)
+    base = f"name: bad\narchitecture: vdsr\ntrain:\n  - {pair}\n"
+    config = tmp_path / "bad.yaml"
+    config.write_text(base.replace(f"train:\n  - {pair}\n", change) if change.startswith("train") else base + change)
+    result = _mrisuperres("train", config, "--data", tmp_path, "--runs", tmp_path / "runs")
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "bad" / "bad.pt").exists()
+
+
+def test_2_5d_patches_carry_the_neighbouring_slices_as_inference_does():
+    from MRISuperResLib.inference import with_neighbours
+
+    k, j, i = np.meshgrid(np.arange(20), np.arange(40), np.arange(40), indexing="ij")
+    volume = (0.3 + (3 * k + 2 * j + i) / 200).astype(np.float32)
+    instance = Instance(truth=volume, lr=volume.copy(), reference=None, axes=(2,), factor=2)
+    for patch in cut_patches(instance, 6, 16, random.Random(0), 0.0, 0, 0.0, context=1):
+        assert patch.shape == (6, 16, 16)
+        # Rows run along k, columns along i or j: the slices step along the other in-plane axis.
+        steps = {round(float(np.mean(patch[5] - patch[0])), 4), round(float(np.mean(patch[0] - patch[4])), 4)}
+        assert steps <= {0.0, 0.005, 0.01, -0.005, -0.01} and len(steps) <= 2
+    slices = np.arange(5, dtype=np.float32)[:, None, None] * np.ones((1, 3, 3), np.float32)
+    stacked = with_neighbours(slices, 0, 5, 1)
+    assert stacked.shape == (5, 3, 3, 3)
+    np.testing.assert_array_equal(stacked[:, :, 0, 0], [[0, 0, 1], [1, 0, 2], [2, 1, 3], [3, 2, 4], [4, 3, 4]])

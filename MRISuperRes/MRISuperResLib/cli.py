@@ -1,4 +1,4 @@
-"""The `mrisuperres` command: run, plan, models, degrade, evaluate, demo.
+"""The `mrisuperres` command: run, plan, models, degrade, evaluate, demo, train.
 
 Every failure ends with one sentence on stderr naming the problem and the fix, and a non-zero exit
 code (2: bad input, 130: cancelled); an output file exists only when its command succeeded.
@@ -177,6 +177,29 @@ def command_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_train(args: argparse.Namespace) -> int:
+    from .training import train_from_arguments
+
+    train_from_arguments(args)
+    return 0
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `mrisuperres train`, shared with `python -m MRISuperResLib.training` (for torchrun)."""
+    parser.add_argument("config", help="YAML training config (see scripts/configs/)")
+    parser.add_argument("--data", default=None,
+                        help="folder the config's target/reference paths are relative to (default: ../shared/data "
+                             "beside the checkout, else the config's folder)")
+    parser.add_argument("--runs", default="runs", help="folder for checkpoints, logs, weights and cards (default: runs)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--steps", type=int, help="override the config's step count")
+    parser.add_argument("--install", action="store_true",
+                        help="add the trained model to the models folder (the built-in one, or --models-dir)")
+    parser.add_argument("--models-dir", help="models folder to install into and to initialise from")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrisuperres", description="Slice-wise MRI super-resolution.")
     parser.add_argument("--verbose", action="store_true", help="log the plan and registration details")
@@ -234,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(handler=command_demo)
+
+    train = commands.add_parser("train", help="train or fine-tune a model on your own volumes from a YAML config")
+    add_training_arguments(train)
+    train.set_defaults(handler=command_train)
     return parser
 
 

@@ -72,6 +72,15 @@ def plane_factors(plan: Plan, axes: tuple[int, int, int]) -> tuple[float, float]
     return plan.factors[2 - axes[1]], plan.factors[2 - axes[2]]
 
 
+def with_neighbours(slices: np.ndarray, first: int, count: int, context: int) -> np.ndarray:
+    """Slices first … first + count − 1 of `slices` (n, H, W), each with its `context` neighbours on each side
+    as channels after it (−1, +1, −2, +2, …; clamped at the ends, as in training): (count, 1 + 2·context, H, W)."""
+    n = slices.shape[0]
+    offsets = [0] + [o for d in range(1, context + 1) for o in (-d, d)]
+    index = np.clip(np.arange(first, first + count)[:, None] + np.array(offsets)[None, :], 0, n - 1)
+    return np.ascontiguousarray(slices[index])
+
+
 def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, reference: np.ndarray | None,
                    reference_mask: np.ndarray | None, device: torch.device,
                    progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
@@ -86,6 +95,7 @@ def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, referen
     fused = np.zeros(lr.shape, dtype=np.float32)
     fused_confidence = None if texture is None else np.zeros(lr.shape, dtype=np.float32)
     use_reference = plan.uses_reference and reference is not None
+    context = getattr(network, "context", 0)
     for plane in plan.planes:
         axes = plane_axes(plane, plan.upsampled)
         oriented = {"lr": np.transpose(lr, axes)}
@@ -99,6 +109,8 @@ def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, referen
         for first in range(0, n, plan.batch_size):
             group = {name: np.ascontiguousarray(x[first:first + plan.batch_size])[:, None]
                      for name, x in oriented.items()}
+            if context:
+                group["lr"] = with_neighbours(oriented["lr"], first, group["lr"].shape[0], context)
             if texture is not None:
                 paired = texture.mode == "paired"
                 group["texture"] = texture.features(

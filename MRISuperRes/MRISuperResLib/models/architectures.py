@@ -33,7 +33,10 @@ def build_architecture(name: str, arguments: dict) -> nn.Module:
 
 
 def macs_per_pixel(network: nn.Module) -> int:
-    """Multiply-adds per output pixel of a fully convolutional network of stride-1 2D convolutions."""
+    """Multiply-adds per output pixel of a fully convolutional network of stride-1 2D convolutions (networks
+    that work at another resolution say their own)."""
+    if hasattr(network, "macs_per_output_pixel"):
+        return network.macs_per_output_pixel
     return sum(m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
                for m in network.modules() if isinstance(m, nn.Conv2d))
 
@@ -309,3 +312,7 @@ class RCAN(nn.Module):
                 reference_mask: torch.Tensor | None = None, texture: torch.Tensor | None = None) -> torch.Tensor:
         shallow = _with_texture(self.head(lr, reference, reference_mask), self.texture, texture)
         return lr + self.tail(self.body(shallow) + shallow)
+
+
+# Families in their own files register themselves on import.
+from . import edsr  # noqa: E402,F401

@@ -136,6 +136,37 @@ class ModelRegistry:
         return path
 
 
+def install_model(weights: Path, card: dict, folder: str | os.PathLike | None = None) -> Path:
+    """Copy `weights` into a models folder and add or replace `card` in its models.json (keeping its place
+    in the list); returns the manifest's path. The one place that writes models.json."""
+    import shutil
+
+    target = Path(folder or os.environ.get(MODELS_DIR_VARIABLE) or DEFAULT_MODELS_DIR)
+    target.mkdir(parents=True, exist_ok=True)
+    if Path(weights).resolve() != (target / Path(weights).name).resolve():
+        shutil.copy(weights, target / Path(weights).name)
+    return update_manifest(target, lambda manifest: _upsert(manifest, card))
+
+
+def _upsert(manifest: dict, card: dict) -> None:
+    names = [m["name"] for m in manifest["models"]]
+    if card["name"] in names:
+        manifest["models"][names.index(card["name"])] = card
+    else:
+        manifest["models"].append(card)
+
+
+def update_manifest(folder: str | os.PathLike, change) -> Path:
+    """Read a folder's models.json (or start one), let `change(manifest)` edit it, write it back atomically."""
+    path = Path(folder) / "models.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {"models": []}
+    change(manifest)
+    staging = path.with_suffix(".json.tmp")
+    staging.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    staging.replace(path)
+    return path
+
+
 def load_network(registry: ModelRegistry, card: ModelCard, device):
     """Build the network of `card`, load its verified weights, and put it in evaluation mode on `device`."""
     import torch
@@ -150,4 +181,4 @@ def load_network(registry: ModelRegistry, card: ModelCard, device):
         network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except (RuntimeError, ValueError) as error:
         raise MRISuperResError(f"The weights of model '{card.name}' do not fit its architecture ({str(error).splitlines()[0]}); reinstall the extension.") from None
-    return network.to(device).eval()
+    return network.to(device, memory_format=torch.channels_last).eval()

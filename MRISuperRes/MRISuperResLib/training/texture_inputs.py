@@ -14,9 +14,9 @@ import random
 
 import torch
 
-import _paths  # noqa: F401
-from MRISuperResLib.scattering import Scattering
-from MRISuperResLib.texture import (FOREGROUND_LEVEL, MatchSettings, blur_like_input, build_bank, match_bank,
+
+from ..scattering import Scattering
+from ..texture import (FOREGROUND_LEVEL, MatchSettings, blur_like_input, build_bank, match_bank,
                                     match_window, upsample_features)
 
 DEFAULT_PROBABILITIES = {"paired": 0.5, "bank": 0.35}

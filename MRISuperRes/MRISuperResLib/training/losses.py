@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import _paths  # noqa: F401
-from MRISuperResLib.scattering import Scattering
+
+from ..scattering import Scattering
 
 # conv channel plan of VGG19's `features` up to relu3_4 ("M" = max-pool), with torchvision's layer indices.
 VGG19_PLAN = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256]

@@ -5,7 +5,8 @@ exactly as inference does, next to its truth and (when the subject has one) anot
 either thick slices along one axis (box or Gaussian profile), or in-plane low resolution along two axes
 (k-space truncation or antialiased bicubic). Patches are cut from every plane that contains a degraded axis,
 oriented with a degraded axis along rows as `MRISuperResLib.inference` orients slices (a plane with two
-degraded axes is cut both ways round: the 90° rotation).
+degraded axes is cut both ways round: the 90° rotation). With 2.5D context, a patch also carries the
+pre-interpolated neighbouring slices of the same plane (clamped at the volume's ends, as at inference).
 """
 
 from __future__ import annotations
@@ -17,22 +18,13 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import rotate
 
-import _paths  # noqa: F401  (puts MRISuperResLib on sys.path)
-from MRISuperResLib.degrade import bicubic_downsample, kspace_truncate, thick_slices
-from MRISuperResLib.geometry import resampled_grid
-from MRISuperResLib.intensity import IntensityScale
-from MRISuperResLib.io import read_volume
-from MRISuperResLib.resample import preinterpolate
 
-
-@dataclass(frozen=True)
-class PairSpec:
-    """One target contrast, its optional reference and mask, and the axes that are truly high resolution."""
-
-    target: str
-    reference: str | None
-    mask: str | None
-    axes: tuple[int, ...]
+from ..degrade import bicubic_downsample, kspace_truncate, thick_slices
+from ..geometry import resampled_grid
+from ..intensity import IntensityScale
+from ..io import read_volume
+from ..resample import preinterpolate
+from .config import PairSpec, TrainingConfig
 
 
 @dataclass
@@ -74,11 +66,18 @@ class Degradations:
     noise_probability: float = 0.0
     inplane_probability: float = 0.0
     inplane_factors: tuple[int, ...] = (2, 4)
+    gamma_range: float = 0.0
 
     @classmethod
-    def from_config(cls, config: dict) -> "Degradations":
-        return cls(tuple(config["factors"]), config.get("noise_probability", 0.0),
-                   config.get("inplane_probability", 0.0), tuple(config.get("inplane_factors", (2, 4))))
+    def from_config(cls, config: TrainingConfig) -> "Degradations":
+        return cls(tuple(config.factors), config.noise_probability, config.inplane_probability,
+                   tuple(config.inplane_factors), config.gamma_range)
+
+
+def _gamma(array: np.ndarray, rng: random.Random, gamma_range: float) -> np.ndarray:
+    """`array` (normalised, mostly in [0, 1]) raised to a random power in [1/gamma_range, gamma_range]."""
+    power = float(np.exp(rng.uniform(-np.log(gamma_range), np.log(gamma_range))))
+    return (np.sign(array) * np.abs(array) ** power).astype(np.float32)
 
 
 def _simulate(volume, scan: Scan, rng: random.Random, degradations: Degradations):
@@ -98,7 +97,12 @@ def _simulate(volume, scan: Scan, rng: random.Random, degradations: Degradations
 
 def degrade_instance(scan: Scan, rng: random.Random, degradations: Degradations) -> Instance:
     """Simulate a low-resolution acquisition of `scan` and pre-interpolate it back onto the truth's grid."""
-    volume = scan.template.with_array(scan.truth)
+    truth, reference = scan.truth, scan.reference
+    # Configs without gamma draw no extra random number, so their pairs stay as they were.
+    if degradations.gamma_range > 1:
+        truth = _gamma(truth, rng, degradations.gamma_range)
+        reference = None if reference is None else _gamma(reference, rng, degradations.gamma_range)
+    volume = scan.template.with_array(truth)
     lr, axes, factor = _simulate(volume, scan, rng, degradations)
     grid = resampled_grid(lr.grid, volume.spacing)
     lr_array = lr.array
@@ -110,8 +114,8 @@ def degrade_instance(scan: Scan, rng: random.Random, degradations: Degradations)
                            + np_rng.normal(0, sigma, lr_array.shape) ** 2).astype(np.float32)
     interpolated = preinterpolate(lr.with_array(lr_array), grid).array
     crop = tuple(slice(0, n) for n in interpolated.shape)
-    reference = None if scan.reference is None else scan.reference[crop]
-    return Instance(scan.truth[crop], interpolated, reference, axes, factor)
+    reference = None if reference is None else reference[crop]
+    return Instance(truth[crop], interpolated, reference, axes, factor)
 
 
 def _oriented_slices(array: np.ndarray, rows_np: int, columns_np: int) -> np.ndarray:
@@ -121,10 +125,10 @@ def _oriented_slices(array: np.ndarray, rows_np: int, columns_np: int) -> np.nda
 
 def cut_patches(instance: Instance, count: int, size: int, rng: random.Random,
                 shift_probability: float, max_shift: int, absent_probability: float,
-                rotation_probability: float = 0.0, max_rotation: float = 0.0) -> list[np.ndarray]:
-    """`count` patches of shape (4, size, size): lr, truth, reference, reference mask. The reference is
-    misregistered, sometimes, by a shift of up to `max_shift` voxels and a rotation of up to `max_rotation`
-    degrees about the slice normal."""
+                rotation_probability: float = 0.0, max_rotation: float = 0.0, context: int = 0) -> list[np.ndarray]:
+    """`count` patches of shape (4 + 2 · context, size, size): lr, truth, reference, reference mask, then the
+    lr's neighbouring slices (−1, +1, −2, +2, …). The reference is misregistered, sometimes, by a shift of up
+    to `max_shift` voxels and a rotation of up to `max_rotation` degrees about the slice normal."""
     shape = instance.truth.shape
     planes = [(rows, columns) for rows in (2 - axis for axis in instance.axes) for columns in range(3)
               if columns != rows and min(shape[rows], shape[columns]) >= size + 2 * max_shift]
@@ -158,7 +162,9 @@ def cut_patches(instance: Instance, count: int, size: int, rng: random.Random,
         else:
             reference_patch = np.zeros_like(lr_patch)
             mask_patch = np.zeros_like(lr_patch)
-        patch = np.stack([lr_patch, truth_patch, reference_patch, mask_patch]).astype(np.float32)
+        neighbours = [lr[min(max(s + offset, 0), lr.shape[0] - 1), r:r + size, c:c + size]
+                      for distance in range(1, context + 1) for offset in (-distance, distance)]
+        patch = np.stack([lr_patch, truth_patch, reference_patch, mask_patch, *neighbours]).astype(np.float32)
         if rng.random() < 0.5:
             patch = patch[:, ::-1, :]
         if rng.random() < 0.5:

@@ -1,0 +1,125 @@
+"""A training run's settings, read from YAML and checked before any data is touched.
+
+Every key of the YAML is a field below (unknown keys are refused: a typo must not silently train with a
+default). `train` and `val` list target / reference pairs relative to the data folder:
+
+    - {target: sub01/T2.nii.gz, reference: sub01/T1.nii.gz, mask: sub01/brainmask.nii.gz, axes: [0, 1]}
+
+`axes` are the voxel axes (0 = i, 1 = j, 2 = k) that were truly acquired at high resolution: only they are
+degraded to make training pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import MRISuperResError
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """One target contrast, its optional reference and mask, and the axes that are truly high resolution."""
+
+    target: str
+    reference: str | None
+    mask: str | None
+    axes: tuple[int, ...]
+
+
+@dataclass
+class TrainingConfig:
+    name: str
+    architecture: str
+    train: list
+    title: str = ""
+    description: str = ""
+    arguments: dict = field(default_factory=dict)
+    uses_reference: bool = False
+    initialise_from: str | None = None     # a registered model whose weights start the run
+    reference_modes: list = field(default_factory=list)
+    val: list = field(default_factory=list)
+    # Degradations
+    degradation: str = "thick slices (box or Gaussian profile)"
+    factors: list = field(default_factory=lambda: [2, 3, 4, 5, 6])
+    inplane_probability: float = 0.0
+    inplane_factors: list = field(default_factory=lambda: [2, 4])
+    noise_probability: float = 0.0
+    # Intensity augmentation: target and reference each raised to a random power in [1/g, g] (0: off), so
+    # that contrast relations and intensity curves unseen in train/ are less of a surprise.
+    gamma_range: float = 0.0
+    # Reference imperfections
+    shift_probability: float = 0.0
+    max_shift: int = 0
+    rotation_probability: float = 0.0
+    max_rotation_degrees: float = 0.0
+    absent_probability: float = 0.3
+    # Optimisation
+    seed: int = 0
+    steps: int = 1000
+    batch_size: int = 16
+    patch_size: int = 48
+    learning_rate: float = 2e-4
+    lr_milestones: list = field(default_factory=list)
+    warmup_steps: int = 0
+    checkpoint_every: int = 250
+    checkpoint_minutes: float = 5.0       # also checkpoint at least this often (long steps on a CPU)
+    validate_every: int = 500
+    pool_instances: int = 24
+    patches_per_instance: int = 160
+    refresh_every: int = 40
+    loss: dict = field(default_factory=dict)
+    texture: dict | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "the config") -> "TrainingConfig":
+        if not isinstance(values, dict):
+            raise MRISuperResError(f"{source} is not a YAML mapping of settings; see scripts/configs/ for examples.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise MRISuperResError(f"{source} has unknown setting(s) {', '.join(unknown)}; "
+                                   f"the settings are: {', '.join(sorted(known))}.")
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                   and f.name not in values]
+        if missing:
+            raise MRISuperResError(f"{source} lacks the required setting(s) {', '.join(missing)}.")
+        config = cls(**values)
+        if not config.train:
+            raise MRISuperResError(f"{source} lists no training pairs under 'train'; add at least one target.")
+        for entry in config.train + config.val:
+            if not isinstance(entry, dict) or "target" not in entry or "axes" not in entry:
+                raise MRISuperResError(f"{source} has a pair without 'target' and 'axes': {entry!r}.")
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> "TrainingConfig":
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise MRISuperResError(f"The training config '{path}' does not exist; give the path of a YAML file.")
+        try:
+            values = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise MRISuperResError(f"The training config '{path}' is not valid YAML ({str(error).splitlines()[0]}).") from None
+        return cls.from_dict(values, f"The training config '{path}'")
+
+    def pair_specs(self, which: str = "train") -> list[PairSpec]:
+        return [PairSpec(e["target"], e.get("reference"), e.get("mask"), tuple(e["axes"]))
+                for e in getattr(self, which)]
+
+    def check_files(self, data_root: Path) -> None:
+        """Every file the pairs name exists under `data_root`."""
+        for spec in self.pair_specs("train") + self.pair_specs("val"):
+            for relative in (spec.target, spec.reference, spec.mask):
+                if relative and not (Path(data_root) / relative).exists():
+                    raise MRISuperResError(f"The training data file '{Path(data_root) / relative}' does not exist; "
+                                           "fix the path in the config or pass --data with the folder it is relative to.")
+
+    @property
+    def context(self) -> int:
+        """Neighbouring slices on each side that the network takes as extra input channels (2.5D)."""
+        return int(self.arguments.get("context", 0))

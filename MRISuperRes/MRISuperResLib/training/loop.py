@@ -1,0 +1,302 @@
+"""The training loop: seeded, resumable, checkpointed by steps and by minutes, DDP-ready.
+
+    mrisuperres train CONFIG.yaml [--data DIR] [--runs DIR] [--resume] [--threads N] [--device cpu|cuda]
+    torchrun --nproc_per_node 4 -m MRISuperResLib.training CONFIG.yaml ...   # several GPUs or CPU processes
+
+Checkpoints go to `<runs>/<name>/checkpoint.pt` (network, optimizer, scheduler, random state, step);
+`--resume` continues from it. The final weights go to `<runs>/<name>/<name>.pt` with `card.json`, the
+model card; `--install` adds both to a models folder (the built-in one, or `--models-dir`).
+Under `torchrun` it trains with DistributedDataParallel (nccl on CUDA, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..errors import MRISuperResError
+from ..models.architectures import ARCHITECTURES, build_architecture, macs_per_pixel
+from ..models.registry import ModelRegistry, install_model, sha256_of
+from ..scattering import Scattering
+from .config import TrainingConfig
+from .losses import CompositeLoss
+from .pairs import Degradations, cut_patches, degrade_instance, load_scans
+from .texture_inputs import texture_inputs
+
+
+def split_batch(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Patches (B, 4 + 2·context, H, W) → lr (with its neighbouring slices after it), truth, reference, mask."""
+    lr = torch.cat([batch[:, :1], batch[:, 4:]], dim=1)
+    return lr, batch[:, 1:2], batch[:, 2:3], batch[:, 3:4]
+
+
+class PatchBank:
+    """A pool of patches from degraded instances (each with its thick-slice factor), refreshed one instance
+    at a time."""
+
+    def __init__(self, scans, config: TrainingConfig, rng: random.Random) -> None:
+        self.scans, self.config, self.rng = scans, config, rng
+        self.degradations = Degradations.from_config(config)
+        self.groups: list[tuple[np.ndarray, int]] = [self._fresh_group() for _ in range(config.pool_instances)]
+
+    def _fresh_group(self) -> tuple[np.ndarray, int]:
+        c = self.config
+        for _ in range(100):
+            instance = degrade_instance(self.rng.choice(self.scans), self.rng, self.degradations)
+            patches = cut_patches(instance, c.patches_per_instance, c.patch_size, self.rng,
+                                  c.shift_probability, c.max_shift, c.absent_probability,
+                                  c.rotation_probability, c.max_rotation_degrees, c.context)
+            if patches:
+                return np.stack(patches), instance.factor
+        raise MRISuperResError(f"No {c.patch_size}-pixel patches could be cut from the training volumes; "
+                               "use a smaller patch_size or larger volumes.")
+
+    def refresh(self) -> None:
+        self.groups[self.rng.randrange(len(self.groups))] = self._fresh_group()
+
+    def batch(self, size: int, same_factor: bool = False) -> tuple[torch.Tensor, int | None]:
+        """A batch of patches; with `same_factor`, all of one thick-slice factor (texture transfer blurs the
+        reference by it), which is returned too."""
+        groups, factor = self.groups, None
+        if same_factor:
+            factor = self.groups[self.rng.randrange(len(self.groups))][1]
+            groups = [g for g in self.groups if g[1] == factor]
+        picks = [groups[self.rng.randrange(len(groups))][0] for _ in range(size)]
+        return torch.from_numpy(np.stack([g[self.rng.randrange(len(g))] for g in picks])), factor
+
+
+def fixed_validation_set(scans, config: TrainingConfig, seed: int, inplane: bool = False
+                         ) -> list[tuple[torch.Tensor, int]]:
+    """Validation patches per thick-slice factor (2, 4, 6), or with `inplane` per in-plane factor (2, 4), the same
+    at every evaluation."""
+    rng = random.Random(seed)
+    by_factor = []
+    for factor in (2, 4) if inplane else (2, 4, 6):
+        degradations = Degradations(factors=(factor,), inplane_probability=float(inplane), inplane_factors=(factor,))
+        patches = []
+        for scan in scans:
+            instance = degrade_instance(scan, rng, degradations)
+            patches += cut_patches(instance, 32, config.patch_size, rng, 0.0, config.max_shift, 0.0,
+                                   context=config.context)
+        if patches:
+            by_factor.append((torch.from_numpy(np.stack(patches)), factor))
+    return by_factor
+
+
+def psnr_gain(network: torch.nn.Module, validation: list[tuple[torch.Tensor, int]], device: torch.device,
+              scattering: Scattering | None = None) -> dict:
+    """PSNR (data range 1, MSE pooled over all validation patches) of cubic and of the network with and
+    without its reference (and, for texture transfer, with its reference as paired texture); pooled,
+    because per-patch PSNR is infinite on blank background patches."""
+    network.eval()
+    errors: dict[str, list[torch.Tensor]] = {}
+    with torch.inference_mode():
+        for patches, factor in validation:
+            lr, truth, ref, mask = (x.to(device) for x in split_batch(patches))
+            outputs = {"cubic": lr[:, :1], "model_ref": network(lr, ref, mask),
+                       "model_noref": network(lr, torch.zeros_like(ref), torch.zeros_like(mask))}
+            if scattering is not None:
+                texture, _, _ = texture_inputs(lr, truth, ref, mask, factor, random.Random(0), scattering,
+                                               probabilities={"paired": 1.0, "bank": 0.0})
+                outputs["model_ref_texture"] = network(lr, ref, mask, texture)
+            for name, output in outputs.items():
+                errors.setdefault(name, []).append(((output - truth) ** 2).flatten())
+    network.train()
+    return {name: float(-10 * torch.log10(torch.cat(e).mean())) for name, e in errors.items()}
+
+
+def initialise_from(network: torch.nn.Module, source: str, models_dir: str | None = None) -> None:
+    """Start from a registered model's weights, or from a weights file (`*.pt`): a texture-transfer network
+    from its backbone (its texture branch starts at zero), or a run continued on another machine from the
+    weights it committed."""
+    if source.endswith(".pt"):
+        path = Path(source)
+        if not path.is_file():
+            raise MRISuperResError(f"initialise_from names the weights file '{source}', which does not exist.")
+    else:
+        registry = ModelRegistry(models_dir)
+        path = registry.verified_weights(registry.get(source))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    if unexpected or any(not key.startswith("texture.") for key in missing):
+        raise MRISuperResError(f"The weights of {source} do not fit this architecture "
+                               f"(missing {missing}, unexpected {unexpected}); check initialise_from.")
+    print(f"initialised from {source}" + (f"; new: {', '.join(missing)}" if missing else ""), flush=True)
+
+
+def _device(requested: str | None, local_rank: int) -> torch.device:
+    if requested in (None, "auto"):
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise MRISuperResError("No CUDA GPU is available to this Python; train with --device cpu.")
+    return torch.device(f"cuda:{local_rank}" if requested == "cuda" else requested)
+
+
+def _learning_rate_schedule(config: TrainingConfig):
+    """Linear warm-up over `warmup_steps` (a run continued from weights without its optimizer state), then
+    ×0.3 at each milestone."""
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        return warm * 0.3 ** sum(step >= m for m in config.lr_milestones)
+    return factor
+
+
+def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int = 0, device: str | None = None,
+          resume: bool = False, install: bool = False, models_dir: str | None = None,
+          config_name: str = "") -> Path:
+    """Train `config`; returns the run folder holding the weights and `card.json`."""
+    if config.architecture not in ARCHITECTURES:
+        raise MRISuperResError(f"Unknown architecture '{config.architecture}'; choose one of: {', '.join(ARCHITECTURES)}.")
+    config.check_files(data_root)
+    distributed = "LOCAL_RANK" in os.environ
+    if distributed:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if distributed else 0
+    if threads:
+        torch.set_num_threads(threads)
+    torch_device = _device(device, int(os.environ.get("LOCAL_RANK", 0)))
+    seed = config.seed + rank
+    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+
+    run_dir = Path(runs_dir) / config.name
+    checkpoint = run_dir / "checkpoint.pt"
+    if checkpoint.exists() and not resume:
+        raise MRISuperResError(f"The run '{run_dir}' already has a checkpoint; pass --resume to continue it, "
+                               "or choose another --runs folder.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        network = build_architecture(config.architecture, config.arguments)
+    except TypeError as error:
+        raise MRISuperResError(f"The arguments do not fit architecture '{config.architecture}' ({error}).") from None
+    network = network.to(torch_device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _learning_rate_schedule(config))
+    rng = random.Random(seed)
+    step = 0
+    if resume and checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.setstate(state["rng"])
+        step = state["step"]
+        print(f"resumed at step {step}", flush=True)
+    elif config.initialise_from:
+        initialise_from(network, config.initialise_from, models_dir)
+    model = torch.nn.parallel.DistributedDataParallel(network) if distributed else network
+
+    started = time.time()
+    bank = PatchBank(load_scans(data_root, config.pair_specs("train")), config, rng)
+    val_scans = load_scans(data_root, config.pair_specs("val")) if config.val else []
+    validation = fixed_validation_set(val_scans, config, 12345)
+    # Models trained on in-plane pairs are also validated on them, under their own key; like
+    # scripts/evaluate.py, the in-plane axes are i and j.
+    inplane_scans = [_with_axes(scan, (0, 1)) for scan in val_scans]
+    validation_inplane = fixed_validation_set(inplane_scans, config, 12345, inplane=True) \
+        if bank.degradations.inplane_probability and val_scans else None
+    print(f"bank ready in {time.time() - started:.0f} s; {sum(len(p) for p, _ in validation)} validation patches",
+          flush=True)
+    loss_fn = CompositeLoss(**config.loss).to(torch_device)
+    # Texture transfer: scattering features, matching and swapping per batch, as at inference.
+    scattering = Scattering() if config.arguments.get("texture_transfer") else None
+    log = open(run_dir / "log.jsonl", "a") if rank == 0 else None
+    running, running_parts = [], []
+    last_checkpoint = time.time()
+    bar = tqdm(total=config.steps, initial=step, desc=config.name, disable=None if rank == 0 else True,
+               unit="step", dynamic_ncols=True)
+    while step < config.steps:
+        if step % config.refresh_every == 0 and step:
+            bank.refresh()
+        batch, factor = bank.batch(config.batch_size, same_factor=scattering is not None)
+        lr, truth, ref, mask = (x.to(torch_device) for x in split_batch(batch))
+        if scattering is None:
+            loss, parts = loss_fn(model(lr, ref, mask), truth)
+        else:
+            texture, swapped, has_texture = texture_inputs(lr, truth, ref, mask, factor, rng, scattering,
+                                                           probabilities=config.texture)
+            loss, parts = loss_fn(model(lr, ref, mask, texture), truth, swapped, has_texture)
+        running_parts.append(parts)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        bar.update(1)
+        running.append(loss.item())
+        due = step % config.checkpoint_every == 0 or time.time() - last_checkpoint > 60 * config.checkpoint_minutes
+        if rank == 0 and (due or step == config.steps):
+            _save_checkpoint(checkpoint, network, optimizer, scheduler, rng, step)
+            last_checkpoint = time.time()
+        if rank == 0 and (step % config.validate_every == 0 or step == config.steps):
+            record = {"step": step, "loss": float(np.mean(running)),
+                      **{name: float(np.mean([p[name] for p in running_parts])) for name in running_parts[0]},
+                      "seconds": round(time.time() - started),
+                      "val_psnr": psnr_gain(network, validation, torch_device, scattering) if validation else {}}
+            if validation_inplane:
+                record["val_psnr_inplane"] = psnr_gain(network, validation_inplane, torch_device, scattering)
+            running, running_parts = [], []
+            bar.write(json.dumps(record))
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+    bar.close()
+
+    if rank == 0:
+        weights = run_dir / f"{config.name}.pt"
+        torch.save({k: v.cpu().contiguous() for k, v in network.state_dict().items()}, weights)
+        card = _card(config, network, weights, step, torch_device, config_name,
+                     psnr_gain(network, validation, torch_device, scattering) if validation else {},
+                     psnr_gain(network, validation_inplane, torch_device, scattering) if validation_inplane else None,
+                     bank.degradations)
+        (run_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+        print(json.dumps(card, indent=2))
+        if install:
+            manifest = install_model(weights, card, models_dir)
+            print(f"installed {card['name']} into {manifest}")
+    if distributed:
+        dist.destroy_process_group()
+    return run_dir
+
+
+def _with_axes(scan, axes: tuple[int, ...]):
+    import dataclasses
+    return dataclasses.replace(scan, spec=dataclasses.replace(scan.spec, axes=axes))
+
+
+def _save_checkpoint(path: Path, network, optimizer, scheduler, rng: random.Random, step: int) -> None:
+    staging = path.with_suffix(".tmp")
+    torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng.getstate(), "step": step}, staging)
+    staging.replace(path)  # a run killed while saving keeps its previous checkpoint
+
+
+def _card(config: TrainingConfig, network, weights: Path, step: int, device: torch.device, config_name: str,
+          scores: dict, scores_inplane: dict | None, degradations: Degradations) -> dict:
+    card = {
+        "name": config.name, "title": config.title or config.name, "description": config.description,
+        "architecture": config.architecture, "arguments": config.arguments,
+        "weights": weights.name, "sha256": sha256_of(weights),
+        "parameters": sum(p.numel() for p in network.parameters()),
+        "macs_per_pixel": macs_per_pixel(network),
+        "uses_reference": config.uses_reference, "degradation": config.degradation,
+        "factors": config.factors,
+        **({"inplane_factors": list(degradations.inplane_factors)} if degradations.inplane_probability else {}),
+        "training_data": "; ".join(sorted({e["target"].split("/")[-2] for e in config.train}))
+                         + " (see README acknowledgements for licences)",
+        "training": f"{step} steps of {config.batch_size}×{config.patch_size}² patches, "
+                    f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, "
+                    f"config {config_name or config.name}, seed {config.seed}"
+                    + (f", fine-tuned from {Path(config.initialise_from).stem}" if config.initialise_from else ""),
+        "validation": {"patch_psnr_db": scores,
+                       **({"patch_psnr_db_inplane": scores_inplane} if scores_inplane else {})},
+    }
+    if config.reference_modes:
+        card["reference_modes"] = config.reference_modes
+    return card
