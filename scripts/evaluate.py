@@ -9,6 +9,12 @@ mask where it has one, else the rule of `MRISuperResLib.metrics`). Every model r
 reference; the default also with a wrong reference: another subject's scan, placed so that its centre
 coincides with the input's. Texture-transfer models have their own ablation (`evaluate_texture.py`).
 
+A model name may carry a suffix: `NAME` alone scores the network itself (no self-check, adaptation or
+fallback); `NAME+auto` is what a user gets by default (self-check, adaptation only when the model loses to
+cubic on the scan's own planes, then fallback); `NAME+adapt` fine-tunes on the scan for 60 s first
+(`--adapt`). Rows of the suffixed runs also hold the self-check's estimate, plotted against the true gain
+(`self_check_vs_true_gain.png`).
+
 Rows are cached in `<output>/evaluation_rows.jsonl` under the model's weights sha256, so an interrupted
 run continues where it stopped and retrained weights are scored again. The default model goes first.
 
@@ -96,13 +102,20 @@ class Case:
 
     def run(self, kind: str, factor: int, model: str, reference: str, threads: int) -> tuple[np.ndarray, dict]:
         started = time.perf_counter()
-        result = superresolve(self.low(kind, factor), self.references[reference], model=model,
-                              target_spacing=self.truth.spacing, threads=threads)
+        name, _, mode = model.partition("+")
+        options = {"": {"self_check": False}, "auto": {}, "adapt": {"adapt": 60.0}}[mode]
+        report: dict = {}
+        result = superresolve(self.low(kind, factor), self.references[reference], model=name,
+                              target_spacing=self.truth.spacing, threads=threads, report=report, **options)
         truth = crop_to(self.truth.array, result.array.shape)
         mask = None if self.mask is None else crop_to(self.mask, result.array.shape)
         return result.array, {"case": self.name, "degradation": kind, "factor": factor, "model": model,
                               "reference": reference, "seconds": round(time.perf_counter() - started, 1),
-                              **score(result.array, truth, mask)}
+                              **score(result.array, truth, mask),
+                              **{k: v for k, v in report.items() if mode and k in REPORTED}}
+
+
+REPORTED = ("estimated_gain_db", "adapted", "adapted_gain_db", "fell_back_to_cubic")
 
 
 def row_key(row: dict) -> tuple:
@@ -237,6 +250,43 @@ def gain_plot(rows: list[dict], variants, default: str, path: Path) -> None:
     plt.close(figure)
 
 
+def estimate_plot(rows: list[dict], path: Path) -> None:
+    """The self-check's estimated gain (on the scan's own planes) against the true gain of the same model on
+    the same input (against the truth), one point per case, degradation and reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cubic = {(r["case"], r["degradation"], r["factor"]): r["psnr"] for r in rows if r["model"] == "cubic"}
+    plain = {(r["case"], r["degradation"], r["factor"], r["model"], r["reference"]): r["psnr"] for r in rows}
+    points = []
+    for r in rows:
+        if r["model"].endswith("+auto") and "estimated_gain_db" in r:
+            key = (r["case"], r["degradation"], r["factor"])
+            true = plain.get(key + (r["model"].partition("+")[0], r["reference"]))
+            if true is not None and key in cubic:
+                points.append((r["estimated_gain_db"], true - cubic[key], r["reference"]))
+    if not points:
+        return
+    figure, axis = plt.subplots(figsize=(4.6, 4.2), dpi=110)
+    for reference, marker in (("paired", "o"), ("none", "s")):
+        chosen = [(x, y) for x, y, ref in points if ref == reference]
+        if chosen:
+            axis.scatter(*zip(*chosen), marker=marker, label=f"{'with' if reference == 'paired' else 'without'} reference")
+    low = min(min(p[0], p[1]) for p in points) - 0.5
+    high = max(max(p[0], p[1]) for p in points) + 0.5
+    axis.plot([low, high], [low, high], color="grey", lw=0.8)
+    axis.axhline(0, color="grey", lw=0.5, ls=":")
+    axis.axvline(0, color="grey", lw=0.5, ls=":")
+    axis.set_xlabel("self-check estimate (dB over cubic, scan's own planes)")
+    axis.set_ylabel("true gain over cubic (dB, against the truth)")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
 def update_cards(rows: list[dict], degradations, variants) -> None:
     """Put each model's val/ means (4× thick slices, and the gain over cubic per degradation) into its card."""
     from MRISuperResLib.models.registry import DEFAULT_MODELS_DIR
@@ -284,6 +334,8 @@ def main() -> None:
     parser.add_argument("--wrong-reference-models", nargs="+", help="also score these with a wrong reference "
                         "(default: the default model); they run first")
     parser.add_argument("--cases", nargs="+", help="case names to run (default: all)")
+    parser.add_argument("--product-models", nargs="+", default=[],
+                        help="also score these as users get them (NAME+auto) and adapted (NAME+adapt)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=REPO / "Resources",
                         help="folder for the row cache, evaluation.json/.md and the figures")
@@ -303,8 +355,12 @@ def main() -> None:
         else:
             variants.append((name, "none"))
 
+    for name in args.product_models:
+        for mode in ("auto", "adapt"):
+            variants += [(f"{name}+{mode}", "paired"), (f"{name}+{mode}", "none")]
+
     def weights_sha(name: str) -> str | None:
-        return registry.get(name).sha256
+        return registry.get(name.partition("+")[0]).sha256
 
     args.output.mkdir(parents=True, exist_ok=True)
     chosen = [c for c in CASES if not args.cases or c[0] in args.cases]
@@ -322,6 +378,7 @@ def main() -> None:
     (args.output / "evaluation.json").write_text(json.dumps(rows, indent=2) + "\n")
     (args.output / "evaluation.md").write_text("".join(text))
     gain_plot(rows, variants, default, args.output / "psnr_gain_vs_factor.png")
+    estimate_plot(rows, args.output / "self_check_vs_true_gain.png")
     if not (args.no_pictures or args.tables_only):
         for case in cases:
             if case.name in EXAMPLES:

@@ -77,10 +77,12 @@ def command_run(args: argparse.Namespace) -> int:
     volume = read_volume(args.input, "input")
     reference = read_volume(args.reference, "reference") if args.reference else None
     progress = _progress(args)
+    report: dict = {}
     try:
         result, confidence = superresolve_with_confidence(
             volume, reference, register_reference=args.register_reference, force=args.force, progress=progress,
-            gate_reference=not args.no_reference_gate, **_target(args))
+            gate_reference=not args.no_reference_gate, adapt=0.0 if args.no_adapt else args.adapt,
+            self_check=not args.no_self_check, fallback=not args.no_fallback, report=report, **_target(args))
     finally:
         if hasattr(progress, "close"):
             progress.close()
@@ -93,7 +95,7 @@ def command_run(args: argparse.Namespace) -> int:
         written["confidence"] = str(outputs["confidence output"])
     write_volume(result, outputs["output"])
     if args.progress_json:
-        print(json.dumps({"stage": "done", **written, "size": list(result.grid.size)}), flush=True)
+        print(json.dumps({"stage": "done", **written, "size": list(result.grid.size), "report": report}), flush=True)
     else:
         print(f"wrote {outputs['output']} ({result.grid.describe()})"
               + (f" and the confidence map {outputs['confidence output']}" if args.confidence else ""))
@@ -216,6 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-reference-gate", action="store_true",
                      help="use the reference everywhere, even where its edges do not match the input's")
     run.add_argument("--force", action="store_true", help="run even when the memory estimate exceeds what is free")
+    adapt = run.add_mutually_exclusive_group()
+    adapt.add_argument("--adapt", type=float, nargs="?", const=60.0, metavar="SECONDS",
+                       help="fine-tune the model on this scan's own acquired planes first (default 60 s of CPU "
+                            "work; kept only if it helps on held-out pairs). Without it, adaptation runs only "
+                            "when the self-check finds the model worse than cubic")
+    adapt.add_argument("--no-adapt", action="store_true", help="never fine-tune on the scan")
+    run.add_argument("--no-fallback", action="store_true",
+                     help="keep the model's output even when the self-check finds it worse than cubic")
+    run.add_argument("--no-self-check", action="store_true",
+                     help="skip scoring the model on the scan's own planes (and so adaptation and fallback)")
     run.add_argument("--progress-json", action="store_true", help="one JSON progress object per line on stdout")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_target_arguments(run)

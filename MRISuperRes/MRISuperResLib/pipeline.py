@@ -6,6 +6,7 @@ import logging
 
 import torch
 
+from . import adapt as scan_adaptation
 from .confidence import CONFIDENCE_THRESHOLD, reference_agreement
 from .devices import resolve_device, set_threads
 from .errors import MRISuperResError
@@ -62,7 +63,8 @@ def superresolve(volume: Volume, reference: Volume | None = None, model: str | N
                  threads: int | None = None, batch_size: int = 8, tile: int = DEFAULT_TILE,
                  register_reference: bool = False, models_dir: str | None = None, force: bool = False,
                  progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
-                 gate_reference: bool = True, reference_mode: str | None = None) -> Volume:
+                 gate_reference: bool = True, reference_mode: str | None = None, adapt: float | None = None,
+                 self_check: bool = True, fallback: bool = True, report: dict | None = None) -> Volume:
     """Super-resolve `volume` onto the planned target grid; the input is never modified.
 
     `model` names an entry of the model registry (None: the registry's default); `target_spacing` is
@@ -72,6 +74,13 @@ def superresolve(volume: Volume, reference: Volume | None = None, model: str | N
     `confidence`). `reference_mode` (texture-transfer models): paired, unpaired or self; by default
     paired with a reference and self without.
 
+    Every run checks itself (`self_check`, see `adapt`): the model is scored against cubic interpolation on
+    pairs made from the scan's own acquired planes. `adapt`: seconds of per-scan fine-tuning on those pairs
+    (None: only when the check finds the model worse than cubic, for 60 s; 0: never); the adapted weights
+    are kept only when they do better on held-out pairs. `fallback`: when the model still does worse than
+    cubic on the scan's own pairs, return cubic interpolation. `report`, a dict, receives the estimate and
+    the decisions.
+
     >>> import numpy as np
     >>> from MRISuperResLib import Volume, superresolve
     >>> thick = Volume(np.random.rand(8, 32, 32).astype("float32"), spacing=(1.0, 1.0, 4.0))
@@ -80,7 +89,8 @@ def superresolve(volume: Volume, reference: Volume | None = None, model: str | N
     """
     return superresolve_with_confidence(
         volume, reference, model, target_spacing, scale, planes, device, threads, batch_size, tile,
-        register_reference, models_dir, force, progress, cancel, gate_reference, reference_mode)[0]
+        register_reference, models_dir, force, progress, cancel, gate_reference, reference_mode, adapt,
+        self_check, fallback, report)[0]
 
 
 def superresolve_with_confidence(volume: Volume, reference: Volume | None = None, model: str | None = None,
@@ -89,8 +99,9 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
                                  tile: int = DEFAULT_TILE, register_reference: bool = False,
                                  models_dir: str | None = None, force: bool = False,
                                  progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
-                                 gate_reference: bool = True, reference_mode: str | None = None
-                                 ) -> tuple[Volume, Volume | None]:
+                                 gate_reference: bool = True, reference_mode: str | None = None,
+                                 adapt: float | None = None, self_check: bool = True, fallback: bool = True,
+                                 report: dict | None = None) -> tuple[Volume, Volume | None]:
     """`superresolve`, and for texture-transfer models also the confidence of the texture matches on the
     output grid (0: no match, 1: a perfect one; averaged over the planes); None for other models."""
     set_threads(threads)
@@ -106,19 +117,28 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
     stage = StageReporter("interpolate", 1, progress, cancel)
     interpolated = preinterpolate(volume, plan.target)
     stage.finish()
+    report = {} if report is None else report
+    report["model"] = card.name
     if network is None:
         return interpolated, None
 
     input_scale = IntensityScale.fit(volume.array)
     lr = input_scale.normalise(interpolated.array)
-    del interpolated
-    reference_array = reference_mask = None
+    reference_array = reference_mask = reference_native = None
     mode = plan.reference_mode
     if plan.uses_reference:
-        reference_array, reference_mask = _paired_reference(volume, reference, plan, lr, register_reference,
-                                                            gate_reference, progress, cancel)
+        reference_array, reference_mask, reference_native = _paired_reference(
+            volume, reference, plan, lr, register_reference, gate_reference, progress, cancel)
         if reference_array is None and mode == "paired":
             mode = _fallback_mode(plan)
+    if self_check and not card.texture_transfer:
+        network, use_cubic = _check_and_adapt(network, volume, input_scale, reference_native, plan, torch_device,
+                                              adapt, fallback, progress, cancel, report)
+        if use_cubic:
+            return interpolated, None
+    elif card.texture_transfer:
+        report["self_check"] = "not available for texture-transfer models"
+    del interpolated
     texture = _texture_source(mode, plan, lr, reference, torch_device, progress, cancel)
 
     with torch.inference_mode():
@@ -131,8 +151,9 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
 
 def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, register_reference: bool,
                       gate_reference: bool, progress, cancel):
-    """The reference normalised on the target grid and its coverage mask, or (None, None) when the gate
-    finds that its edges do not match the input's."""
+    """The reference normalised on the target grid, its coverage mask, and the reference normalised on the
+    input's own grid (for the self-check's pairs); (None, None, None) when the gate finds that its edges do
+    not match the input's."""
     transform = None
     if register_reference:
         stage = StageReporter("register", 1, progress, cancel)
@@ -152,8 +173,52 @@ def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, registe
                        f"{CONFIDENCE_THRESHOLD}); check that it is the same patient, or register it")
         else:
             message = f"reference used (edge agreement {agreement:.2f})"
+    reference_native = None
+    if reference_array is not None:
+        native, native_mask = resample_to_grid(reference, volume.grid, transform)
+        reference_native = IntensityScale.fit(native.array, native_mask.array).normalise(native.array)
+        reference_native *= native_mask.array
     stage.finish(message)
-    return reference_array, reference_mask
+    return reference_array, reference_mask, reference_native
+
+
+def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, reference_native, plan: Plan,
+                     device: torch.device, adapt: float | None, fallback: bool, progress, cancel, report: dict):
+    """The self-check, adaptation when asked for or needed, and the fallback decision: (network, use cubic)."""
+    stage = StageReporter("check", 1, progress, cancel)
+    pairs, why = scan_adaptation.scan_pairs(input_scale.normalise(volume.array), volume, plan.upsampled,
+                                            max(plan.factors), reference_native, getattr(network, "context", 0))
+    if pairs is None:
+        report["self_check"] = f"skipped: {why}"
+        stage.finish(f"self-check skipped: {why}")
+        return network, False
+    held_out = pairs.subset(pairs.holdout)
+    model_psnr, cubic_psnr = scan_adaptation.score(network, held_out, device)
+    gain = float(model_psnr - cubic_psnr)
+    report.update(self_check="done", estimated_gain_db=round(gain, 3), self_check_pairs=len(held_out))
+    seconds = adapt if adapt is not None else (scan_adaptation.DEFAULT_ADAPT_SECONDS if gain < 0 else 0.0)
+    message = f"estimated gain over cubic on this scan's own acquired planes: {gain:+.2f} dB"
+    if gain < 0:
+        message += " (the model does worse than interpolation here)"
+    stage.finish(message)
+    if seconds and seconds > 0:
+        steps = scan_adaptation.adaptation_steps(seconds, plan.model.architecture, plan.model.macs_per_pixel, device, plan.threads)
+        adapted = scan_adaptation.fine_tune(network, pairs, steps, device, progress=progress, cancel=cancel)
+        adapted_psnr, _ = scan_adaptation.score(adapted, held_out, device)
+        kept = bool(adapted_psnr > model_psnr + scan_adaptation.KEEP_MARGIN_DB)
+        report.update(adapted=kept, adaptation_steps=steps, adapted_gain_db=round(float(adapted_psnr - cubic_psnr), 3))
+        StageReporter("adapt", 1, progress, cancel).finish(
+            f"adapted for {steps} steps: {adapted_psnr - cubic_psnr:+.2f} dB over cubic on held-out pairs "
+            f"against {gain:+.2f} dB before; " + ("adapted weights kept" if kept else "pretrained weights kept"))
+        if kept:
+            network, gain = adapted, adapted_psnr - cubic_psnr
+    use_cubic = bool(fallback and gain < 0)
+    report["fell_back_to_cubic"] = use_cubic
+    if use_cubic:
+        StageReporter("check", 1, progress, cancel).finish(
+            f"the model does worse than cubic interpolation on this scan ({gain:+.2f} dB): the output is cubic "
+            "interpolation (turn this off with --no-fallback)")
+    return network, use_cubic
 
 
 def _fallback_mode(plan: Plan) -> str | None:

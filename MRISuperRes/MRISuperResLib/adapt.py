@@ -1,0 +1,187 @@
+"""Learning from the scan itself: training pairs from its own acquired planes, the self-check that
+estimates a model's gain over cubic on *this* scan, and per-scan fine-tuning (`--adapt`).
+
+A thick-slice scan is sharp along its acquired axes. Coarsening one of them by the run's factor, with the
+same slab convention and pre-interpolation as the thick axis (`degrade.thick_slices`, box profile;
+`resample.preinterpolate`), gives pairs whose truth is the scan itself: slices of the planes holding that
+axis, oriented with it along rows as inference orients the thick axis, with the reference (resampled onto
+the scan's own grid) at the same place. Whole slices are held out (every fifth) to score the model without
+letting fine-tuning see them.
+
+One difference from inference stays: in these pairs the slice normal is often the thick axis, so a 2.5D
+model's neighbouring slices are a thick slice apart rather than one voxel; the estimate is therefore, if
+anything, pessimistic for 2.5D models.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .degrade import thick_slices
+from .geometry import resampled_grid
+from .progress import CancelFlag, ProgressCallback, StageReporter
+from .resample import preinterpolate
+from .volume import Volume
+
+PATCH = 64
+MIN_PATCH = 24
+PAIRS = 256
+HOLDOUT_EVERY = 5       # slices with index % HOLDOUT_EVERY == HOLDOUT_PHASE are held out
+HOLDOUT_PHASE = 2
+FOREGROUND = 0.05       # patches whose truth is darker than this on average are mostly background
+DEFAULT_ADAPT_SECONDS = 60.0
+ADAPT_BATCH = 8
+ADAPT_LEARNING_RATE = 1e-4
+# Forward multiply-adds per second reached while fine-tuning (forward + backward + Adam), per CPU thread, by
+# architecture: the wide half-resolution EDSR (16 × 64² patches × 123 k MAC/px per 0.28 s step on 2 threads)
+# runs convolutions far more efficiently than the thin full-resolution families (about 1.5e9, measured with
+# vdsr-mixed). And a CUDA device.
+TRAINING_MACS_PER_SECOND_PER_THREAD = {"edsr": 14e9}
+THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD = 1.5e9
+CUDA_TRAINING_MACS_PER_SECOND = 1e12
+# The adapted weights are kept only when they beat the pretrained ones on the held-out pairs by this much.
+KEEP_MARGIN_DB = 0.02
+
+
+@dataclass
+class ScanPairs:
+    """Patches from the scan's own acquired planes: network input (with 2.5D neighbours), truth,
+    reference and its mask, and which patches are held out."""
+
+    lr: torch.Tensor
+    truth: torch.Tensor
+    reference: torch.Tensor
+    mask: torch.Tensor
+    holdout: torch.Tensor  # bool (N,)
+
+    def subset(self, chosen: torch.Tensor) -> "ScanPairs":
+        return ScanPairs(self.lr[chosen], self.truth[chosen], self.reference[chosen], self.mask[chosen],
+                         self.holdout[chosen])
+
+    def __len__(self) -> int:
+        return self.lr.shape[0]
+
+
+def _oriented(array: np.ndarray, rows_np: int, columns_np: int) -> np.ndarray:
+    return np.transpose(array, (3 - rows_np - columns_np, rows_np, columns_np))
+
+
+def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], factor: float,
+               reference: np.ndarray | None, context: int = 0, count: int = PAIRS, seed: int = 0
+               ) -> tuple[ScanPairs | None, str]:
+    """Pairs from `scan` (the input on its own grid, normalised) coarsened `factor`× along each acquired
+    axis in turn; `reference`: the reference on the same grid, normalised (None: without). Returns the pairs,
+    or None and the reason there are none."""
+    acquired = [axis for axis in range(3) if axis not in upsampled]
+    if not acquired:
+        return None, "every axis of the input is upsampled, so it has no sharp axis to learn from"
+    k = max(2, int(round(factor)))
+    instances = []
+    native = volume.with_array(scan)
+    for axis in acquired:
+        if scan.shape[2 - axis] < 3 * k:
+            continue
+        coarse = thick_slices(native, axis, k, "box")
+        interpolated = preinterpolate(coarse, resampled_grid(coarse.grid, volume.spacing)).array
+        crop = tuple(slice(0, n) for n in interpolated.shape)
+        instances.append((axis, interpolated, scan[crop], None if reference is None else reference[crop]))
+    if not instances:
+        return None, f"its acquired axes are too short for {k}× coarsening"
+
+    rng = np.random.default_rng(seed)
+    planes = []
+    for axis, lr, truth, ref in instances:
+        rows = 2 - axis
+        for columns in range(3):
+            if columns == rows:
+                continue
+            size = min(PATCH, lr.shape[rows], lr.shape[columns])
+            if size >= MIN_PATCH:
+                planes.append((_oriented(lr, rows, columns), _oriented(truth, rows, columns),
+                               None if ref is None else _oriented(ref, rows, columns), size))
+    if not planes:
+        return None, f"its slices are smaller than {MIN_PATCH} pixels"
+    size = min(p[3] for p in planes)
+    items = {"lr": [], "truth": [], "reference": [], "mask": [], "holdout": []}
+    attempts = 0
+    while len(items["lr"]) < count and attempts < count * 20:
+        attempts += 1
+        lr, truth, ref, _ = planes[rng.integers(len(planes))]
+        s = int(rng.integers(lr.shape[0]))
+        r = int(rng.integers(lr.shape[1] - size + 1))
+        c = int(rng.integers(lr.shape[2] - size + 1))
+        truth_patch = truth[s, r:r + size, c:c + size]
+        if truth_patch.mean() < FOREGROUND and rng.random() < 0.9:
+            continue
+        offsets = [0] + [o for d in range(1, context + 1) for o in (-d, d)]
+        items["lr"].append(np.stack([lr[min(max(s + o, 0), lr.shape[0] - 1), r:r + size, c:c + size] for o in offsets]))
+        items["truth"].append(truth_patch[None])
+        if ref is None:
+            items["reference"].append(np.zeros((1, size, size), np.float32))
+            items["mask"].append(np.zeros((1, size, size), np.float32))
+        else:
+            items["reference"].append(ref[s, r:r + size, c:c + size][None])
+            items["mask"].append(np.ones((1, size, size), np.float32))
+        items["holdout"].append(s % HOLDOUT_EVERY == HOLDOUT_PHASE)
+    if len(items["lr"]) < 16 or sum(items["holdout"]) < 4:
+        return None, "it has too little foreground in its acquired planes"
+    tensors = {name: torch.from_numpy(np.stack(values).astype(np.float32)) for name, values in items.items()
+               if name != "holdout"}
+    return ScanPairs(**tensors, holdout=torch.tensor(items["holdout"])), ""
+
+
+def _pooled_psnr(squared_errors: list[torch.Tensor]) -> float:
+    mse = float(torch.cat([e.flatten() for e in squared_errors]).double().mean())
+    return float("inf") if mse == 0 else float(-10 * np.log10(mse))
+
+
+def score(network: torch.nn.Module, pairs: ScanPairs, device: torch.device, batch: int = 16) -> tuple[float, float]:
+    """PSNR (data range 1, pooled over the patches) of the network and of cubic interpolation."""
+    was_training = network.training
+    network.eval()
+    model_errors, cubic_errors = [], []
+    with torch.inference_mode():
+        for first in range(0, len(pairs), batch):
+            lr, truth, ref, mask = (x[first:first + batch].to(device) for x in
+                                    (pairs.lr, pairs.truth, pairs.reference, pairs.mask))
+            model_errors.append((network(lr, ref, mask).float() - truth) ** 2)
+            cubic_errors.append((lr[:, :1] - truth) ** 2)
+    network.train(was_training)
+    return _pooled_psnr(model_errors), _pooled_psnr(cubic_errors)
+
+
+def adaptation_steps(seconds: float, architecture: str, macs_per_pixel: int, device: torch.device, threads: int,
+                     patch: int = PATCH) -> int:
+    """Fine-tuning steps that fit in about `seconds`: counted, not timed, so that the same input gives the
+    same output on every run."""
+    per_thread = TRAINING_MACS_PER_SECOND_PER_THREAD.get(architecture, THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD)
+    rate = CUDA_TRAINING_MACS_PER_SECOND if device.type == "cuda" else per_thread * threads
+    per_step = max(1, macs_per_pixel) * ADAPT_BATCH * patch * patch
+    return max(5, int(seconds * rate / per_step))
+
+
+def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: torch.device, seed: int = 0,
+              progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> torch.nn.Module:
+    """A copy of `network` fine-tuned on the pairs that are not held out (L1, Adam, flips), seeded."""
+    training = pairs.subset(~pairs.holdout)
+    adapted = copy.deepcopy(network).train()
+    optimiser = torch.optim.Adam(adapted.parameters(), lr=ADAPT_LEARNING_RATE)
+    generator = torch.Generator().manual_seed(seed)
+    reporter = StageReporter("adapt", steps, progress, cancel)
+    with torch.inference_mode(False), torch.enable_grad():
+        for _ in range(steps):
+            chosen = torch.randint(len(training), (min(ADAPT_BATCH, len(training)),), generator=generator)
+            lr, truth, ref, mask = (x[chosen] for x in (training.lr, training.truth, training.reference, training.mask))
+            flips = [d for d, flip in zip((-2, -1), torch.rand(2, generator=generator) < 0.5) if flip]
+            if flips:
+                lr, truth, ref, mask = (x.flip(flips) for x in (lr, truth, ref, mask))
+            loss = torch.nn.functional.l1_loss(adapted(*(x.to(device) for x in (lr, ref, mask))), truth.to(device))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            reporter.advance()
+    return adapted.eval()

@@ -1,0 +1,94 @@
+"""Learning from the scan itself: pairs from its acquired planes, the self-check, fallback and adaptation."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import smooth_volume
+from MRISuperResLib import superresolve
+from MRISuperResLib.adapt import scan_pairs
+from MRISuperResLib.errors import CancelledError
+from MRISuperResLib.intensity import IntensityScale
+
+
+def _textured(shape_kji=(12, 48, 44), seed=0):
+    volume = smooth_volume(shape_kji=shape_kji, seed=seed)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in shape_kji), indexing="ij")
+    volume.array = (volume.array + 30 * (np.sin(1.3 * i) * np.cos(0.9 * j) > 0)).astype(np.float32)
+    return volume
+
+
+def test_pairs_come_from_the_acquired_planes_with_the_coarsened_axis_along_rows():
+    volume = _textured()
+    scan = IntensityScale.fit(volume.array).normalise(volume.array)
+    pairs, why = scan_pairs(scan, volume, upsampled=(2,), factor=4.0, reference=None, context=1, count=64)
+    assert pairs is not None, why
+    n, channels, height, width = pairs.lr.shape
+    assert channels == 3 and pairs.truth.shape == (n, 1, height, width) and 0 < pairs.holdout.sum() < n
+    assert not pairs.mask.any()  # no reference: blank channel, mask 0
+    # Only rows are coarsened: the input differs from the truth along rows far more than along columns.
+    lr, truth = pairs.lr[:, 0].numpy(), pairs.truth[:, 0].numpy()
+    row_error = np.abs(np.diff(lr, axis=1) - np.diff(truth, axis=1)).mean()
+    column_error = np.abs(np.diff(lr, axis=2) - np.diff(truth, axis=2)).mean()
+    assert row_error > column_error
+
+
+def test_no_pairs_when_every_axis_is_upsampled():
+    volume = _textured()
+    scan = IntensityScale.fit(volume.array).normalise(volume.array)
+    pairs, why = scan_pairs(scan, volume, upsampled=(0, 1, 2), factor=2.0, reference=None)
+    assert pairs is None and "no sharp axis" in why
+
+
+def test_a_model_worse_than_cubic_on_the_scan_falls_back_to_cubic_and_says_so(untrained_models_dir):
+    volume = _textured()
+    cubic = superresolve(volume, model="cubic")
+    events, report = [], {}
+    result = superresolve(volume, model="tiny", models_dir=str(untrained_models_dir), adapt=0, report=report,
+                          progress=events.append)
+    assert report["estimated_gain_db"] < 0 and report["fell_back_to_cubic"] is True
+    np.testing.assert_array_equal(result.array, cubic.array)
+    assert any("does worse than cubic interpolation" in e.message for e in events)
+    kept = superresolve(volume, model="tiny", models_dir=str(untrained_models_dir), adapt=0, fallback=False)
+    assert not np.allclose(kept.array, cubic.array)
+
+
+def test_adaptation_is_deterministic_and_only_kept_when_it_helps_on_held_out_pairs(untrained_models_dir):
+    volume = _textured()
+    reports = [{}, {}]
+    first, second = (superresolve(volume, model="tiny", models_dir=str(untrained_models_dir), adapt=2.0,
+                                  fallback=False, report=r, threads=1) for r in reports)
+    np.testing.assert_array_equal(first.array, second.array)
+    assert reports[0] == reports[1] and reports[0]["adaptation_steps"] >= 5
+    # An untrained network learns a great deal from the scan's own pairs in a few steps.
+    assert reports[0]["adapted"] is True and reports[0]["adapted_gain_db"] > reports[0]["estimated_gain_db"]
+
+
+def test_adapt_from_the_command_line_reports_the_estimate(tmp_path, cli, untrained_models_dir):
+    from MRISuperResLib.io import write_volume
+
+    source = write_volume(_textured(), tmp_path / "in.nii.gz")
+    code, out, err = cli("run", source, "-o", tmp_path / "out.nii.gz", "--progress-json", "--adapt", "1",
+                         "--model", "tiny", "--models-dir", untrained_models_dir, "--threads", "1")
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert {"check", "adapt", "done"} <= {e["stage"] for e in events}
+    assert any("estimated gain over cubic" in e.get("message", "") for e in events)
+    assert "estimated_gain_db" in events[-1]["report"] and "adapted" in events[-1]["report"]
+
+
+def test_cancel_during_adaptation(untrained_models_dir):
+    cancel = threading.Event()
+
+    def on_progress(event):
+        if event.stage == "adapt" and event.done >= 2:
+            cancel.set()
+
+    with pytest.raises(CancelledError):
+        superresolve(_textured(), model="tiny", models_dir=str(untrained_models_dir), adapt=30.0,
+                     progress=on_progress, cancel=cancel)
+
