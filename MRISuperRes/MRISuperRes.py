@@ -18,7 +18,7 @@ from slicer.util import VTKObservationMixin
 from MRISuperResLib.errors import CancelledError, MRISuperResError
 from MRISuperResLib.job import RunOptions
 from MRISuperResLib.models.registry import ModelRegistry
-from MRISuperResLib.plan import REFERENCE_MODES, make_plan, resolve_reference_mode
+from MRISuperResLib.plan import DEFAULT_ADAPT_SECONDS, REFERENCE_MODES, make_plan, resolve_reference_mode
 from MRISuperResSlicer import dependencies
 from MRISuperResSlicer.nodes import grid_from_node
 from MRISuperResSlicer.runner import SuperResolutionRunner
@@ -76,6 +76,7 @@ class MRISuperResParameterNode:
     registerReference: bool = False
     referenceMode: str = ""
     confidenceMap: bool = False
+    adaptToScan: bool = False
     planes: str = ""
     batchSize: Annotated[int, WithinRange(1, 256)] = 8
 
@@ -236,6 +237,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 model=parameters.model or None, device=parameters.device,
                 registerReference=parameters.registerReference, planes=parameters.planes.split() or None,
                 batchSize=parameters.batchSize, waitForCompletion=False, **self.targetArguments(),
+                adapt=DEFAULT_ADAPT_SECONDS if parameters.adaptToScan else None,
                 **self.textureArguments())
         except Exception as error:  # a bad input (MRISuperResError) or a failed dependency install
             slicer.util.errorDisplay(str(error))
@@ -314,12 +316,17 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
 
     def process(self, inputVolume, referenceVolume=None, outputVolume=None, model=None, targetSpacing=None,
                 device="auto", registerReference=False, waitForCompletion=True, progressCallback=None, scale=None,
-                planes=None, batchSize=None, installDependencies=True, referenceMode=None, confidenceMap=False):
+                planes=None, batchSize=None, installDependencies=True, referenceMode=None, confidenceMap=False,
+                adapt=None):
         """Super-resolve `inputVolume` and return the output node (a new `<input>_SR` unless given).
 
         Texture-transfer models take `referenceMode` (paired, unpaired or self; None: paired with a
         reference, self without) and, with `confidenceMap=True`, also create `<input>_SR_confidence`,
         which is then `self.lastConfidenceNode`.
+
+        Every run scores the model against interpolation on the scan's own sharp planes (the estimate shows
+        in the progress messages). `adapt`: seconds of fine-tuning on those planes first (None: only when
+        the model does worse than interpolation there; 0: never).
 
         With `waitForCompletion=False` it returns the running job at once (poll `pending_events()`, then
         `finish()` or `cancel()`); the scene changes only when a run succeeds. Raises `MRISuperResError`
@@ -331,7 +338,7 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
         options = RunOptions(model=model, target_spacing=tuple(targetSpacing) if targetSpacing else None,
                              scale=tuple(scale) if scale else None, planes=tuple(planes) if planes else None,
                              device=device, batch_size=batchSize, register_reference=registerReference,
-                             reference_mode=referenceMode)
+                             reference_mode=referenceMode, adapt=adapt)
         runner = SuperResolutionRunner(self.pythonExecutable(), slicer.util.startupEnvironment())
         run = runner.start(slicer.mrmlScene, inputVolume, referenceVolume, outputVolume, options, confidenceMap)
         if not waitForCompletion:

@@ -92,3 +92,11 @@ def test_cancel_during_adaptation(untrained_models_dir):
         superresolve(_textured(), model="tiny", models_dir=str(untrained_models_dir), adapt=30.0,
                      progress=on_progress, cancel=cancel)
 
+
+
+def test_slicer_and_job_options_pass_adaptation_to_the_child():
+    from MRISuperResLib.job import RunOptions
+
+    assert RunOptions().arguments() == ["--device", "auto"]
+    assert RunOptions(adapt=60.0).arguments()[-2:] == ["--adapt", "60.0"]
+    assert RunOptions(adapt=0).arguments()[-1] == "--no-adapt"

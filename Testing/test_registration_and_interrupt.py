@@ -56,7 +56,8 @@ def test_ctrl_c_stops_cleanly_and_writes_nothing(tmp_path, untrained_models_dir)
     output = tmp_path / "out.nii.gz"
     child = subprocess.Popen(
         [sys.executable, "-m", "MRISuperResLib.cli", "run", str(source), "-o", str(output), "--progress-json",
-         "--model", "tiny", "--models-dir", str(untrained_models_dir), "--threads", "1", "--batch-size", "1"],
+         "--model", "tiny", "--models-dir", str(untrained_models_dir), "--threads", "1", "--batch-size", "1",
+         "--no-self-check"],  # an untrained network would fall back to cubic and never reach the model stage
         cwd=REPO / "MRISuperRes", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         # A shell that runs the tests as a background job ignores SIGINT, and its children inherit that;

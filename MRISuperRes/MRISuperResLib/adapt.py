@@ -33,7 +33,6 @@ PAIRS = 256
 HOLDOUT_EVERY = 5       # slices with index % HOLDOUT_EVERY == HOLDOUT_PHASE are held out
 HOLDOUT_PHASE = 2
 FOREGROUND = 0.05       # patches whose truth is darker than this on average are mostly background
-DEFAULT_ADAPT_SECONDS = 60.0
 ADAPT_BATCH = 8
 ADAPT_LEARNING_RATE = 1e-4
 # Forward multiply-adds per second reached while fine-tuning (forward + backward + Adam), per CPU thread, by
@@ -43,6 +42,8 @@ ADAPT_LEARNING_RATE = 1e-4
 TRAINING_MACS_PER_SECOND_PER_THREAD = {"edsr": 14e9}
 THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD = 1.5e9
 CUDA_TRAINING_MACS_PER_SECOND = 1e12
+# What a step costs beyond its multiply-adds (Python, the optimiser, batching): it dominates tiny networks.
+STEP_OVERHEAD_SECONDS = 0.01
 # The adapted weights are kept only when they beat the pretrained ones on the held-out pairs by this much.
 KEEP_MARGIN_DB = 0.02
 
@@ -160,8 +161,8 @@ def adaptation_steps(seconds: float, architecture: str, macs_per_pixel: int, dev
     same output on every run."""
     per_thread = TRAINING_MACS_PER_SECOND_PER_THREAD.get(architecture, THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD)
     rate = CUDA_TRAINING_MACS_PER_SECOND if device.type == "cuda" else per_thread * threads
-    per_step = max(1, macs_per_pixel) * ADAPT_BATCH * patch * patch
-    return max(5, int(seconds * rate / per_step))
+    per_step = STEP_OVERHEAD_SECONDS + max(1, macs_per_pixel) * ADAPT_BATCH * patch * patch / rate
+    return max(5, int(seconds / per_step))
 
 
 def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: torch.device, seed: int = 0,

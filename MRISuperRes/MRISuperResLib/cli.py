@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import MRISuperResError
 from .io import check_writable, read_volume, write_volume
-from .plan import DEFAULT_TILE, PLANES, REFERENCE_MODES
+from .plan import DEFAULT_ADAPT_SECONDS, DEFAULT_TILE, PLANES, REFERENCE_MODES
 
 log = logging.getLogger("mrisuperres")
 
@@ -219,9 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="use the reference everywhere, even where its edges do not match the input's")
     run.add_argument("--force", action="store_true", help="run even when the memory estimate exceeds what is free")
     adapt = run.add_mutually_exclusive_group()
-    adapt.add_argument("--adapt", type=float, nargs="?", const=60.0, metavar="SECONDS",
-                       help="fine-tune the model on this scan's own acquired planes first (default 60 s of CPU "
-                            "work; kept only if it helps on held-out pairs). Without it, adaptation runs only "
+    adapt.add_argument("--adapt", type=float, nargs="?", const=DEFAULT_ADAPT_SECONDS, metavar="SECONDS",
+                       help=f"fine-tune the model on this scan's own acquired planes first ({DEFAULT_ADAPT_SECONDS:.0f} s of "
+                            "work without a value; kept only if it helps on held-out pairs). Without it, adaptation runs only "
                             "when the self-check finds the model worse than cubic")
     adapt.add_argument("--no-adapt", action="store_true", help="never fine-tune on the scan")
     run.add_argument("--no-fallback", action="store_true",

@@ -39,6 +39,8 @@ class RunOptions:
     register_reference: bool = False
     models_dir: str | None = None
     reference_mode: str | None = None
+    adapt: float | None = None  # seconds of per-scan fine-tuning; None: only when the self-check asks; 0: never
+    self_check: bool = True
 
     def arguments(self) -> list[str]:
         args: list[str] = ["--device", self.device]
@@ -53,6 +55,10 @@ class RunOptions:
                 args += [flag, *(str(v) for v in values)]
         if self.register_reference:
             args.append("--register-reference")
+        if self.adapt is not None:
+            args += ["--adapt", str(self.adapt)] if self.adapt > 0 else ["--no-adapt"]
+        if not self.self_check:
+            args.append("--no-self-check")
         return args
 
 

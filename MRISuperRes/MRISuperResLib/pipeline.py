@@ -14,7 +14,8 @@ from .geometry import overlap_fraction, resampled_grid
 from .inference import plane_axes, plane_factors, predict_planes
 from .intensity import IntensityScale
 from .models.registry import ModelRegistry, load_network
-from .plan import DEFAULT_TILE, TILE_OVERLAP, Plan, check_memory, make_plan, resolve_reference_mode
+from .plan import (DEFAULT_ADAPT_SECONDS, DEFAULT_TILE, TILE_OVERLAP, Plan, check_memory, make_plan,
+                   resolve_reference_mode)
 from .progress import CancelFlag, ProgressCallback, StageReporter
 from .registration import describe_transform, register_rigid
 from .resample import preinterpolate, resample_to_grid
@@ -196,7 +197,7 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
     model_psnr, cubic_psnr = scan_adaptation.score(network, held_out, device)
     gain = float(model_psnr - cubic_psnr)
     report.update(self_check="done", estimated_gain_db=round(gain, 3), self_check_pairs=len(held_out))
-    seconds = adapt if adapt is not None else (scan_adaptation.DEFAULT_ADAPT_SECONDS if gain < 0 else 0.0)
+    seconds = adapt if adapt is not None else (DEFAULT_ADAPT_SECONDS if gain < 0 else 0.0)
     message = f"estimated gain over cubic on this scan's own acquired planes: {gain:+.2f} dB"
     if gain < 0:
         message += " (the model does worse than interpolation here)"

@@ -32,6 +32,9 @@ CUBIC_SECONDS_PER_VOXEL = 1e-8
 ACTIVATION_CHANNELS = 320
 NETWORK_RUNTIME_BYTES = 400 * 2 ** 20
 DEFAULT_TILE = 256
+# Seconds of per-scan fine-tuning (`--adapt` without a value, the Slicer checkbox, and the automatic
+# adaptation when the self-check finds the model worse than cubic), converted into a counted number of steps.
+DEFAULT_ADAPT_SECONDS = 60.0
 TILE_OVERLAP = 16
 # Texture transfer, per slice pixel of every planned plane: seconds of scattering (input, sharp and blurred
 # reference) and matching per CPU thread. scripts/benchmark.py measures 3.7e-6 for the texture stages alone;
