@@ -18,7 +18,7 @@ from slicer.util import VTKObservationMixin
 from MRISuperResLib.errors import CancelledError, MRISuperResError
 from MRISuperResLib.job import RunOptions
 from MRISuperResLib.models.registry import ModelRegistry
-from MRISuperResLib.plan import DEFAULT_ADAPT_SECONDS, REFERENCE_MODES, make_plan, resolve_reference_mode
+from MRISuperResLib.plan import REFERENCE_MODES, make_plan, resolve_reference_mode
 from MRISuperResSlicer import dependencies
 from MRISuperResSlicer.nodes import grid_from_node
 from MRISuperResSlicer.runner import SuperResolutionRunner
@@ -76,7 +76,7 @@ class MRISuperResParameterNode:
     registerReference: bool = False
     referenceMode: str = ""
     confidenceMap: bool = False
-    adaptToScan: bool = False
+    adaptToScan: bool = True
     planes: str = ""
     batchSize: Annotated[int, WithinRange(1, 256)] = 8
 
@@ -237,7 +237,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 model=parameters.model or None, device=parameters.device,
                 registerReference=parameters.registerReference, planes=parameters.planes.split() or None,
                 batchSize=parameters.batchSize, waitForCompletion=False, **self.targetArguments(),
-                adapt=DEFAULT_ADAPT_SECONDS if parameters.adaptToScan else None,
+                adapt=None if parameters.adaptToScan else 0,
                 **self.textureArguments())
         except Exception as error:  # a bad input (MRISuperResError) or a failed dependency install
             slicer.util.errorDisplay(str(error))
@@ -325,8 +325,8 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
         which is then `self.lastConfidenceNode`.
 
         Every run scores the model against interpolation on the scan's own sharp planes (the estimate shows
-        in the progress messages). `adapt`: seconds of fine-tuning on those planes first (None: only when
-        the model does worse than interpolation there; 0: never).
+        in the progress messages) and fine-tunes it there first: `adapt` seconds of work (None: the default
+        budget, 0: never); the fine-tuned model is used only when it does better on held-out slices.
 
         With `waitForCompletion=False` it returns the running job at once (poll `pending_events()`, then
         `finish()` or `cancel()`); the scene changes only when a run succeeds. Raises `MRISuperResError`

@@ -100,3 +100,19 @@ def test_slicer_and_job_options_pass_adaptation_to_the_child():
     assert RunOptions().arguments() == ["--device", "auto"]
     assert RunOptions(adapt=60.0).arguments()[-2:] == ["--adapt", "60.0"]
     assert RunOptions(adapt=0).arguments()[-1] == "--no-adapt"
+
+
+def test_slab_average_matches_thick_slices_of_the_same_volume():
+    from MRISuperResLib.degrade import thick_slices
+    from MRISuperResLib.resample import slab_average
+
+    fine = smooth_volume(shape_kji=(40, 24, 20), spacing=(1.0, 1.0, 1.0))
+    thick = thick_slices(fine, 2, 4, "box")
+    averaged = slab_average(fine, thick.grid)
+    assert averaged.grid.same_as(thick.grid, tolerance=1e-6)
+    inner = slice(1, -1)  # the end slabs lean on the extended border
+    np.testing.assert_allclose(averaged.array[inner], thick.array[inner], rtol=0, atol=0.02 * np.ptp(fine.array))
+    k = np.arange(40, dtype=np.float32)
+    ramp = fine.with_array(np.broadcast_to(k[:, None, None], (40, 24, 20)).copy())
+    np.testing.assert_allclose(slab_average(ramp, thick.grid).array[inner], thick_slices(ramp, 2, 4).array[inner],
+                               atol=1e-4)

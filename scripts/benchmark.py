@@ -9,7 +9,10 @@ Texture-transfer models run once per reference mode (`name:mode`: paired with th
 T1 flipped and shifted away, self without a reference), and the texture stages are also timed per
 256 × 256 slice (scattering, matching, upsampling).
 
-    python scripts/benchmark.py --threads 2 [--models cubic srcnn-ref rfdn-tt:self] [--device cpu] [--output bench.json]
+A run is timed as a user gets it: the self-check included (and adaptation when it asks for it);
+`NAME+adapt` also fine-tunes on the scan for the default 60 s budget first (`--adapt`).
+
+    python scripts/benchmark.py --threads 2 [--models cubic edsr-mixed edsr-mixed+adapt rfdn-tt:self] [--output bench.json]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from MRISuperResLib.degrade import thick_slices
 from MRISuperResLib.models.registry import ModelRegistry
 from MRISuperResLib.phantom import make_phantom
 from MRISuperResLib.pipeline import plan_run
+from MRISuperResLib.plan import DEFAULT_ADAPT_SECONDS
 from MRISuperResLib.volume import Volume
 
 SPACING = 0.9
@@ -57,7 +61,8 @@ def peak_rss_mb() -> float:
 
 
 def run_child(folder: Path, model_and_mode: str, threads: int, device: str) -> dict:
-    model, _, mode = model_and_mode.partition(":")
+    model_and_adapt, _, mode = model_and_mode.partition(":")
+    model, _, adapt = model_and_adapt.partition("+")
     mode = mode or None
     volume, reference = read_volume(folder / "input.nii"), read_volume(folder / "reference.nii")
     card = ModelRegistry().get(model)
@@ -68,9 +73,11 @@ def run_child(folder: Path, model_and_mode: str, threads: int, device: str) -> d
     plan = plan_run(volume, reference, model=model, threads=threads, device=device, reference_mode=mode)
     rss_before = peak_rss_mb()
     started = time.perf_counter()
-    result = superresolve(volume, reference, model=model, threads=threads, device=device, reference_mode=mode)
+    report: dict = {}
+    result = superresolve(volume, reference, model=model, threads=threads, device=device, reference_mode=mode,
+                          adapt=DEFAULT_ADAPT_SECONDS if adapt == "adapt" else None, report=report)
     seconds = time.perf_counter() - started
-    return {"model": model, "reference_mode": plan.reference_mode, "uses_reference": reference is not None,
+    return {"model": model_and_adapt, "reference_mode": plan.reference_mode, "report": report, "uses_reference": reference is not None,
             "device": plan.device, "threads": threads,
             "input_size": list(volume.grid.size), "output_size": list(result.grid.size),
             "seconds": round(seconds, 2), "voxels_per_second": round(result.grid.voxel_count / seconds),
@@ -143,14 +150,16 @@ def main() -> None:
     parser.add_argument("--models", nargs="+",
                         help="default: every model in the registry, texture-transfer ones in each mode (name:mode)")
     parser.add_argument("--output", help="also write the JSON here")
+    parser.add_argument("--no-texture-stages", action="store_true", help="skip timing the texture stages per slice")
     parser.add_argument("--child", nargs=2, metavar=("FOLDER", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_child(Path(args.child[0]), args.child[1], args.threads, args.device)))
         return
     results = []
-    texture = texture_per_slice(args.threads, args.device)
-    print(json.dumps({"texture_per_slice": texture}), file=sys.stderr, flush=True)
+    texture = None if args.no_texture_stages else texture_per_slice(args.threads, args.device)
+    if texture:
+        print(json.dumps({"texture_per_slice": texture}), file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as folder:
         volume, reference = benchmark_volumes()
         write_volume(volume, Path(folder) / "input.nii")

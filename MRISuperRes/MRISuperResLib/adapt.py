@@ -42,6 +42,8 @@ ADAPT_LEARNING_RATE = 1e-4
 TRAINING_MACS_PER_SECOND_PER_THREAD = {"edsr": 14e9}
 THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD = 1.5e9
 CUDA_TRAINING_MACS_PER_SECOND = 1e12
+# A ceiling, so that a fast device spends seconds, not the whole budget: the gain flattens well before it.
+MAX_ADAPT_STEPS = 600
 # What a step costs beyond its multiply-adds (Python, the optimiser, batching): it dominates tiny networks.
 STEP_OVERHEAD_SECONDS = 0.01
 # The adapted weights are kept only when they beat the pretrained ones on the held-out pairs by this much.
@@ -162,7 +164,7 @@ def adaptation_steps(seconds: float, architecture: str, macs_per_pixel: int, dev
     per_thread = TRAINING_MACS_PER_SECOND_PER_THREAD.get(architecture, THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD)
     rate = CUDA_TRAINING_MACS_PER_SECOND if device.type == "cuda" else per_thread * threads
     per_step = STEP_OVERHEAD_SECONDS + max(1, macs_per_pixel) * ADAPT_BATCH * patch * patch / rate
-    return max(5, int(seconds / per_step))
+    return min(MAX_ADAPT_STEPS, max(5, int(seconds / per_step)))
 
 
 def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: torch.device, seed: int = 0,

@@ -220,10 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="run even when the memory estimate exceeds what is free")
     adapt = run.add_mutually_exclusive_group()
     adapt.add_argument("--adapt", type=float, nargs="?", const=DEFAULT_ADAPT_SECONDS, metavar="SECONDS",
-                       help=f"fine-tune the model on this scan's own acquired planes first ({DEFAULT_ADAPT_SECONDS:.0f} s of "
-                            "work without a value; kept only if it helps on held-out pairs). Without it, adaptation runs only "
-                            "when the self-check finds the model worse than cubic")
-    adapt.add_argument("--no-adapt", action="store_true", help="never fine-tune on the scan")
+                       help=f"seconds of fine-tuning on this scan's own acquired planes before the run (default "
+                            f"{DEFAULT_ADAPT_SECONDS:.0f}, on by default; kept only if it helps on held-out slices)")
+    adapt.add_argument("--no-adapt", action="store_true", help="do not fine-tune on the scan (faster)")
     run.add_argument("--no-fallback", action="store_true",
                      help="keep the model's output even when the self-check finds it worse than cubic")
     run.add_argument("--no-self-check", action="store_true",

@@ -18,7 +18,7 @@ from .plan import (DEFAULT_ADAPT_SECONDS, DEFAULT_TILE, TILE_OVERLAP, Plan, chec
                    resolve_reference_mode)
 from .progress import CancelFlag, ProgressCallback, StageReporter
 from .registration import describe_transform, register_rigid
-from .resample import preinterpolate, resample_to_grid
+from .resample import preinterpolate, resample_to_grid, slab_average
 from .texture import TextureSource, acquired_planes
 from .validation import check_reference_is_not_input, check_scalar_volume
 from .volume import Volume
@@ -76,11 +76,10 @@ def superresolve(volume: Volume, reference: Volume | None = None, model: str | N
     paired with a reference and self without.
 
     Every run checks itself (`self_check`, see `adapt`): the model is scored against cubic interpolation on
-    pairs made from the scan's own acquired planes. `adapt`: seconds of per-scan fine-tuning on those pairs
-    (None: only when the check finds the model worse than cubic, for 60 s; 0: never); the adapted weights
-    are kept only when they do better on held-out pairs. `fallback`: when the model still does worse than
-    cubic on the scan's own pairs, return cubic interpolation. `report`, a dict, receives the estimate and
-    the decisions.
+    pairs made from the scan's own acquired planes, then fine-tuned on them for `adapt` seconds of work
+    (None: the default budget, `plan.DEFAULT_ADAPT_SECONDS`; 0: never); the adapted weights are kept only
+    when they do better on held-out slices of the scan. `fallback`: when the model still does worse than
+    cubic there, return cubic interpolation. `report`, a dict, receives the estimate and the decisions.
 
     >>> import numpy as np
     >>> from MRISuperResLib import Volume, superresolve
@@ -176,9 +175,10 @@ def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, registe
             message = f"reference used (edge agreement {agreement:.2f})"
     reference_native = None
     if reference_array is not None:
-        native, native_mask = resample_to_grid(reference, volume.grid, transform)
-        reference_native = IntensityScale.fit(native.array, native_mask.array).normalise(native.array)
-        reference_native *= native_mask.array
+        # As the input's own slices see it: averaged over each thick slab. A sharp sample at the slab centre
+        # would show detail the input's slices do not have, and the self-check would count it as an error.
+        reference_native = slab_average(Volume.on_grid(reference_array * reference_mask, plan.target),
+                                        volume.grid).array
     stage.finish(message)
     return reference_array, reference_mask, reference_native
 
@@ -197,7 +197,7 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
     model_psnr, cubic_psnr = scan_adaptation.score(network, held_out, device)
     gain = float(model_psnr - cubic_psnr)
     report.update(self_check="done", estimated_gain_db=round(gain, 3), self_check_pairs=len(held_out))
-    seconds = adapt if adapt is not None else (DEFAULT_ADAPT_SECONDS if gain < 0 else 0.0)
+    seconds = DEFAULT_ADAPT_SECONDS if adapt is None else adapt
     message = f"estimated gain over cubic on this scan's own acquired planes: {gain:+.2f} dB"
     if gain < 0:
         message += " (the model does worse than interpolation here)"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.ndimage import gaussian_filter1d
+from scipy.ndimage import gaussian_filter1d, uniform_filter1d
 
 from .geometry import source_positions
 from .volume import Grid, Volume
@@ -71,6 +71,26 @@ def preinterpolate(volume: Volume, grid: Grid) -> Volume:
             # Going coarser: low-pass first so the cubic samples do not alias.
             sigma = 0.5 * np.sqrt((spacing_out / spacing_in) ** 2 - 1.0)
             array = gaussian_filter1d(array, sigma, axis=axis_np, mode="nearest")
+        array = cubic_resample_axis(array, axis_np, source_positions(n_out, spacing_in, spacing_out))
+    return Volume.on_grid(array, grid)
+
+
+def slab_average(volume: Volume, grid: Grid) -> Volume:
+    """`volume` on a coarser parallel `grid` as thick slices would see it: along each coarser axis, the mean
+    over the slab of each output voxel (box profile, the slab convention of `geometry`), then sampled at
+    the slab centres."""
+    array = volume.array.astype(np.float32)
+    for axis_ijk in range(3):
+        n_out, spacing_in, spacing_out = grid.size[axis_ijk], volume.spacing[axis_ijk], grid.spacing[axis_ijk]
+        if spacing_out <= spacing_in * (1 + 1e-6):
+            continue
+        axis_np = 2 - axis_ijk
+        width = max(1, int(round(spacing_out / spacing_in)))
+        if width % 2:
+            array = uniform_filter1d(array, width, axis=axis_np, mode="nearest")
+        else:  # an even box is centred between voxels: average its two placements to centre it on one
+            array = 0.5 * (uniform_filter1d(array, width, axis=axis_np, mode="nearest")
+                           + uniform_filter1d(array, width, axis=axis_np, mode="nearest", origin=-1))
         array = cubic_resample_axis(array, axis_np, source_positions(n_out, spacing_in, spacing_out))
     return Volume.on_grid(array, grid)
 
