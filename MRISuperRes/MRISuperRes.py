@@ -90,6 +90,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._run = None
         self._timer = None
+        self._lastCheck = ""
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -248,6 +249,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.show()
         self.ui.progressBar.value = 0
         self.ui.statusLabel.text = "Starting…"
+        self._lastCheck = ""
         self._timer = qt.QTimer()
         self._timer.timeout.connect(self.poll)
         self._timer.start(POLL_MILLISECONDS)
@@ -270,13 +272,16 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.logic.showResult(node)
         self.ui.statusLabel.text = f"Done: {node.GetName()}" + (
-            f" and {run.confidence_node.GetName()}." if run.confidence_node else ".")
+            f" and {run.confidence_node.GetName()}." if run.confidence_node else ".") + (
+            f" Self-check: {self._lastCheck}" if self._lastCheck else "")
 
     def showProgress(self, event):
         if event.total:
             self.ui.progressBar.maximum = event.total
             self.ui.progressBar.value = event.done
         eta = f", about {event.eta:.0f} s left" if event.eta else ""
+        if event.stage in ("check", "adapt") and event.message:
+            self._lastCheck = event.message  # the estimated gain on this scan: kept for the final status line
         self.ui.statusLabel.text = event.message or f"{event.stage}: {event.done}/{event.total}{eta}"
 
     def stopPolling(self):

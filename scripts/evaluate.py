@@ -10,10 +10,9 @@ reference; the default also with a wrong reference: another subject's scan, plac
 coincides with the input's. Texture-transfer models have their own ablation (`evaluate_texture.py`).
 
 A model name may carry a suffix: `NAME` alone scores the network itself (no self-check, adaptation or
-fallback); `NAME+auto` is what a user gets by default (self-check, adaptation only when the model loses to
-cubic on the scan's own planes, then fallback); `NAME+adapt` fine-tunes on the scan for 60 s first
-(`--adapt`). Rows of the suffixed runs also hold the self-check's estimate, plotted against the true gain
-(`self_check_vs_true_gain.png`).
+fallback, as `--no-self-check`); `NAME+adapt` is what a user gets by default (self-check, 60 s of
+adaptation on the scan's own planes, fallback). Rows of `+adapt` runs also hold the self-check's estimate,
+plotted against the true gain of the network alone (`self_check_vs_true_gain.png`).
 
 Rows are cached in `<output>/evaluation_rows.jsonl` under the model's weights sha256, so an interrupted
 run continues where it stopped and retrained weights are scored again. The default model goes first.
@@ -103,7 +102,7 @@ class Case:
     def run(self, kind: str, factor: int, model: str, reference: str, threads: int) -> tuple[np.ndarray, dict]:
         started = time.perf_counter()
         name, _, mode = model.partition("+")
-        options = {"": {"self_check": False}, "auto": {}, "adapt": {"adapt": 60.0}}[mode]
+        options = {"": {"self_check": False}, "adapt": {}}[mode]
         report: dict = {}
         result = superresolve(self.low(kind, factor), self.references[reference], model=name,
                               target_spacing=self.truth.spacing, threads=threads, report=report, **options)
@@ -262,7 +261,7 @@ def estimate_plot(rows: list[dict], path: Path) -> None:
     plain = {(r["case"], r["degradation"], r["factor"], r["model"], r["reference"]): r["psnr"] for r in rows}
     points = []
     for r in rows:
-        if r["model"].endswith("+auto") and "estimated_gain_db" in r:
+        if r["model"].endswith("+adapt") and "estimated_gain_db" in r:
             key = (r["case"], r["degradation"], r["factor"])
             true = plain.get(key + (r["model"].partition("+")[0], r["reference"]))
             if true is not None and key in cubic:
@@ -335,7 +334,7 @@ def main() -> None:
                         "(default: the default model); they run first")
     parser.add_argument("--cases", nargs="+", help="case names to run (default: all)")
     parser.add_argument("--product-models", nargs="+", default=[],
-                        help="also score these as users get them (NAME+auto) and adapted (NAME+adapt)")
+                        help="also score these as users get them: self-check and adaptation (NAME+adapt)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=REPO / "Resources",
                         help="folder for the row cache, evaluation.json/.md and the figures")
@@ -356,8 +355,7 @@ def main() -> None:
             variants.append((name, "none"))
 
     for name in args.product_models:
-        for mode in ("auto", "adapt"):
-            variants += [(f"{name}+{mode}", "paired"), (f"{name}+{mode}", "none")]
+        variants += [(f"{name}+adapt", "paired"), (f"{name}+adapt", "none")]
 
     def weights_sha(name: str) -> str | None:
         return registry.get(name.partition("+")[0]).sha256

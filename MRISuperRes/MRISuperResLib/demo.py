@@ -32,8 +32,9 @@ def run_demo(output_dir: Path, model: str | None = None, threads: int | None = N
     started = time.perf_counter()
     cubic = superresolve(thick, model="cubic", target_spacing=truth.spacing, threads=threads)
     model_started = time.perf_counter()
+    report: dict = {}
     result = superresolve(thick, reference if card.uses_reference else None, model=card.name,
-                          target_spacing=truth.spacing, threads=threads, progress=progress)
+                          target_spacing=truth.spacing, threads=threads, progress=progress, report=report)
     finished = time.perf_counter()
     if hasattr(progress, "close"):
         progress.close()
@@ -62,6 +63,7 @@ def run_demo(output_dir: Path, model: str | None = None, threads: int | None = N
         "model": card.name,
         "scores": scores,
         "psnr_gain_over_cubic_db": scores[card.name]["psnr"] - scores["cubic"]["psnr"],
+        "self_check": report,
         "seconds": {"cubic": round(model_started - started, 2), card.name: round(finished - model_started, 2)},
         "outputs": sorted(str(p) for p in output_dir.iterdir()),
         "picture": str(picture),

@@ -11,6 +11,7 @@ Under `torchrun` it trains with DistributedDataParallel (nccl on CUDA, gloo on C
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -266,7 +267,6 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
 
 
 def _with_axes(scan, axes: tuple[int, ...]):
-    import dataclasses
     return dataclasses.replace(scan, spec=dataclasses.replace(scan.spec, axes=axes))
 
 
