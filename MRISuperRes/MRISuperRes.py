@@ -280,7 +280,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.maximum = event.total
             self.ui.progressBar.value = event.done
         eta = f", about {event.eta:.0f} s left" if event.eta else ""
-        if event.stage in ("check", "adapt") and event.message:
+        if event.stage == "check" and event.message:
             self._lastCheck = event.message  # the estimated gain on this scan: kept for the final status line
         self.ui.statusLabel.text = event.message or f"{event.stage}: {event.done}/{event.total}{eta}"
 

@@ -108,7 +108,10 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
                                None if ref is None else _oriented(ref, rows, columns), size))
     if not planes:
         return None, f"its slices are smaller than {MIN_PATCH} pixels"
-    size = min(p[3] for p in planes)
+    # Patches as large as the best planes allow: a plane across the thick axis has few pixels that way
+    # (and its columns run along a coarse axis, unlike anything inference sees), so it would shrink them all.
+    size = max(p[3] for p in planes)
+    planes = [p for p in planes if p[3] == size]
     items = {"lr": [], "truth": [], "reference": [], "mask": [], "holdout": []}
     attempts = 0
     while len(items["lr"]) < count and attempts < count * 20:

@@ -208,7 +208,7 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
         adapted_psnr, _ = scan_adaptation.score(adapted, held_out, device)
         kept = bool(adapted_psnr > model_psnr + scan_adaptation.KEEP_MARGIN_DB)
         report.update(adapted=kept, adaptation_steps=steps, adapted_gain_db=round(float(adapted_psnr - cubic_psnr), 3))
-        StageReporter("adapt", 1, progress, cancel).finish(
+        StageReporter("check", 1, progress, cancel).finish(
             f"adapted for {steps} steps: {adapted_psnr - cubic_psnr:+.2f} dB over cubic on held-out pairs "
             f"against {gain:+.2f} dB before; " + ("adapted weights kept" if kept else "pretrained weights kept"))
         if kept:
