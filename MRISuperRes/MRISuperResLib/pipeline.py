@@ -185,7 +185,7 @@ def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, registe
 
 def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, reference_native, plan: Plan,
                      device: torch.device, adapt: float | None, fallback: bool, progress, cancel, report: dict):
-    """The self-check, adaptation when asked for or needed, and the fallback decision: (network, use cubic)."""
+    """The self-check, adaptation (unless `adapt` is 0) and the fallback decision: (network, use cubic)."""
     stage = StageReporter("check", 1, progress, cancel)
     pairs, why = scan_adaptation.scan_pairs(input_scale.normalise(volume.array), volume, plan.upsampled,
                                             max(plan.factors), reference_native, getattr(network, "context", 0))
