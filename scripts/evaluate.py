@@ -288,10 +288,15 @@ def estimate_plot(rows: list[dict], path: Path) -> None:
 
 def update_cards(rows: list[dict], degradations, variants) -> None:
     """Put each model's val/ means (4× thick slices, and the gain over cubic per degradation) into its card."""
-    from MRISuperResLib.models.registry import DEFAULT_MODELS_DIR
+    from MRISuperResLib.models.registry import DEFAULT_MODELS_DIR, update_manifest
 
-    path = DEFAULT_MODELS_DIR / "models.json"
-    manifest = json.loads(path.read_text())
+    def change(manifest: dict) -> None:
+        _update(manifest, rows, degradations, variants)
+
+    update_manifest(DEFAULT_MODELS_DIR, change)
+
+
+def _update(manifest: dict, rows: list[dict], degradations, variants) -> None:
     columns = {"paired": "with_reference", "none": "without_reference", "wrong": "with_wrong_reference"}
     for card in manifest["models"]:
         mine = [ref for model, ref in variants if model == card["name"]]
@@ -316,11 +321,14 @@ def update_cards(rows: list[dict], degradations, variants) -> None:
                      if (gain := mean_gain(rows, kind, factor, card["name"], ref)) is not None}
             if gains:
                 validation["mean_psnr_gain_db"][f"{factor}x {'thick' if kind == 'thick' else 'in-plane'}"] = gains
+        # As users get it: the self-check and adaptation on the scan (NAME+adapt rows).
+        for ref in [ref for model, ref in variants if model == card["name"] + "+adapt"]:
+            validation["mean_psnr_db"][columns[ref] + "_adapted"] = at_4x("psnr", card["name"] + "+adapt", ref)
+            validation["mean_ssim"][columns[ref] + "_adapted"] = at_4x("ssim", card["name"] + "+adapt", ref)
         for key in ("patch_psnr_db", "patch_psnr_db_inplane"):
             if key in card["validation"]:
                 validation[key] = card["validation"][key]
         card["validation"] = validation
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def main() -> None:
