@@ -23,6 +23,7 @@ import torch
 
 from .degrade import thick_slices
 from .geometry import resampled_grid
+from .inference import oriented_slices, with_neighbours
 from .progress import CancelFlag, ProgressCallback, StageReporter
 from .resample import preinterpolate
 from .volume import Volume
@@ -69,10 +70,6 @@ class ScanPairs:
         return self.lr.shape[0]
 
 
-def _oriented(array: np.ndarray, rows_np: int, columns_np: int) -> np.ndarray:
-    return np.transpose(array, (3 - rows_np - columns_np, rows_np, columns_np))
-
-
 def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], factor: float,
                reference: np.ndarray | None, context: int = 0, count: int = PAIRS, seed: int = 0
                ) -> tuple[ScanPairs | None, str]:
@@ -104,8 +101,8 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
                 continue
             size = min(PATCH, lr.shape[rows], lr.shape[columns])
             if size >= MIN_PATCH:
-                planes.append((_oriented(lr, rows, columns), _oriented(truth, rows, columns),
-                               None if ref is None else _oriented(ref, rows, columns), size))
+                planes.append((oriented_slices(lr, rows, columns), oriented_slices(truth, rows, columns),
+                               None if ref is None else oriented_slices(ref, rows, columns), size))
     if not planes:
         return None, f"its slices are smaller than {MIN_PATCH} pixels"
     # Patches as large as the best planes allow: a plane across the thick axis has few pixels that way
@@ -123,8 +120,7 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
         truth_patch = truth[s, r:r + size, c:c + size]
         if truth_patch.mean() < FOREGROUND and rng.random() < 0.9:
             continue
-        offsets = [0] + [o for d in range(1, context + 1) for o in (-d, d)]
-        items["lr"].append(np.stack([lr[min(max(s + o, 0), lr.shape[0] - 1), r:r + size, c:c + size] for o in offsets]))
+        items["lr"].append(with_neighbours(lr[:, r:r + size, c:c + size], s, 1, context)[0])
         items["truth"].append(truth_patch[None])
         if ref is None:
             items["reference"].append(np.zeros((1, size, size), np.float32))

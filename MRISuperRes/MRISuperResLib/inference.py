@@ -72,6 +72,11 @@ def plane_factors(plan: Plan, axes: tuple[int, int, int]) -> tuple[float, float]
     return plan.factors[2 - axes[1]], plan.factors[2 - axes[2]]
 
 
+def oriented_slices(array: np.ndarray, rows_np: int, columns_np: int) -> np.ndarray:
+    """A view of `array` as (slices, rows along numpy axis `rows_np`, columns along `columns_np`)."""
+    return np.transpose(array, (3 - rows_np - columns_np, rows_np, columns_np))
+
+
 def with_neighbours(slices: np.ndarray, first: int, count: int, context: int) -> np.ndarray:
     """Slices first … first + count − 1 of `slices` (n, H, W), each with its `context` neighbours on each side
     as channels after it (−1, +1, −2, +2, …; clamped at the ends, as in training): (count, 1 + 2·context, H, W)."""

@@ -39,7 +39,7 @@ class RunOptions:
     register_reference: bool = False
     models_dir: str | None = None
     reference_mode: str | None = None
-    adapt: float | None = None  # seconds of per-scan fine-tuning; None: only when the self-check asks; 0: never
+    adapt: float | None = None  # seconds of per-scan fine-tuning; None: the default budget; 0: never
     self_check: bool = True
 
     def arguments(self) -> list[str]:

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-
 from ..scattering import Scattering
 
 # conv channel plan of VGG19's `features` up to relu3_4 ("M" = max-pool), with torchvision's layer indices.

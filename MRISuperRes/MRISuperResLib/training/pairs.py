@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import rotate
 
-
 from ..degrade import bicubic_downsample, kspace_truncate, thick_slices
 from ..geometry import resampled_grid
+from ..inference import oriented_slices, with_neighbours
 from ..intensity import IntensityScale
 from ..io import read_volume
 from ..resample import preinterpolate
@@ -118,11 +118,6 @@ def degrade_instance(scan: Scan, rng: random.Random, degradations: Degradations)
     return Instance(truth[crop], interpolated, reference, axes, factor)
 
 
-def _oriented_slices(array: np.ndarray, rows_np: int, columns_np: int) -> np.ndarray:
-    """(slices, rows along `rows_np`, columns along `columns_np`)."""
-    return np.transpose(array, (3 - rows_np - columns_np, rows_np, columns_np))
-
-
 def cut_patches(instance: Instance, count: int, size: int, rng: random.Random,
                 shift_probability: float, max_shift: int, absent_probability: float,
                 rotation_probability: float = 0.0, max_rotation: float = 0.0, context: int = 0) -> list[np.ndarray]:
@@ -139,8 +134,8 @@ def cut_patches(instance: Instance, count: int, size: int, rng: random.Random,
     while len(patches) < count and attempts < count * 20:
         attempts += 1
         rows, columns = rng.choice(planes)
-        truth = _oriented_slices(instance.truth, rows, columns)
-        lr = _oriented_slices(instance.lr, rows, columns)
+        truth = oriented_slices(instance.truth, rows, columns)
+        lr = oriented_slices(instance.lr, rows, columns)
         s = rng.randrange(truth.shape[0])
         r = rng.randrange(max_shift, truth.shape[1] - size - max_shift + 1)
         c = rng.randrange(max_shift, truth.shape[2] - size - max_shift + 1)
@@ -149,7 +144,7 @@ def cut_patches(instance: Instance, count: int, size: int, rng: random.Random,
             continue  # mostly background: keep only a few
         lr_patch = lr[s, r:r + size, c:c + size]
         if instance.reference is not None and rng.random() >= absent_probability:
-            reference = _oriented_slices(instance.reference, rows, columns)
+            reference = oriented_slices(instance.reference, rows, columns)
             dr = dc = 0
             if rng.random() < shift_probability:
                 dr, dc = rng.randint(-max_shift, max_shift), rng.randint(-max_shift, max_shift)
@@ -162,8 +157,7 @@ def cut_patches(instance: Instance, count: int, size: int, rng: random.Random,
         else:
             reference_patch = np.zeros_like(lr_patch)
             mask_patch = np.zeros_like(lr_patch)
-        neighbours = [lr[min(max(s + offset, 0), lr.shape[0] - 1), r:r + size, c:c + size]
-                      for distance in range(1, context + 1) for offset in (-distance, distance)]
+        neighbours = with_neighbours(lr[:, r:r + size, c:c + size], s, 1, context)[0, 1:]
         patch = np.stack([lr_patch, truth_patch, reference_patch, mask_patch, *neighbours]).astype(np.float32)
         if rng.random() < 0.5:
             patch = patch[:, ::-1, :]

@@ -14,7 +14,6 @@ import random
 
 import torch
 
-
 from ..scattering import Scattering
 from ..texture import (FOREGROUND_LEVEL, MatchSettings, blur_like_input, build_bank, match_bank,
                                     match_window, upsample_features)
