@@ -179,7 +179,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             hint += " Texture transfer: " + ", ".join(card.supported_reference_modes) + " reference."
         self.ui.modelHintLabel.text = hint
         self.ui.referenceModeComboBox.enabled = card.texture_transfer
-        self.ui.confidenceMapCheckBox.enabled = card.texture_transfer
+        self.ui.confidenceMapCheckBox.enabled = card.maps_confidence
         self.ui.planLabel.text = self.planLine()
         if self._run is None:
             self.ui.applyButton.enabled = parameters.inputVolume is not None
@@ -202,11 +202,14 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return {"targetSpacing": values if mode == "spacing" else None, "scale": values if mode == "scale" else None}
 
     def textureArguments(self):
-        """{'referenceMode': …, 'confidenceMap': …} for texture-transfer models; nothing for the others."""
+        """{'referenceMode': …, 'confidenceMap': …} for texture-transfer models, {'confidenceMap': …} for the
+        other models that map their matches (DAASR); nothing for the others."""
         parameters = self._parameterNode
-        if not self.logic.registry.get(parameters.model or None).texture_transfer:
-            return {}
-        return {"referenceMode": parameters.referenceMode or None, "confidenceMap": parameters.confidenceMap}
+        card = self.logic.registry.get(parameters.model or None)
+        arguments = {"confidenceMap": parameters.confidenceMap} if card.maps_confidence else {}
+        if card.texture_transfer:
+            arguments["referenceMode"] = parameters.referenceMode or None
+        return arguments
 
     def planLine(self):
         parameters = self._parameterNode

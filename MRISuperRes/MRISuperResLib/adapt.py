@@ -23,7 +23,7 @@ import torch
 
 from .degrade import thick_slices
 from .geometry import resampled_grid
-from .inference import oriented_slices, with_neighbours
+from .inference import factor_argument, oriented_slices, with_neighbours
 from .progress import CancelFlag, ProgressCallback, StageReporter
 from .resample import preinterpolate
 from .volume import Volume
@@ -40,7 +40,7 @@ ADAPT_LEARNING_RATE = 1e-4
 # architecture: the wide half-resolution EDSR (16 × 64² patches × 123 k MAC/px per 0.28 s step on 2 threads)
 # runs convolutions far more efficiently than the thin full-resolution families (about 1.5e9, measured with
 # vdsr-mixed). And a CUDA device.
-TRAINING_MACS_PER_SECOND_PER_THREAD = {"edsr": 14e9}
+TRAINING_MACS_PER_SECOND_PER_THREAD = {"edsr": 14e9, "progressive": 8e9, "daasr": 5e9}
 THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD = 1.5e9
 CUDA_TRAINING_MACS_PER_SECOND = 1e12
 # A ceiling, so that a fast device spends seconds, not the whole budget: the gain flattens well before it.
@@ -61,10 +61,11 @@ class ScanPairs:
     reference: torch.Tensor
     mask: torch.Tensor
     holdout: torch.Tensor  # bool (N,)
+    factor: float = 0.0    # the coarsening along the rows (networks that degrade their reference need it)
 
     def subset(self, chosen: torch.Tensor) -> "ScanPairs":
         return ScanPairs(self.lr[chosen], self.truth[chosen], self.reference[chosen], self.mask[chosen],
-                         self.holdout[chosen])
+                         self.holdout[chosen], self.factor)
 
     def __len__(self) -> int:
         return self.lr.shape[0]
@@ -133,7 +134,7 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
         return None, "it has too little foreground in its acquired planes"
     tensors = {name: torch.from_numpy(np.stack(values).astype(np.float32)) for name, values in items.items()
                if name != "holdout"}
-    return ScanPairs(**tensors, holdout=torch.tensor(items["holdout"])), ""
+    return ScanPairs(**tensors, holdout=torch.tensor(items["holdout"]), factor=float(k)), ""
 
 
 def _pooled_psnr(squared_errors: list[torch.Tensor]) -> float:
@@ -150,7 +151,8 @@ def score(network: torch.nn.Module, pairs: ScanPairs, device: torch.device, batc
         for first in range(0, len(pairs), batch):
             lr, truth, ref, mask = (x[first:first + batch].to(device) for x in
                                     (pairs.lr, pairs.truth, pairs.reference, pairs.mask))
-            model_errors.append((network(lr, ref, mask).float() - truth) ** 2)
+            model_errors.append((network(lr, ref, mask, **factor_argument(network, pairs.factor)).float()
+                                 - truth) ** 2)
             cubic_errors.append((lr[:, :1] - truth) ** 2)
     network.train(was_training)
     return _pooled_psnr(model_errors), _pooled_psnr(cubic_errors)
@@ -181,7 +183,8 @@ def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: to
             flips = [d for d, flip in zip((-2, -1), torch.rand(2, generator=generator) < 0.5) if flip]
             if flips:
                 lr, truth, ref, mask = (x.flip(flips) for x in (lr, truth, ref, mask))
-            loss = torch.nn.functional.l1_loss(adapted(*(x.to(device) for x in (lr, ref, mask))), truth.to(device))
+            output = adapted(*(x.to(device) for x in (lr, ref, mask)), **factor_argument(adapted, pairs.factor))
+            loss = torch.nn.functional.l1_loss(output, truth.to(device))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

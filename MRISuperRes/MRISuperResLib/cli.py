@@ -64,9 +64,9 @@ def command_run(args: argparse.Namespace) -> int:
     outputs = {"output": check_writable(args.output)}
     if args.confidence:
         card = ModelRegistry(args.models_dir).get(args.model)
-        if not card.texture_transfer:
-            raise MRISuperResError(f"--confidence maps texture-transfer matches, and model {card.name} does not do "
-                                   "texture transfer; choose a texture-transfer model (see `mrisuperres models`).")
+        if not card.maps_confidence:
+            raise MRISuperResError(f"--confidence maps the matches of texture-transfer and DAASR models, and model "
+                                   f"{card.name} makes none; choose one of those (see `mrisuperres models`).")
         outputs["confidence output"] = check_writable(args.confidence)
     for what, path in outputs.items():
         for role, given in (("input", args.input), ("reference", args.reference)):
@@ -89,8 +89,8 @@ def command_run(args: argparse.Namespace) -> int:
     written = {"output": str(outputs["output"])}
     if args.confidence:
         if confidence is None:
-            raise MRISuperResError("No texture was transferred in this run, so there is no confidence map; "
-                                   "no output was written.")
+            raise MRISuperResError("No reference or texture was matched in this run, so there is no confidence "
+                                   "map; no output was written.")
         write_volume(confidence, outputs["confidence output"])
         written["confidence"] = str(outputs["confidence output"])
     write_volume(result, outputs["output"])
@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reference", help="high-resolution volume of another contrast of the same patient "
                                          "(with --reference-mode unpaired: any high-resolution scan)")
     run.add_argument("--confidence", metavar="OUT",
-                     help="texture-transfer models: also write the confidence of the texture matches (0-1) here")
+                     help="texture-transfer and DAASR models: also write the confidence of the reference or "
+                          "texture matches (0-1) here")
     run.add_argument("--register-reference", action="store_true", help="rigidly register the reference first")
     run.add_argument("--no-reference-gate", action="store_true",
                      help="use the reference everywhere, even where its edges do not match the input's")

@@ -72,6 +72,12 @@ def plane_factors(plan: Plan, axes: tuple[int, int, int]) -> tuple[float, float]
     return plan.factors[2 - axes[1]], plan.factors[2 - axes[2]]
 
 
+def factor_argument(network: torch.nn.Module, row_factor: float) -> dict:
+    """The low-resolution factor along the rows, for networks that degrade their reference as the input was
+    (`takes_factor`); nothing for the others."""
+    return {"factor": float(row_factor)} if getattr(network, "takes_factor", False) else {}
+
+
 def oriented_slices(array: np.ndarray, rows_np: int, columns_np: int) -> np.ndarray:
     """A view of `array` as (slices, rows along numpy axis `rows_np`, columns along `columns_np`)."""
     return np.transpose(array, (3 - rows_np - columns_np, rows_np, columns_np))
@@ -98,7 +104,9 @@ def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, referen
     """
     reporter = StageReporter("model", count_tiles(plan), progress, cancel)
     fused = np.zeros(lr.shape, dtype=np.float32)
-    fused_confidence = None if texture is None else np.zeros(lr.shape, dtype=np.float32)
+    # Confidence: of the texture matches, or of a network's own reference matches (DAASR's similarity map).
+    network_confidence = texture is None and getattr(network, "gives_confidence", False)
+    fused_confidence = np.zeros(lr.shape, dtype=np.float32) if texture is not None or network_confidence else None
     use_reference = plan.uses_reference and reference is not None
     context = getattr(network, "context", 0)
     for plane in plan.planes:
@@ -110,7 +118,10 @@ def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, referen
         n, height, width = oriented["lr"].shape
         tile_h, tile_w = min(plan.tile, height), min(plan.tile, width)
         prediction = np.empty((n, height, width), dtype=np.float32)
-        confidence = None if texture is None else np.empty((n, height, width), dtype=np.float32)
+        confidence = None if fused_confidence is None else np.empty((n, height, width), dtype=np.float32)
+        arguments = factor_argument(network, plane_factors(plan, axes)[0])
+        if network_confidence:
+            arguments["confidence"] = True
         for first in range(0, n, plan.batch_size):
             group = {name: np.ascontiguousarray(x[first:first + plan.batch_size])[:, None]
                      for name, x in oriented.items()}
@@ -127,11 +138,17 @@ def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, referen
                 tensors = {name: torch.from_numpy(np.stack([x[s, :, r:r + tile_h, c:c + tile_w] for s, r, c in batch]))
                            .to(device=device, dtype=torch.float32) for name, x in group.items()}
                 with torch.inference_mode():
-                    output = network(**tensors)[:, 0].float().cpu().numpy()
-                for (s, r, c), tile_out in zip(batch, output):
+                    output = network(**tensors, **arguments)
+                if network_confidence:
+                    output, tile_confidence = (x[:, 0].float().cpu().numpy() for x in output)
+                else:
+                    output = output[:, 0].float().cpu().numpy()
+                for index, ((s, r, c), tile_out) in enumerate(zip(batch, output)):
                     r0, r1 = _core(r, tile_h, height, TILE_OVERLAP)
                     c0, c1 = _core(c, tile_w, width, TILE_OVERLAP)
                     prediction[first + s, r0:r1, c0:c1] = tile_out[r0 - r:r1 - r, c0 - c:c1 - c]
+                    if network_confidence:
+                        confidence[first + s, r0:r1, c0:c1] = tile_confidence[index, r0 - r:r1 - r, c0 - c:c1 - c]
                 reporter.advance(len(batch))
             del group
         fused += np.transpose(prediction, np.argsort(axes))

@@ -102,8 +102,8 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
                                  gate_reference: bool = True, reference_mode: str | None = None,
                                  adapt: float | None = None, self_check: bool = True, fallback: bool = True,
                                  report: dict | None = None) -> tuple[Volume, Volume | None]:
-    """`superresolve`, and for texture-transfer models also the confidence of the texture matches on the
-    output grid (0: no match, 1: a perfect one; averaged over the planes); None for other models."""
+    """`superresolve`, and for texture-transfer models also the confidence of the texture matches (for DAASR
+    of its reference matches) on the output grid (0: no match, 1: a perfect one; averaged over the planes); None for other models."""
     set_threads(threads)
     registry = ModelRegistry(models_dir)
     plan = plan_run(volume, reference, model, target_spacing, scale, planes, device, threads, batch_size, tile,

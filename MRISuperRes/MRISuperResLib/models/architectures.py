@@ -315,4 +315,4 @@ class RCAN(nn.Module):
 
 
 # Families in their own files register themselves on import.
-from . import edsr  # noqa: E402,F401
+from . import daasr, edsr, progressive  # noqa: E402,F401

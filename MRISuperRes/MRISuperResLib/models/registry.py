@@ -19,6 +19,8 @@ DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models
 INTERPOLATION = "cubic"
 # Where texture-transfer models take their texture from (see MRISuperResLib.texture).
 REFERENCE_MODES = ("paired", "unpaired", "self")
+# Architectures that map the confidence of their own reference matches (besides texture transfer).
+CONFIDENCE_ARCHITECTURES = ("daasr",)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,11 @@ class ModelCard:
     @property
     def texture_transfer(self) -> bool:
         return bool(self.arguments.get("texture_transfer"))
+
+    @property
+    def maps_confidence(self) -> bool:
+        """Whether a run can also give a 0–1 confidence map of the reference matches it used."""
+        return self.texture_transfer or self.architecture in CONFIDENCE_ARCHITECTURES
 
     @property
     def trained_factors(self) -> tuple[float, ...]:

@@ -70,6 +70,9 @@ class TrainingConfig:
     patches_per_instance: int = 160
     refresh_every: int = 40
     loss: dict = field(default_factory=dict)
+    # Weight of the L1 loss on each supervised intermediate output (the progressive network's first level,
+    # DAASR's structure branch) next to the final output's.
+    auxiliary_weight: float = 1.0
     texture: dict | None = None
 
     @classmethod

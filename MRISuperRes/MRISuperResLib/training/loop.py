@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from tqdm import tqdm
 
 from ..errors import MRISuperResError
@@ -33,19 +34,29 @@ from .pairs import Degradations, cut_patches, degrade_instance, load_scans
 from .texture_inputs import texture_inputs
 
 
-def split_batch(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Patches (B, 4 + 2·context, H, W) → lr (with its neighbouring slices after it), truth, reference, mask."""
-    lr = torch.cat([batch[:, :1], batch[:, 4:]], dim=1)
+def split_batch(batch: torch.Tensor, context: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Patches (B, 4 + 2·context [+ 1], H, W) → lr (with its neighbouring slices after it), truth, reference,
+    mask."""
+    lr = torch.cat([batch[:, :1], batch[:, 4:4 + 2 * context]], dim=1)
     return lr, batch[:, 1:2], batch[:, 2:3], batch[:, 3:4]
+
+
+def auxiliary_targets(batch: torch.Tensor, context: int) -> dict[str, torch.Tensor]:
+    """What a network's intermediate outputs are supervised by: the truth, and the halfway target when the
+    patches carry one (after the neighbouring slices)."""
+    targets = {"truth": batch[:, 1:2]}
+    if batch.shape[1] > 4 + 2 * context:
+        targets["halfway"] = batch[:, 4 + 2 * context:5 + 2 * context]
+    return targets
 
 
 class PatchBank:
     """A pool of patches from degraded instances (each with its thick-slice factor), refreshed one instance
     at a time."""
 
-    def __init__(self, scans, config: TrainingConfig, rng: random.Random) -> None:
+    def __init__(self, scans, config: TrainingConfig, rng: random.Random, halfway: bool = False) -> None:
         self.scans, self.config, self.rng = scans, config, rng
-        self.degradations = Degradations.from_config(config)
+        self.degradations = Degradations.from_config(config, halfway)
         self.groups: list[tuple[np.ndarray, int]] = [self._fresh_group() for _ in range(config.pool_instances)]
 
     def _fresh_group(self) -> tuple[np.ndarray, int]:
@@ -101,9 +112,10 @@ def psnr_gain(network: torch.nn.Module, validation: list[tuple[torch.Tensor, int
     errors: dict[str, list[torch.Tensor]] = {}
     with torch.inference_mode():
         for patches, factor in validation:
-            lr, truth, ref, mask = (x.to(device) for x in split_batch(patches))
-            outputs = {"cubic": lr[:, :1], "model_ref": network(lr, ref, mask),
-                       "model_noref": network(lr, torch.zeros_like(ref), torch.zeros_like(mask))}
+            lr, truth, ref, mask = (x.to(device) for x in split_batch(patches, getattr(network, "context", 0)))
+            extra = {"factor": factor} if getattr(network, "takes_factor", False) else {}
+            outputs = {"cubic": lr[:, :1], "model_ref": network(lr, ref, mask, **extra),
+                       "model_noref": network(lr, torch.zeros_like(ref), torch.zeros_like(mask), **extra)}
             if scattering is not None:
                 texture, _, _ = texture_inputs(lr, truth, ref, mask, factor, random.Random(0), scattering,
                                                probabilities={"paired": 1.0, "bank": 0.0})
@@ -195,7 +207,10 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
     model = torch.nn.parallel.DistributedDataParallel(network) if distributed else network
 
     started = time.time()
-    bank = PatchBank(load_scans(data_root, config.pair_specs("train")), config, rng)
+    # Networks with several supervised levels (the progressive network) learn their first level from the
+    # acquisition simulated at half the factor.
+    bank = PatchBank(load_scans(data_root, config.pair_specs("train")), config, rng,
+                     halfway=getattr(network, "supervised_levels", 1) > 1)
     val_scans = load_scans(data_root, config.pair_specs("val")) if config.val else []
     validation = fixed_validation_set(val_scans, config, 12345)
     # Models trained on in-plane pairs are also validated on them, under their own key; like
@@ -208,6 +223,10 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
     loss_fn = CompositeLoss(**config.loss).to(torch_device)
     # Texture transfer: scattering features, matching and swapping per batch, as at inference.
     scattering = Scattering() if config.arguments.get("texture_transfer") else None
+    # Networks with supervised intermediate outputs (progressive levels, DAASR's structure branch).
+    auxiliary = hasattr(network, "supervised_levels") or hasattr(network, "auxiliary_outputs")
+    # Networks that degrade their reference as the input was (DAASR) need each batch's factor.
+    takes_factor = getattr(network, "takes_factor", False)
     log = open(run_dir / "log.jsonl", "a") if rank == 0 else None
     running, running_parts = [], []
     last_checkpoint = time.time()
@@ -216,9 +235,19 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
     while step < config.steps:
         if step % config.refresh_every == 0 and step:
             bank.refresh()
-        batch, factor = bank.batch(config.batch_size, same_factor=scattering is not None)
-        lr, truth, ref, mask = (x.to(torch_device) for x in split_batch(batch))
-        if scattering is None:
+        batch, factor = bank.batch(config.batch_size, same_factor=scattering is not None or takes_factor)
+        batch = batch.to(torch_device)
+        lr, truth, ref, mask = split_batch(batch, config.context)
+        if auxiliary:
+            output, intermediates = model(lr, ref, mask, auxiliary=True, **({"factor": factor} if takes_factor else {}))
+            loss, parts = loss_fn(output, truth)
+            targets = auxiliary_targets(batch, config.context)
+            for name, intermediate in intermediates.items():
+                target = targets["truth" if name.startswith("structure") else name]
+                extra = nn.functional.l1_loss(intermediate, target)
+                loss = loss + config.auxiliary_weight * extra
+                parts[f"l1_{name}"] = extra.item()
+        elif scattering is None:
             loss, parts = loss_fn(model(lr, ref, mask), truth)
         else:
             texture, swapped, has_texture = texture_inputs(lr, truth, ref, mask, factor, rng, scattering,

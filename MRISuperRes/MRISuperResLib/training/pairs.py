@@ -7,6 +7,9 @@ either thick slices along one axis (box or Gaussian profile), or in-plane low re
 oriented with a degraded axis along rows as `MRISuperResLib.inference` orients slices (a plane with two
 degraded axes is cut both ways round: the 90° rotation). With 2.5D context, a patch also carries the
 pre-interpolated neighbouring slices of the same plane (clamped at the volume's ends, as at inference).
+For networks supervised level by level (the progressive network), an instance also holds the *halfway*
+target: the same acquisition simulated at half the factor (rounded down; the truth itself below 2×),
+pre-interpolated the same way.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class Instance:
     reference: np.ndarray | None
     axes: tuple[int, ...]  # the degraded axes (0 = i, 1 = j, 2 = k)
     factor: int
+    halfway: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -67,11 +71,12 @@ class Degradations:
     inplane_probability: float = 0.0
     inplane_factors: tuple[int, ...] = (2, 4)
     gamma_range: float = 0.0
+    halfway: bool = False  # also simulate the acquisition at half the factor
 
     @classmethod
-    def from_config(cls, config: TrainingConfig) -> "Degradations":
+    def from_config(cls, config: TrainingConfig, halfway: bool = False) -> "Degradations":
         return cls(tuple(config.factors), config.noise_probability, config.inplane_probability,
-                   tuple(config.inplane_factors), config.gamma_range)
+                   tuple(config.inplane_factors), config.gamma_range, halfway)
 
 
 def _gamma(array: np.ndarray, rng: random.Random, gamma_range: float) -> np.ndarray:
@@ -81,18 +86,19 @@ def _gamma(array: np.ndarray, rng: random.Random, gamma_range: float) -> np.ndar
 
 
 def _simulate(volume, scan: Scan, rng: random.Random, degradations: Degradations):
-    """One simulated low-resolution acquisition: (volume, degraded axes, factor)."""
+    """One simulated low-resolution acquisition: (degrade, degraded axes, factor), where `degrade(volume,
+    factor)` repeats the same simulation at any factor."""
     # Thick-slice-only configs draw no extra random number, so their pairs stay as they were.
     if degradations.inplane_probability > 0 and len(scan.spec.axes) >= 2 \
             and rng.random() < degradations.inplane_probability:
         axes = tuple(sorted(rng.sample(scan.spec.axes, 2)))
         factor = rng.choice(degradations.inplane_factors)
-        if rng.random() < 0.5:
-            return kspace_truncate(volume, axes, factor), axes, factor
-        return bicubic_downsample(volume, axes, factor), axes, factor
+        method = kspace_truncate if rng.random() < 0.5 else bicubic_downsample
+        return (lambda v, f: method(v, axes, f)), axes, factor
     axis = rng.choice(scan.spec.axes)
     factor = rng.choice(degradations.factors)
-    return thick_slices(volume, axis, factor, rng.choice(["box", "gaussian"])), (axis,), factor
+    profile = rng.choice(["box", "gaussian"])
+    return (lambda v, f: thick_slices(v, axis, f, profile)), (axis,), factor
 
 
 def degrade_instance(scan: Scan, rng: random.Random, degradations: Degradations) -> Instance:
@@ -103,7 +109,8 @@ def degrade_instance(scan: Scan, rng: random.Random, degradations: Degradations)
         truth = _gamma(truth, rng, degradations.gamma_range)
         reference = None if reference is None else _gamma(reference, rng, degradations.gamma_range)
     volume = scan.template.with_array(truth)
-    lr, axes, factor = _simulate(volume, scan, rng, degradations)
+    degrade, axes, factor = _simulate(volume, scan, rng, degradations)
+    lr = degrade(volume, factor)
     grid = resampled_grid(lr.grid, volume.spacing)
     lr_array = lr.array
     if rng.random() < degradations.noise_probability:
@@ -115,14 +122,17 @@ def degrade_instance(scan: Scan, rng: random.Random, degradations: Degradations)
     interpolated = preinterpolate(lr.with_array(lr_array), grid).array
     crop = tuple(slice(0, n) for n in interpolated.shape)
     reference = None if reference is None else reference[crop]
-    return Instance(truth[crop], interpolated, reference, axes, factor)
+    halfway = None
+    if degradations.halfway:
+        halfway = truth[crop] if factor // 2 < 2 else preinterpolate(degrade(volume, factor // 2), grid).array[crop]
+    return Instance(truth[crop], interpolated, reference, axes, factor, halfway)
 
 
 def cut_patches(instance: Instance, count: int, size: int, rng: random.Random,
                 shift_probability: float, max_shift: int, absent_probability: float,
                 rotation_probability: float = 0.0, max_rotation: float = 0.0, context: int = 0) -> list[np.ndarray]:
-    """`count` patches of shape (4 + 2 · context, size, size): lr, truth, reference, reference mask, then the
-    lr's neighbouring slices (−1, +1, −2, +2, …). The reference is misregistered, sometimes, by a shift of up
+    """`count` patches of shape (4 + 2 · context [+ 1], size, size): lr, truth, reference, reference mask, the
+    lr's neighbouring slices (−1, +1, −2, +2, …), then the halfway target when the instance has one. The reference is misregistered, sometimes, by a shift of up
     to `max_shift` voxels and a rotation of up to `max_rotation` degrees about the slice normal."""
     shape = instance.truth.shape
     planes = [(rows, columns) for rows in (2 - axis for axis in instance.axes) for columns in range(3)
@@ -158,7 +168,9 @@ def cut_patches(instance: Instance, count: int, size: int, rng: random.Random,
             reference_patch = np.zeros_like(lr_patch)
             mask_patch = np.zeros_like(lr_patch)
         neighbours = with_neighbours(lr[:, r:r + size, c:c + size], s, 1, context)[0, 1:]
-        patch = np.stack([lr_patch, truth_patch, reference_patch, mask_patch, *neighbours]).astype(np.float32)
+        halfway = [] if instance.halfway is None else \
+            [oriented_slices(instance.halfway, rows, columns)[s, r:r + size, c:c + size]]
+        patch = np.stack([lr_patch, truth_patch, reference_patch, mask_patch, *neighbours, *halfway]).astype(np.float32)
         if rng.random() < 0.5:
             patch = patch[:, ::-1, :]
         if rng.random() < 0.5:
