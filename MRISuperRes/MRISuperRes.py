@@ -18,7 +18,7 @@ from slicer.util import VTKObservationMixin
 from MRISuperResLib.errors import CancelledError, MRISuperResError
 from MRISuperResLib.job import RunOptions
 from MRISuperResLib.models.registry import ModelRegistry
-from MRISuperResLib.plan import REFERENCE_MODES, make_plan, resolve_reference_mode
+from MRISuperResLib.plan import DEFAULT_ADAPT_SECONDS, REFERENCE_MODES, make_plan, resolve_reference_mode
 from MRISuperResSlicer import dependencies
 from MRISuperResSlicer.nodes import grid_from_node
 from MRISuperResSlicer.runner import SuperResolutionRunner
@@ -220,7 +220,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             hasReference = parameters.referenceVolume is not None
             mode = resolve_reference_mode(card, hasReference, parameters.referenceMode or None)
             plan = make_plan(grid, card, planes=parameters.planes.split() or None, has_reference=hasReference,
-                             reference_mode=mode,
+                             reference_mode=mode, adapt_seconds=DEFAULT_ADAPT_SECONDS if parameters.adaptToScan else 0.0,
                              device="cuda" if parameters.device == "cuda" else "cpu", threads=os.cpu_count(),
                              batch_size=parameters.batchSize, target_spacing=target["targetSpacing"],
                              scale=target["scale"])

@@ -75,3 +75,23 @@ def test_memory_estimate_grows_with_the_output():
     large = plan_run(volume, model="cubic", scale=[1, 1, 8]).memory_bytes
     assert large > 3 * small
     assert format_bytes(1.5 * 1024 ** 3) == "1.5 GB"
+
+
+def test_the_time_estimate_counts_the_self_check_and_adaptation(cli, tmp_path):
+    from MRISuperResLib.io import write_volume
+    from MRISuperResLib.plan import DEFAULT_ADAPT_SECONDS, SELF_CHECK_SECONDS
+
+    volume = smooth_volume(shape_kji=(24, 64, 64), spacing=(1.0, 1.0, 4.0))
+    adapted = plan_run(volume, model="edsr-mixed", threads=2)
+    unadapted = plan_run(volume, model="edsr-mixed", threads=2, adapt=0.0)
+    unchecked = plan_run(volume, model="edsr-mixed", threads=2, self_check=False)
+    assert unchecked.check_seconds == 0 and unadapted.check_seconds == SELF_CHECK_SECONDS
+    assert SELF_CHECK_SECONDS < adapted.check_seconds <= SELF_CHECK_SECONDS + DEFAULT_ADAPT_SECONDS
+    assert adapted.seconds - unchecked.seconds == pytest.approx(adapted.check_seconds)
+    assert "self-check and adaptation" in adapted.summary()
+    assert plan_run(volume, model="cubic").check_seconds == 0
+    write_volume(volume, tmp_path / "thick.nii.gz")
+    for options, expected in (((), adapted.check_seconds), (("--no-adapt",), SELF_CHECK_SECONDS),
+                              (("--no-self-check",), 0.0)):
+        code, out, _ = cli("plan", tmp_path / "thick.nii.gz", "--json", "--threads", "2", *options)
+        assert code == 0 and json.loads(out)["check_seconds"] == pytest.approx(expected, abs=0.1)

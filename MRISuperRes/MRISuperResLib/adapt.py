@@ -24,29 +24,18 @@ import torch
 from .degrade import thick_slices
 from .geometry import resampled_grid
 from .inference import factor_argument, oriented_slices, with_neighbours
+from .plan import ADAPT_BATCH, ADAPT_PATCH
 from .progress import CancelFlag, ProgressCallback, StageReporter
 from .resample import preinterpolate
 from .volume import Volume
 
-PATCH = 64
+PATCH = ADAPT_PATCH
 MIN_PATCH = 24
 PAIRS = 256
 HOLDOUT_EVERY = 5       # slices with index % HOLDOUT_EVERY == HOLDOUT_PHASE are held out
 HOLDOUT_PHASE = 2
 FOREGROUND = 0.05       # patches whose truth is darker than this on average are mostly background
-ADAPT_BATCH = 8
 ADAPT_LEARNING_RATE = 1e-4
-# Forward multiply-adds per second reached while fine-tuning (forward + backward + Adam), per CPU thread, by
-# architecture: the wide half-resolution EDSR (16 × 64² patches × 123 k MAC/px per 0.28 s step on 2 threads)
-# runs convolutions far more efficiently than the thin full-resolution families (about 1.5e9, measured with
-# vdsr-mixed). And a CUDA device.
-TRAINING_MACS_PER_SECOND_PER_THREAD = {"edsr": 14e9, "progressive": 8e9, "daasr": 5e9}
-THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD = 1.5e9
-CUDA_TRAINING_MACS_PER_SECOND = 1e12
-# A ceiling, so that a fast device spends seconds, not the whole budget: the gain flattens well before it.
-MAX_ADAPT_STEPS = 600
-# What a step costs beyond its multiply-adds (Python, the optimiser, batching): it dominates tiny networks.
-STEP_OVERHEAD_SECONDS = 0.01
 # The adapted weights are kept only when they beat the pretrained ones on the held-out pairs by this much.
 KEEP_MARGIN_DB = 0.02
 
@@ -156,16 +145,6 @@ def score(network: torch.nn.Module, pairs: ScanPairs, device: torch.device, batc
             cubic_errors.append((lr[:, :1] - truth) ** 2)
     network.train(was_training)
     return _pooled_psnr(model_errors), _pooled_psnr(cubic_errors)
-
-
-def adaptation_steps(seconds: float, architecture: str, macs_per_pixel: int, device: torch.device, threads: int,
-                     patch: int = PATCH) -> int:
-    """Fine-tuning steps that fit in about `seconds`: counted, not timed, so that the same input gives the
-    same output on every run."""
-    per_thread = TRAINING_MACS_PER_SECOND_PER_THREAD.get(architecture, THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD)
-    rate = CUDA_TRAINING_MACS_PER_SECOND if device.type == "cuda" else per_thread * threads
-    per_step = STEP_OVERHEAD_SECONDS + max(1, macs_per_pixel) * ADAPT_BATCH * patch * patch / rate
-    return min(MAX_ADAPT_STEPS, max(5, int(seconds / per_step)))
 
 
 def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: torch.device, seed: int = 0,

@@ -107,7 +107,8 @@ def command_plan(args: argparse.Namespace) -> int:
 
     volume = read_volume(args.input, "input")
     reference = read_volume(args.reference, "reference") if args.reference else None
-    plan = plan_run(volume, reference, **_target(args))
+    plan = plan_run(volume, reference, adapt=0.0 if args.no_adapt else args.adapt,
+                    self_check=not args.no_self_check, **_target(args))
     print(json.dumps(plan.to_json(), indent=2, ensure_ascii=False) if args.json else plan.summary())
     return 0
 
@@ -202,6 +203,17 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", help="models folder to install into and to initialise from")
 
 
+def _add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    """The self-check and adaptation options, shared by `run` and `plan` (whose time estimate counts them)."""
+    adapt = parser.add_mutually_exclusive_group()
+    adapt.add_argument("--adapt", type=float, nargs="?", const=DEFAULT_ADAPT_SECONDS, metavar="SECONDS",
+                       help=f"seconds of fine-tuning on this scan's own acquired planes before the run (default "
+                            f"{DEFAULT_ADAPT_SECONDS:.0f}, on by default; kept only if it helps on held-out slices)")
+    adapt.add_argument("--no-adapt", action="store_true", help="do not fine-tune on the scan (faster)")
+    parser.add_argument("--no-self-check", action="store_true",
+                        help="skip scoring the model on the scan's own planes (and so adaptation and fallback)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrisuperres", description="Slice-wise MRI super-resolution.")
     parser.add_argument("--verbose", action="store_true", help="log the plan and registration details")
@@ -219,15 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-reference-gate", action="store_true",
                      help="use the reference everywhere, even where its edges do not match the input's")
     run.add_argument("--force", action="store_true", help="run even when the memory estimate exceeds what is free")
-    adapt = run.add_mutually_exclusive_group()
-    adapt.add_argument("--adapt", type=float, nargs="?", const=DEFAULT_ADAPT_SECONDS, metavar="SECONDS",
-                       help=f"seconds of fine-tuning on this scan's own acquired planes before the run (default "
-                            f"{DEFAULT_ADAPT_SECONDS:.0f}, on by default; kept only if it helps on held-out slices)")
-    adapt.add_argument("--no-adapt", action="store_true", help="do not fine-tune on the scan (faster)")
+    _add_check_arguments(run)
     run.add_argument("--no-fallback", action="store_true",
                      help="keep the model's output even when the self-check finds it worse than cubic")
-    run.add_argument("--no-self-check", action="store_true",
-                     help="skip scoring the model on the scan's own planes (and so adaptation and fallback)")
     run.add_argument("--progress-json", action="store_true", help="one JSON progress object per line on stdout")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_target_arguments(run)
@@ -237,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("input")
     plan.add_argument("--reference")
     plan.add_argument("--json", action="store_true")
+    _add_check_arguments(plan)
     _add_target_arguments(plan)
     plan.set_defaults(handler=command_plan)
 

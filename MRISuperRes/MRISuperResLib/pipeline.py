@@ -14,8 +14,8 @@ from .geometry import overlap_fraction, resampled_grid
 from .inference import plane_axes, plane_factors, predict_planes
 from .intensity import IntensityScale
 from .models.registry import ModelRegistry, load_network
-from .plan import (DEFAULT_ADAPT_SECONDS, DEFAULT_TILE, TILE_OVERLAP, Plan, check_memory, make_plan,
-                   resolve_reference_mode)
+from .plan import (DEFAULT_ADAPT_SECONDS, DEFAULT_TILE, TILE_OVERLAP, Plan, adaptation_steps, check_memory,
+                   make_plan, resolve_reference_mode)
 from .progress import CancelFlag, ProgressCallback, StageReporter
 from .registration import describe_transform, register_rigid
 from .resample import preinterpolate, resample_to_grid, slab_average
@@ -33,8 +33,9 @@ def plan_run(volume: Volume, reference: Volume | None = None, model: str | None 
              target_spacing=None, scale=None, planes: list[str] | None = None, device: str = "auto",
              threads: int | None = None, batch_size: int = 8, tile: int = DEFAULT_TILE,
              models_dir: str | None = None, registry: ModelRegistry | None = None,
-             reference_mode: str | None = None) -> Plan:
-    """Validate the inputs and make the plan of a run, without running it."""
+             reference_mode: str | None = None, adapt: float | None = None, self_check: bool = True) -> Plan:
+    """Validate the inputs and make the plan of a run, without running it (`adapt`, `self_check`: as
+    `superresolve` takes them, for the time estimate)."""
     check_scalar_volume(volume, "input")
     registry = registry or ModelRegistry(models_dir)
     card = registry.get(model)
@@ -45,7 +46,8 @@ def plan_run(volume: Volume, reference: Volume | None = None, model: str | None 
     mode = resolve_reference_mode(card, reference is not None, reference_mode,
                                   [c.name for c in registry.cards.values() if c.texture_transfer])
     plan = make_plan(volume.grid, card, target_spacing, scale, planes, reference is not None,
-                     resolve_device(device).type, threads or torch.get_num_threads(), batch_size, tile, mode)
+                     resolve_device(device).type, threads or torch.get_num_threads(), batch_size, tile, mode,
+                     self_check, DEFAULT_ADAPT_SECONDS if adapt is None else adapt)
     if mode == "self":
         acquired_planes(plan.upsampled)
     if reference is not None:
@@ -102,12 +104,13 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
                                  gate_reference: bool = True, reference_mode: str | None = None,
                                  adapt: float | None = None, self_check: bool = True, fallback: bool = True,
                                  report: dict | None = None) -> tuple[Volume, Volume | None]:
-    """`superresolve`, and for texture-transfer models also the confidence of the texture matches (for DAASR
-    of its reference matches) on the output grid (0: no match, 1: a perfect one; averaged over the planes); None for other models."""
+    """`superresolve`, and for texture-transfer models also the confidence of the texture matches (for DAASR,
+    of its reference matches) on the output grid (0: no match, 1: a perfect one; averaged over the planes);
+    None for other models."""
     set_threads(threads)
     registry = ModelRegistry(models_dir)
     plan = plan_run(volume, reference, model, target_spacing, scale, planes, device, threads, batch_size, tile,
-                    registry=registry, reference_mode=reference_mode)
+                    registry=registry, reference_mode=reference_mode, adapt=adapt, self_check=self_check)
     check_memory(plan, force)
     log.info("plan:\n%s", plan.summary())
     torch_device = resolve_device(device)
@@ -203,7 +206,7 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
         message += " (the model does worse than interpolation here)"
     stage.finish(message)
     if seconds and seconds > 0:
-        steps = scan_adaptation.adaptation_steps(seconds, plan.model.architecture, plan.model.macs_per_pixel, device, plan.threads)
+        steps = adaptation_steps(seconds, plan.model.architecture, plan.model.macs_per_pixel, device.type, plan.threads)
         adapted = scan_adaptation.fine_tune(network, pairs, steps, device, progress=progress, cancel=cancel)
         adapted_psnr, _ = scan_adaptation.score(adapted, held_out, device)
         kept = bool(adapted_psnr > model_psnr + scan_adaptation.KEEP_MARGIN_DB)

@@ -36,8 +36,25 @@ ACTIVATION_CHANNELS = 320
 NETWORK_RUNTIME_BYTES = 400 * 2 ** 20
 DEFAULT_TILE = 256
 # Seconds of per-scan fine-tuning in every run that can make pairs from the scan (`--adapt SECONDS` changes
-# it, `--no-adapt` turns it off), converted into a counted number of steps (see `adapt.adaptation_steps`).
+# it, `--no-adapt` turns it off), converted into a counted number of steps (`adaptation_steps` below).
 DEFAULT_ADAPT_SECONDS = 60.0
+# Fine-tuning cost (forward + backward + Adam), per CPU thread, by architecture, in forward multiply-adds per
+# second: the wide half-resolution EDSR (16 × 64² patches × 123 k MAC/px per 0.28 s step on 2 threads) runs
+# convolutions far more efficiently than the thin full-resolution families (about 1.5e9, measured with
+# vdsr-mixed); the progressive network's and DAASR's figures are from single training steps measured next to
+# EDSR's on this machine (DAASR's matching and channel attention are memory-bound). And a CUDA device.
+TRAINING_MACS_PER_SECOND_PER_THREAD = {"edsr": 14e9, "progressive": 8e9, "daasr": 5e9}
+THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD = 1.5e9
+CUDA_TRAINING_MACS_PER_SECOND = 1e12
+# A ceiling, so that a fast device spends seconds, not the whole budget: the gain flattens well before it.
+MAX_ADAPT_STEPS = 600
+# What a step costs beyond its multiply-adds (Python, the optimiser, batching): it dominates tiny networks.
+STEP_OVERHEAD_SECONDS = 0.01
+ADAPT_PATCH = 64
+ADAPT_BATCH = 8
+# The self-check: making the scan's own pairs (a few coarsened copies of the input) and scoring about a
+# hundred 64² patches, twice when adaptation runs; measured 2-4 s on the benchmark volume, 2 threads.
+SELF_CHECK_SECONDS = 4.0
 TILE_OVERLAP = 16
 # Texture transfer, per slice pixel of every planned plane: seconds of scattering (input, sharp and blurred
 # reference) and matching per CPU thread. scripts/benchmark.py measures 3.7e-6 for the texture stages alone;
@@ -67,6 +84,7 @@ class Plan:
     memory_bytes: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    check_seconds: float = 0.0  # of `seconds`: the self-check and per-scan adaptation
 
     def summary(self) -> str:
         factors = " × ".join(f"{f:.3g}" for f in self.factors)
@@ -79,7 +97,8 @@ class Plan:
             f"planes  {', '.join(plane_label(self.source, p) for p in self.planes) or 'none (interpolation only)'}",
             f"device  {self.device}, {self.threads} CPU threads, batch {self.batch_size}, tiles ≤ {self.tile} px",
             f"memory  about {format_bytes(self.memory_bytes)} at peak",
-            f"time    about {format_seconds(self.seconds)}",
+            f"time    about {format_seconds(self.seconds)}"
+            + (f" (of which {format_seconds(self.check_seconds)} self-check and adaptation)" if self.check_seconds else ""),
         ]
         return "\n".join(lines + [f"note    {n}" for n in self.notes])
 
@@ -104,7 +123,8 @@ class Plan:
                 "model": self.model.name, "uses_reference": self.uses_reference,
                 "reference_mode": self.reference_mode, "device": self.device,
                 "threads": self.threads, "batch_size": self.batch_size, "tile": self.tile,
-                "memory_bytes": self.memory_bytes, "seconds": round(self.seconds, 1), "notes": self.notes}
+                "memory_bytes": self.memory_bytes, "seconds": round(self.seconds, 1),
+                "check_seconds": round(self.check_seconds, 1), "notes": self.notes}
 
 
 def format_bytes(count: float) -> str:
@@ -176,11 +196,13 @@ def available_memory_bytes() -> int:
 
 def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, planes: list[str] | None = None,
               has_reference: bool = False, device: str = "cpu", threads: int | None = None,
-              batch_size: int = 8, tile: int = DEFAULT_TILE, reference_mode: str | None = None) -> Plan:
+              batch_size: int = 8, tile: int = DEFAULT_TILE, reference_mode: str | None = None,
+              self_check: bool = True, adapt_seconds: float = DEFAULT_ADAPT_SECONDS) -> Plan:
     """Decide the target grid, planes and costs of a run; refuse a target with nothing to upsample.
 
     `reference_mode` (texture-transfer models only) is paired, unpaired or self; an unpaired reference
-    feeds only the texture, not the reference branch."""
+    feeds only the texture, not the reference branch. The time includes the self-check and up to
+    `adapt_seconds` of adaptation (as counted steps: less when the step ceiling comes first)."""
     spacing = target_spacing_for(source, target_spacing, scale)
     target = resampled_grid(source, spacing)
     factors = scale_factors(source, target)
@@ -221,9 +243,29 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
                    + 4 * voxels + TEXTURE_WORKING_BYTES)
         seconds += voxels * len(chosen) * (TEXTURE_CUDA_SECONDS_PER_PIXEL if device.startswith("cuda")
                                            else TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD / threads)
+    check_seconds = 0.0
+    if self_check and not model.is_interpolation and not model.texture_transfer:
+        steps = adaptation_steps(adapt_seconds, model.architecture, model.macs_per_pixel, device, threads) \
+            if adapt_seconds and adapt_seconds > 0 else 0
+        check_seconds = SELF_CHECK_SECONDS + steps * adaptation_step_seconds(model.architecture, model.macs_per_pixel,
+                                                                            device, threads)
     uses_reference = has_reference and model.uses_reference and reference_mode in (None, "paired")
     return Plan(source, target, factors, upsampled, chosen, model, uses_reference, reference_mode,
-                device, threads, batch_size, tile, int(memory), float(seconds), notes)
+                device, threads, batch_size, tile, int(memory), float(seconds + check_seconds), notes, check_seconds)
+
+
+def adaptation_step_seconds(architecture: str, macs_per_pixel: int, device: str, threads: int) -> float:
+    """Estimated seconds of one fine-tuning step of `ADAPT_BATCH` patches of `ADAPT_PATCH`²."""
+    per_thread = TRAINING_MACS_PER_SECOND_PER_THREAD.get(architecture, THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD)
+    rate = CUDA_TRAINING_MACS_PER_SECOND if device.startswith("cuda") else per_thread * threads
+    return STEP_OVERHEAD_SECONDS + max(1, macs_per_pixel) * ADAPT_BATCH * ADAPT_PATCH ** 2 / rate
+
+
+def adaptation_steps(seconds: float, architecture: str, macs_per_pixel: int, device: str, threads: int) -> int:
+    """Fine-tuning steps that fit in about `seconds`: counted, not timed, so that the same input gives the
+    same output on every run."""
+    per_step = adaptation_step_seconds(architecture, macs_per_pixel, device, threads)
+    return min(MAX_ADAPT_STEPS, max(5, int(seconds / per_step)))
 
 
 def resolve_reference_mode(card: ModelCard, has_reference: bool, requested: str | None,

@@ -110,6 +110,14 @@ class ProgressiveMultiContrast(nn.Module):
         image_channels = (1 + 2 * context) * u2
         self.reference_encoder = Encoder(2 * u2, widths) if use_reference else None
         self.stages = nn.ModuleList(Level(image_channels, u2, widths, use_reference) for _ in range(levels))
+        # He initialisation: with PyTorch's default the signal shrinks about 2× per layer through the 8 unpadded
+        # ReLU layers, and in training the reference encoder's deepest layers died (all-zero output, so the
+        # reference was ignored) within 1000 steps.
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and module.weight.abs().sum() > 0:
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu",
+                                        mode="fan_in" if isinstance(module, nn.Conv2d) else "fan_out")
+                nn.init.zeros_(module.bias)
 
     @property
     def macs_per_output_pixel(self) -> int:
