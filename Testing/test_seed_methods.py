@@ -154,3 +154,36 @@ def test_a_seed_method_trains_installs_and_runs_from_the_cli(tmp_path, architect
                                "--model", "seed", "--confidence", tmp_path / "c.nii.gz")
         assert refused.returncode == 2 and "makes none" in refused.stderr
         assert not (tmp_path / "sr2.nii.gz").exists()
+
+
+def test_the_adversarial_stage_trains_a_critic_and_resumes_with_it(tmp_path):
+    from MRISuperResLib.training.adversarial import Critic, critic_loss, generator_loss
+
+    critic = Critic(features=4)
+    real, fake = torch.rand((3, 1, 24, 24)), torch.rand((3, 1, 24, 24), requires_grad=True)
+    loss = critic_loss(critic, real, fake, penalty=10.0)
+    loss.backward()
+    assert fake.grad is None and all(p.grad is not None for p in critic.parameters())  # the critic's step only
+    assert generator_loss(critic, fake).requires_grad
+
+    phantom = make_phantom((40, 56, 48), seed=3)
+    (tmp_path / "data" / "p").mkdir(parents=True)
+    write_volume(phantom["T2"], tmp_path / "data" / "p" / "T2.nii.gz")
+    config = tmp_path / "gan.yaml"
+    lines = ["name: gan", "architecture: progressive", "arguments: {levels: 1, widths: [4, 4, 4, 4, 8, 8, 8, 8]}",
+             "factors: [2]", "steps: 2", "batch_size: 2", "patch_size: 24", "pool_instances: 1",
+             "patches_per_instance: 4", "validate_every: 2", "checkpoint_every: 1",
+             "adversarial: {weight: 0.01, features: 4}", "train:\n  - {target: p/T2.nii.gz, axes: [0, 1]}"]
+    config.write_text("\n".join(lines))
+    first = _mrisuperres("train", config, "--data", tmp_path / "data", "--runs", tmp_path / "runs", "--threads", "1")
+    assert first.returncode == 0, first.stderr
+    state = torch.load(tmp_path / "runs" / "gan" / "checkpoint.pt", weights_only=False)
+    assert "critic" in state and "critic_optimizer" in state
+    log = json.loads((tmp_path / "runs" / "gan" / "log.jsonl").read_text().splitlines()[-1])
+    assert "critic" in log and "adversarial" in log
+    resumed = _mrisuperres("train", config, "--data", tmp_path / "data", "--runs", tmp_path / "runs", "--threads", "1",
+                           "--resume", "--steps", "3")
+    assert resumed.returncode == 0, resumed.stderr
+    config.write_text("\n".join(lines).replace("features: 4}", "features: 4, colour: red}"))
+    refused = _mrisuperres("train", config, "--data", tmp_path / "data", "--runs", tmp_path / "other")
+    assert refused.returncode == 2 and "adversarial settings are wrong" in refused.stderr

@@ -73,6 +73,9 @@ class TrainingConfig:
     # Weight of the L1 loss on each supervised intermediate output (the progressive network's first level,
     # DAASR's structure branch) next to the final output's.
     auxiliary_weight: float = 1.0
+    # WGAN-GP fine-tuning (the progressive paper's adversarial stage): {weight, gradient_penalty, features,
+    # learning_rate}; None: off.
+    adversarial: dict | None = None
     texture: dict | None = None
 
     @classmethod

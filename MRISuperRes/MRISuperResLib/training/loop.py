@@ -28,6 +28,7 @@ from ..errors import MRISuperResError
 from ..models.architectures import ARCHITECTURES, build_architecture, macs_per_pixel
 from ..models.registry import ModelRegistry, install_model, sha256_of
 from ..scattering import Scattering
+from .adversarial import AdversarialSettings, Critic, critic_loss, generator_loss
 from .config import TrainingConfig
 from .losses import CompositeLoss
 from .pairs import Degradations, cut_patches, degrade_instance, load_scans
@@ -190,8 +191,20 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
     except TypeError as error:
         raise MRISuperResError(f"The arguments do not fit architecture '{config.architecture}' ({error}).") from None
     network = network.to(torch_device, memory_format=torch.channels_last)
+    # The 2.5D context the patches must carry is the network's, also when the config leaves it to the default.
+    if getattr(network, "context", 0):
+        config.arguments = {**config.arguments, "context": network.context}
     optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _learning_rate_schedule(config))
+    critic = critic_optimizer = None
+    if config.adversarial is not None:
+        try:
+            adversarial = AdversarialSettings.from_config(config.adversarial)
+        except (TypeError, ValueError) as error:
+            raise MRISuperResError(f"The adversarial settings are wrong ({error}); use weight, gradient_penalty, "
+                                   "features and learning_rate.") from None
+        critic = Critic(adversarial.features).to(torch_device)
+        critic_optimizer = torch.optim.Adam(critic.parameters(), lr=adversarial.learning_rate, betas=(0.0, 0.9))
     rng = random.Random(seed)
     step = 0
     if resume and checkpoint.exists():
@@ -199,6 +212,9 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if critic is not None and "critic" in state:
+            critic.load_state_dict(state["critic"])
+            critic_optimizer.load_state_dict(state["critic_optimizer"])
         rng.setstate(state["rng"])
         step = state["step"]
         print(f"resumed at step {step}", flush=True)
@@ -248,11 +264,24 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
                 loss = loss + config.auxiliary_weight * extra
                 parts[f"l1_{name}"] = extra.item()
         elif scattering is None:
-            loss, parts = loss_fn(model(lr, ref, mask), truth)
+            output = model(lr, ref, mask)
+            loss, parts = loss_fn(output, truth)
         else:
             texture, swapped, has_texture = texture_inputs(lr, truth, ref, mask, factor, rng, scattering,
                                                            probabilities=config.texture)
-            loss, parts = loss_fn(model(lr, ref, mask, texture), truth, swapped, has_texture)
+            output = model(lr, ref, mask, texture)
+            loss, parts = loss_fn(output, truth, swapped, has_texture)
+        if critic is not None:
+            # One critic step per generator step, then the generator's adversarial term (equations 3 and 8).
+            critic_term = critic_loss(critic, truth, output, adversarial.gradient_penalty)
+            critic_optimizer.zero_grad()
+            critic_term.backward()
+            critic_optimizer.step()
+            critic.requires_grad_(False)
+            adversarial_term = generator_loss(critic, output)
+            critic.requires_grad_(True)
+            loss = loss + adversarial.weight * adversarial_term
+            parts.update(critic=critic_term.item(), adversarial=adversarial_term.item())
         running_parts.append(parts)
         optimizer.zero_grad()
         loss.backward()
@@ -263,7 +292,7 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
         running.append(loss.item())
         due = step % config.checkpoint_every == 0 or time.time() - last_checkpoint > 60 * config.checkpoint_minutes
         if rank == 0 and (due or step == config.steps):
-            _save_checkpoint(checkpoint, network, optimizer, scheduler, rng, step)
+            _save_checkpoint(checkpoint, network, optimizer, scheduler, rng, step, critic, critic_optimizer)
             last_checkpoint = time.time()
         if rank == 0 and (step % config.validate_every == 0 or step == config.steps):
             record = {"step": step, "loss": float(np.mean(running)),
@@ -299,10 +328,14 @@ def _with_axes(scan, axes: tuple[int, ...]):
     return dataclasses.replace(scan, spec=dataclasses.replace(scan.spec, axes=axes))
 
 
-def _save_checkpoint(path: Path, network, optimizer, scheduler, rng: random.Random, step: int) -> None:
+def _save_checkpoint(path: Path, network, optimizer, scheduler, rng: random.Random, step: int,
+                     critic=None, critic_optimizer=None) -> None:
     staging = path.with_suffix(".tmp")
-    torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": rng.getstate(), "step": step}, staging)
+    state = {"network": network.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "rng": rng.getstate(), "step": step}
+    if critic is not None:
+        state.update(critic=critic.state_dict(), critic_optimizer=critic_optimizer.state_dict())
+    torch.save(state, staging)
     staging.replace(path)  # a run killed while saving keeps its previous checkpoint
 
 
@@ -322,7 +355,8 @@ def _card(config: TrainingConfig, network, weights: Path, step: int, device: tor
         "training": f"{step} steps of {config.batch_size}×{config.patch_size}² patches, "
                     f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, "
                     f"config {config_name or config.name}, seed {config.seed}"
-                    + (f", fine-tuned from {Path(config.initialise_from).stem}" if config.initialise_from else ""),
+                    + (f", fine-tuned from {Path(config.initialise_from).stem}" if config.initialise_from else "")
+                    + (", with a WGAN-GP critic" if config.adversarial is not None else ""),
         "validation": {"patch_psnr_db": scores,
                        **({"patch_psnr_db_inplane": scores_inplane} if scores_inplane else {})},
     }
