@@ -177,6 +177,8 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hint = "Uses the reference when one is selected." if card.uses_reference else "Does not use a reference."
         if card.texture_transfer:
             hint += " Texture transfer: " + ", ".join(card.supported_reference_modes) + " reference."
+        elif card.maps_confidence:
+            hint += " Can also map the confidence of its reference matches."
         self.ui.modelHintLabel.text = hint
         self.ui.referenceModeComboBox.enabled = card.texture_transfer
         self.ui.confidenceMapCheckBox.enabled = card.maps_confidence
