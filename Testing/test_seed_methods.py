@@ -87,6 +87,15 @@ def test_patch_matching_finds_a_shifted_copy_within_its_window_and_not_beyond():
     assert float(far_score[inner].mean()) < 0.9
 
 
+def test_matching_memory_grows_with_the_window_not_with_the_image():
+    # The bound: (2·search + 1)² similarity maps of the feature map's size. A positions × positions matrix
+    # for this 512² map would take 275 GB; the windowed matching needs 25 maps of 1 MB.
+    query = torch.rand((1, 4, 512, 512))
+    retrieved, score, index = match_patches(query, query, query, search=2)
+    assert retrieved.shape == query.shape and score.shape == index.shape == (1, 1, 512, 512)
+    assert torch.all(index == 12)  # the patch itself (offset 0, 0) is always the best match
+
+
 def test_daasr_confidence_is_zero_without_a_reference_and_within_0_1_with_one():
     network = build_architecture("daasr", {"features": 8, "groups": 2, "heads": 2, "reference_features": 4}).eval()
     lr, reference, mask = _inputs()
