@@ -1,5 +1,8 @@
 """Reading and writing volumes through SimpleITK: NIfTI, NRRD, MetaImage and DICOM series folders.
 
+ITK's NIfTI reader fills missing data with zeros and reads NaN and inf as 0, so a NIfTI file's raw bytes are
+checked here first (numpy and zlib only: Slicer's Python, which reads results through this module, has no nibabel).
+
 Writing is atomic: the file appears under its final name only once it is complete, so a failed or
 cancelled run never leaves a partial output behind.
 """
@@ -9,16 +12,34 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from .errors import MRISuperResError
 from .validation import check_scalar_volume
-from .volume import Volume
+from .volume import Volume, check_direction, check_float32_range
 
 FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 SUPPORTED = "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) or a DICOM series folder"
+
+GZIP_MAGIC = b"\x1f\x8b"
+CHUNK_BYTES = 1 << 22
+# NIfTI datatype code → bytes per voxel, and the numpy type of those that can hold NaN or inf.
+NIFTI_VOXEL_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
+                     1536: 16, 1792: 16, 2048: 32, 2304: 4}
+NIFTI_FLOAT_TYPES = {16: "f4", 32: "c8", 64: "f8", 1792: "c16"}
+# Where the fields the checks need sit in each header version: name → (byte offset, numpy type, count).
+NIFTI_FIELDS = {
+    348: {"magic": (344, "S4", 1), "datatype": (70, "i2", 1), "dim": (40, "i2", 8), "vox_offset": (108, "f4", 1),
+          "sform_code": (254, "i2", 1), "srow": (280, "f4", 12)},
+    540: {"magic": (4, "S4", 1), "datatype": (12, "i2", 1), "dim": (16, "i8", 8), "vox_offset": (168, "i8", 1),
+          "sform_code": (348, "i4", 1), "srow": (400, "f8", 12)},
+}
 
 
 def _has_supported_suffix(path: Path) -> bool:
@@ -36,7 +57,149 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     return reader.Execute()
 
 
-def _image_to_volume(image: sitk.Image, path: Path, role: str) -> Volume:
+@dataclass(frozen=True)
+class NiftiHeader:
+    """What the raw-data checks need from a single-file NIfTI-1 or NIfTI-2 header."""
+
+    voxel_offset: int
+    data_bytes: int
+    float_type: np.dtype | None  # the voxel type, when it can hold NaN or inf
+    sform: np.ndarray | None     # the 3×3 of srow_x/y/z (RAS, spacing included) when sform_code > 0
+
+
+def _gunzip_chunks(file) -> Iterator[bytes]:
+    """The decompressed bytes of a gzip file, as zlib's gzread (ITK's reader) sees them.
+
+    Further gzip members continue the data and anything else after a member is ignored, as gzread does.
+    Raises EOFError after the last bytes when the stream stops before its end marker, zlib.error when the
+    data is corrupt (including a wrong checksum).
+    """
+    inflater = zlib.decompressobj(wbits=31)
+    data = file.read(CHUNK_BYTES)
+    while data:
+        while data:  # bounded output: a highly compressed chunk must not expand to gigabytes at once
+            yield inflater.decompress(data, CHUNK_BYTES)
+            data = inflater.unconsumed_tail
+        if inflater.eof:
+            data = inflater.unused_data
+            if len(data) < len(GZIP_MAGIC):
+                data += file.read(CHUNK_BYTES)
+            if not data.startswith(GZIP_MAGIC):
+                return
+            inflater = zlib.decompressobj(wbits=31)
+        else:
+            data = file.read(CHUNK_BYTES)
+    if not inflater.eof:
+        yield inflater.flush()  # output still held back by the bounded calls above
+        if not inflater.eof:
+            raise EOFError
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    """The bytes of a NIfTI file as its reader sees them: decompressed when it is gzip (whatever its name)."""
+    with open(path, "rb") as file:
+        if file.read(len(GZIP_MAGIC)) == GZIP_MAGIC:
+            file.seek(0)
+            yield from _gunzip_chunks(file)
+        else:
+            file.seek(0)
+            yield from iter(lambda: file.read(CHUNK_BYTES), b"")
+
+
+def _parse_nifti_header(head: bytes) -> NiftiHeader | None:
+    """The header at the start of `head`, or None when it is no single-file NIfTI header we can check."""
+    for endian in "<>":
+        size = int(np.frombuffer(head[:4].ljust(4, b"\0"), endian + "i4")[0])
+        if size in NIFTI_FIELDS and len(head) >= size:
+            break
+    else:
+        return None
+    fields = {name: np.frombuffer(head, endian + kind if kind[0] != "S" else kind, count, offset)
+              for name, (offset, kind, count) in NIFTI_FIELDS[size].items()}
+    dim = [int(n) for n in fields["dim"]]
+    datatype = int(fields["datatype"][0])
+    if (fields["magic"][0] not in (b"n+1", b"n+2") or not 1 <= dim[0] <= 7 or min(dim[1:dim[0] + 1]) < 1
+            or datatype not in NIFTI_VOXEL_BYTES or not np.isfinite(fields["vox_offset"][0])):
+        return None
+    voxel_offset = int(fields["vox_offset"][0])
+    if voxel_offset < size:
+        return None
+    float_type = np.dtype(endian + NIFTI_FLOAT_TYPES[datatype]) if datatype in NIFTI_FLOAT_TYPES else None
+    sform = fields["srow"].astype(np.float64).reshape(3, 4)[:, :3] if fields["sform_code"][0] > 0 else None
+    return NiftiHeader(voxel_offset, int(np.prod(dim[1:dim[0] + 1], dtype=object)) * NIFTI_VOXEL_BYTES[datatype],
+                       float_type, sform)
+
+
+def _read_nifti_header(path: Path) -> NiftiHeader | None:
+    """The NIfTI header of a .nii or .nii.gz file; None for other files and for headers ITK should judge."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return None
+    with open(path, "rb") as file:
+        head = file.read(1 << 16)  # ample for the compressed header
+    if head.startswith(GZIP_MAGIC):
+        try:  # only the header's bytes: damage further on is _scan_nifti_data's to name
+            head = zlib.decompressobj(wbits=31).decompress(head, max(NIFTI_FIELDS))
+        except zlib.error:
+            return None
+    return _parse_nifti_header(head)
+
+
+def _count_non_finite(data: bytes, float_type: np.dtype) -> int:
+    values = np.frombuffer(data, float_type)
+    return int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
+def _scan_nifti_data(path: Path, header: NiftiHeader, role: str) -> int:
+    """Refuse a truncated or corrupt NIfTI file; return how many of its voxels hold NaN or inf."""
+    start, end = header.voxel_offset, header.voxel_offset + header.data_bytes
+    position, carry, non_finite = 0, b"", 0
+    stream_complete = True
+    try:
+        # The whole gzip stream is read, to its end marker and checksum, even past the image data.
+        for chunk in _file_chunks(path):
+            data = chunk[max(0, start - position):max(0, end - position)]
+            position += len(chunk)
+            if header.float_type is not None and data:
+                data = carry + data  # a voxel may straddle two chunks
+                whole = len(data) - len(data) % header.float_type.itemsize
+                non_finite += _count_non_finite(data[:whole], header.float_type)
+                carry = data[whole:]
+    except EOFError:
+        stream_complete = False
+    except zlib.error as error:
+        raise MRISuperResError(
+            f"The {role} '{path}' is corrupt (its compressed data fails to decompress: "
+            f"{str(error).rsplit(': ', 1)[-1]}); copy it again or re-export it.") from None
+    present = min(max(position - start, 0), header.data_bytes)
+    if present < header.data_bytes:
+        raise MRISuperResError(
+            f"The {role} '{path}' is truncated ({present:,} of {header.data_bytes:,} bytes of image data); "
+            "copy it again or re-export it.")
+    if not stream_complete:
+        raise MRISuperResError(
+            f"The {role} '{path}' is truncated (its gzip stream stops before its end marker); "
+            "copy it again or re-export it.")
+    return non_finite
+
+
+def _header_direction(path: Path, nifti: NiftiHeader | None) -> np.ndarray | None:
+    """The direction a file's header declares, read without building an image (which ITK refuses for some)."""
+    if nifti is not None and nifti.sform is not None:
+        # ITK refuses a sheared or singular sform (without a usable qform); name its flaw in ITK's LPS terms.
+        matrix = np.diag([-1.0, -1.0, 1.0]) @ nifti.sform
+        lengths = np.linalg.norm(matrix, axis=0)
+        return matrix / np.where(lengths > 0, lengths, 1.0)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    dimension = reader.GetDimension()
+    return np.reshape(reader.GetDirection(), (dimension, dimension))[:3, :3] if dimension >= 3 else None
+
+
+def _image_to_volume(image: sitk.Image, path: Path, role: str, non_finite: int = 0) -> Volume:
     if image.GetNumberOfComponentsPerPixel() > 1:
         raise MRISuperResError(
             f"The {role} '{path}' is a vector or colour image with {image.GetNumberOfComponentsPerPixel()} "
@@ -50,8 +213,15 @@ def _image_to_volume(image: sitk.Image, path: Path, role: str) -> Volume:
         raise MRISuperResError(
             f"The {role} '{path}' has {dimension} dimensions ({' × '.join(map(str, image.GetSize()))}); "
             "extract one 3D volume (for example one time point) first.")
+    described = f"{role} '{path}'"
+    if non_finite:
+        # Counted in the raw NIfTI data, as ITK reads them as 0: check_scalar_volume's sentence for other formats.
+        raise MRISuperResError(
+            f"The {described} has {non_finite} NaN or infinite voxels; replace them (for example with 0) first.")
+    check_float32_range(sitk.GetArrayViewFromImage(image), described)  # before Volume() refuses it without the path
     volume = Volume.from_sitk(image)
-    check_scalar_volume(volume, f"{role} '{path}'")
+    check_scalar_volume(volume, described)
+    check_direction(volume.direction, described)
     return volume
 
 
@@ -63,6 +233,7 @@ def read_volume(path: str | os.PathLike, role: str = "input") -> Volume:
     path = Path(path)
     if not path.exists():
         raise MRISuperResError(f"The {role} '{path}' does not exist; check the path.")
+    non_finite = 0
     if path.is_dir():
         try:
             image = _read_dicom_folder(path)
@@ -73,13 +244,19 @@ def read_volume(path: str | os.PathLike, role: str = "input") -> Volume:
     else:
         if not os.access(path, os.R_OK):
             raise MRISuperResError(f"The {role} '{path}' is not readable; check its permissions.")
+        nifti = _read_nifti_header(path)
+        non_finite = _scan_nifti_data(path, nifti, role) if nifti else 0
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError:
+            # ITK refuses singular directions (and sheared NIfTI ones): say so rather than blame the file.
+            direction = _header_direction(path, nifti)
+            if direction is not None:
+                check_direction(direction, f"{role} '{path}'")
             raise MRISuperResError(
                 f"The {role} '{path}' could not be read as a volume; give {SUPPORTED}, "
                 "and check that the file is complete.") from None
-    return _image_to_volume(image, path, role)
+    return _image_to_volume(image, path, role, non_finite)
 
 
 def check_writable(path: str | os.PathLike) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import MRISuperResError
-from .volume import Volume
+from .volume import Volume, check_direction
 
 
 def check_scalar_volume(volume: Volume, role: str = "input") -> None:
@@ -31,8 +31,9 @@ def check_scalar_volume(volume: Volume, role: str = "input") -> None:
             "check that the right volume was loaded.")
     if np.any(np.asarray(volume.spacing) <= 0):
         raise MRISuperResError(f"The {role} has a non-positive spacing {volume.spacing}; fix its header.")
-    if abs(np.linalg.det(volume.direction)) < 1e-6:
-        raise MRISuperResError(f"The {role} has a degenerate direction matrix; fix its header.")
+    # Sheared, scaled or degenerate directions, also from the Python API or a Slicer node (files are checked
+    # when read, with their path in the message).
+    check_direction(volume.direction, role)
 
 
 def check_reference_is_not_input(volume: Volume, reference: Volume) -> None:

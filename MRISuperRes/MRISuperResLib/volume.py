@@ -12,7 +12,79 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import MRISuperResError
+
 AXIS_NAMES = ("i", "j", "k")
+# Resampling and the networks compute in float32: a larger finite value becomes inf there, then NaN everywhere.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# How far DᵀD may stray from the identity before a direction counts as sheared or scaled (header round-off passes).
+ORTHONORMAL_TOLERANCE = 1e-4
+
+
+def check_float32_range(array: np.ndarray, role: str = "volume") -> None:
+    """Refuse finite voxel values beyond float32's range (only float64 and wider can hold them)."""
+    array = np.asarray(array)
+    if array.dtype.kind != "f" or array.dtype.itemsize <= 4 or array.size == 0:
+        return
+    if -FLOAT32_MAX <= array.min() and array.max() <= FLOAT32_MAX:  # the usual case, without temporaries
+        return
+    beyond = np.abs(array) > FLOAT32_MAX  # also reached by a NaN above, which fails both comparisons
+    beyond &= np.isfinite(array)  # inf has its own sentence (check_scalar_volume), NaN never compares greater
+    if beyond.any():
+        values = array[beyond]
+        extreme = values[np.argmax(np.abs(values))]
+        raise MRISuperResError(
+            f"The {role} has voxel values as large as {extreme:.3g}, beyond the ±3.4e38 that super-resolution "
+            "can compute with; rescale the image (for example divide it by a constant) first.")
+
+
+def _axis_pair(a: int, b: int) -> str:
+    return f"{AXIS_NAMES[a]} and {AXIS_NAMES[b]} axes"
+
+
+def _degeneracy(direction: np.ndarray) -> str | None:
+    """Why `direction` places no voxel in space (None when its axes span 3D)."""
+    if not np.all(np.isfinite(direction)):
+        return "it holds NaN or infinite entries"
+    lengths = np.linalg.norm(direction, axis=0)
+    zero = [AXIS_NAMES[a] for a in range(3) if lengths[a] < 1e-6]
+    if zero:
+        return f"its {' and '.join(zero)} {'axis has' if len(zero) == 1 else 'axes have'} zero length"
+    unit = direction / lengths
+    if abs(np.linalg.det(unit)) >= 1e-6:
+        return None
+    parallel = [(a, b) for a, b in ((0, 1), (0, 2), (1, 2)) if abs(unit[:, a] @ unit[:, b]) > 1 - 1e-6]
+    return f"its {_axis_pair(*parallel[0])} are parallel" if parallel else "its three axes lie in one plane"
+
+
+def check_direction(direction: np.ndarray, role: str = "volume") -> None:
+    """Refuse a direction that is not a rotation or reflection.
+
+    A singular one places no voxel in space; a sheared or scaled one describes a grid that the slab convention
+    (geometry.py), the resampling and ITK's NIfTI writer all take to be orthogonal with unit axes.
+    """
+    direction = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    degeneracy = _degeneracy(direction)
+    if degeneracy:
+        raise MRISuperResError(
+            f"The {role} has a degenerate direction matrix ({degeneracy}), so its voxels have no position in space; "
+            "fix its header or re-export it.")
+    deviation = direction.T @ direction - np.eye(3)
+    if np.max(np.abs(deviation)) <= ORTHONORMAL_TOLERANCE:
+        return
+    lengths = np.linalg.norm(direction, axis=0)
+    pairs = [(a, b) for a, b in ((0, 1), (0, 2), (1, 2)) if abs(deviation[a, b]) > ORTHONORMAL_TOLERANCE]
+    if pairs:
+        angle = {(a, b): abs(90.0 - np.degrees(np.arccos(np.clip(
+            deviation[a, b] / (lengths[a] * lengths[b]), -1.0, 1.0)))) for a, b in pairs}
+        worst = max(angle, key=angle.get)
+        problem = f"its {_axis_pair(*worst)} are sheared by {angle[worst]:.3g} degrees"
+    else:
+        axis = int(np.argmax(np.abs(lengths - 1)))
+        problem = f"its {AXIS_NAMES[axis]} axis has length {lengths[axis]:.6g} instead of 1"
+    raise MRISuperResError(
+        f"The {role} has a direction matrix that is not orthonormal ({problem}); resample it onto an orthogonal "
+        "grid first, for example with 3D Slicer's Resample Scalar/Vector/DWI Volume module.")
 
 
 @dataclass(frozen=True)
@@ -85,6 +157,9 @@ class Volume:
         self.spacing = tuple(float(s) for s in self.spacing)
         self.origin = tuple(float(o) for o in self.origin)
         self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+        # Refused on construction: every Volume (read from a file, built through the Python API or from a
+        # Slicer node) passes here, and once a later step has cast to float32 the values are lost as inf.
+        check_float32_range(self.array)
 
     @property
     def grid(self) -> Grid:

@@ -105,7 +105,7 @@ class ModelRegistry:
                 raise MRISuperResError(f"The models folder '{self.folder}' has no models.json; point --models-dir at a folder that has one.")
             return
         try:
-            content = json.loads(manifest.read_text())
+            content = json.loads(manifest.read_text(encoding="utf-8"))
             for entry in content["models"]:
                 card = ModelCard(**entry)
                 self.cards[card.name] = card
@@ -166,10 +166,10 @@ def _upsert(manifest: dict, card: dict) -> None:
 def update_manifest(folder: str | os.PathLike, change) -> Path:
     """Read a folder's models.json (or start one), let `change(manifest)` edit it, write it back atomically."""
     path = Path(folder) / "models.json"
-    manifest = json.loads(path.read_text()) if path.exists() else {"models": []}
+    manifest = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"models": []}
     change(manifest)
     staging = path.with_suffix(".json.tmp")
-    staging.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    staging.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     staging.replace(path)
     return path
 
