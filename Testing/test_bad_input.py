@@ -173,3 +173,22 @@ def test_output_folder_without_write_permission(tmp_path, cli, thick_file, monke
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda path, mode: False if mode == os.W_OK else real_access(path, mode))
     assert_refused(cli, tmp_path, [thick_file], "is not writable; choose a folder you can write to", [thick_file])
+
+
+def test_an_existing_output_is_kept_unless_overwrite_is_given(tmp_path, cli, thick_file):
+    existing = tmp_path / "result.nii.gz"
+    existing.write_bytes(b"an earlier result")
+    code, _, err = cli("run", thick_file, "-o", existing, "--quiet", "--model", "cubic")
+    assert code == 2 and "already exists; choose another name or pass --overwrite" in err
+    assert existing.read_bytes() == b"an earlier result" and len(err.strip().splitlines()) == 1
+    code, _, err = cli("degrade", thick_file, "-o", existing, "--factor", 2)
+    assert code == 2 and "--overwrite" in err and existing.read_bytes() == b"an earlier result"
+    code, _, _ = cli("run", thick_file, "-o", existing, "--quiet", "--model", "cubic", "--overwrite")
+    assert code == 0 and existing.read_bytes() != b"an earlier result"
+
+
+def test_an_output_that_is_a_folder_is_named_a_folder(tmp_path, cli, thick_file):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    code, _, err = cli("run", thick_file, "-o", folder, "--quiet", "--model", "cubic")
+    assert code == 2 and "is a folder; give a file name" in err

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import MRISuperResError
-from .io import check_writable, read_volume, write_volume
+from .io import check_new_output, read_volume, write_volume
 from .plan import DEFAULT_ADAPT_SECONDS, DEFAULT_TILE, PLANES, REFERENCE_MODES
 
 log = logging.getLogger("mrisuperres")
@@ -61,19 +61,20 @@ def command_run(args: argparse.Namespace) -> int:
     from .models.registry import ModelRegistry
     from .pipeline import superresolve_with_confidence
 
-    outputs = {"output": check_writable(args.output)}
+    outputs = {"output": Path(args.output)}
     if args.confidence:
         card = ModelRegistry(args.models_dir).get(args.model)
         if not card.maps_confidence:
             raise MRISuperResError(f"--confidence maps the matches of texture-transfer and DAASR models, and model "
                                    f"{card.name} makes none; choose one of those (see `mrisuperres models`).")
-        outputs["confidence output"] = check_writable(args.confidence)
+        outputs["confidence output"] = Path(args.confidence)
     for what, path in outputs.items():
         for role, given in (("input", args.input), ("reference", args.reference)):
             if given and Path(given).resolve() == path.resolve():
                 raise MRISuperResError(f"The {what} would overwrite the {role} '{given}'; choose another path.")
     if len({path.resolve() for path in outputs.values()}) < len(outputs):
         raise MRISuperResError("The output and the confidence output are the same file; give them different paths.")
+    outputs = {what: check_new_output(path, args.overwrite, what) for what, path in outputs.items()}
     volume = read_volume(args.input, "input")
     reference = read_volume(args.reference, "reference") if args.reference else None
     progress = _progress(args)
@@ -138,7 +139,7 @@ def command_models(args: argparse.Namespace) -> int:
 def command_degrade(args: argparse.Namespace) -> int:
     from .degrade import bicubic_downsample, kspace_truncate, thick_slices
 
-    output = check_writable(args.output)
+    output = check_new_output(args.output, args.overwrite)
     volume = read_volume(args.input, "input")
     if args.kspace and args.bicubic:
         raise MRISuperResError("--kspace and --bicubic are two different degradations; give one of them.")
@@ -227,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--confidence", metavar="OUT",
                      help="texture-transfer and DAASR models: also write the confidence of the reference or "
                           "texture matches (0-1) here")
+    run.add_argument("--overwrite", action="store_true", help="replace the output (and confidence) files if they exist")
     run.add_argument("--register-reference", action="store_true", help="rigidly register the reference first")
     run.add_argument("--no-reference-gate", action="store_true",
                      help="use the reference everywhere, even where its edges do not match the input's")
@@ -255,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     degrade = commands.add_parser("degrade", help="simulate a low-resolution acquisition")
     degrade.add_argument("input")
     degrade.add_argument("--output", "-o", required=True)
+    degrade.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     degrade.add_argument("--factor", type=float, default=4)
     degrade.add_argument("--axes", type=int, nargs="+", default=[2], choices=(0, 1, 2),
                          help="voxel axes (0 = i, 1 = j, 2 = k); default 2")

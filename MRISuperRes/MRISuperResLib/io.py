@@ -262,6 +262,8 @@ def read_volume(path: str | os.PathLike, role: str = "input") -> Volume:
 def check_writable(path: str | os.PathLike) -> Path:
     """Fail early, before any work, when the output cannot be written where asked."""
     path = Path(path)
+    if path.is_dir():
+        raise MRISuperResError(f"The output '{path}' is a folder; give a file name such as result.nii.gz.")
     if not _has_supported_suffix(path):
         raise MRISuperResError(f"The output '{path}' has an unsupported extension; name it with one of {', '.join(FILE_SUFFIXES)}.")
     parent = path.parent if str(path.parent) else Path(".")
@@ -269,8 +271,14 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise MRISuperResError(f"The output folder '{parent}' does not exist; create it or choose another output path.")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise MRISuperResError(f"The output '{path}' is not writable; choose a folder you can write to.")
-    if path.is_dir():
-        raise MRISuperResError(f"The output '{path}' is a folder; give a file name such as result.nii.gz.")
+    return path
+
+
+def check_new_output(path: str | os.PathLike, overwrite: bool = False, what: str = "output") -> Path:
+    """`check_writable`, and refuse to replace an existing file unless asked to (`--overwrite`)."""
+    path = check_writable(path)
+    if path.exists() and not overwrite:
+        raise MRISuperResError(f"The {what} '{path}' already exists; choose another name or pass --overwrite.")
     return path
 
 

@@ -20,8 +20,8 @@ Choices where the paper is silent or our setting differs, and why:
   window bounds memory to (2·search + 1)² similarity maps per feature map, whatever the tile size.
 - The SAT output is added to the structure features (a residual): the paper multiplies the fused result by
   C, and without the residual a low score would erase the structure features as well.
-- C is zero where the reference has no data (its mask), so without a reference the network runs its
-  structure branch alone. The residual blocks have no batch normalisation (batch statistics of 16 patches
+- C is the cosine score mapped onto [0, 1] ((score + 1) / 2) and is zero where the reference has no data
+  (its mask), so without a reference the network runs its structure branch alone. The residual blocks have no batch normalisation (batch statistics of 16 patches
   would differ from those of a whole slice at inference).
 - The SFE's width and the number of groups are chosen for the CPU budget (about 130 k multiply-adds per
   output pixel with the defaults).
@@ -154,7 +154,10 @@ class SpatialAlignmentTransformer(nn.Module):
     def forward(self, structure: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 reference_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         retrieved, score, _ = match_patches(self.query(structure), key, value, self.search)
-        confidence = score.clamp_min(0) * reference_mask
+        # The cosine score mapped from [-1, 1] onto [0, 1]. Clamping it at 0 instead let training switch the
+        # reference off for good: within 1000 steps every score was negative, so no gradient reached the
+        # matching again and the network ran as single-contrast.
+        confidence = (score + 1) / 2 * reference_mask
         return structure + self.fuse(torch.cat([structure, retrieved], dim=1)) * confidence, confidence
 
 
