@@ -56,10 +56,12 @@ def main() -> None:
     parser.add_argument("--n-patches", type=int, default=64000, help="ECLARE's training patches (default 10⁶)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=str(REPO / "Resources"))
+    parser.add_argument("--cache", default=str(REPO / "Resources" / "evaluation_rows.jsonl"),
+                        help="evaluate.py's row cache, read for our models' rows")
     args = parser.parse_args()
 
     output = Path(args.output)
-    cache = output / "evaluation_rows.jsonl"
+    cache = Path(args.cache)
     cached = {row_key(r): r for r in map(json.loads, cache.read_text().splitlines())} if cache.exists() else {}
     registry = ModelRegistry()
     rows = []
