@@ -54,6 +54,23 @@ def _reference_input(lr: torch.Tensor, reference: torch.Tensor | None,
     return torch.cat([reference * reference_mask, reference_mask], dim=1)
 
 
+def unshuffled(height: int, width: int, factor: int, smallest: int = 0):
+    """(down, up) for networks that work on pixel-unshuffled slices of `height` × `width`: `down` pads by
+    replication to multiples of `factor` (and to at least `smallest` pixels each way), unshuffles (every
+    factor × factor block becomes channels) in channels_last layout; `up` shuffles back and crops."""
+    pad = (0, max(smallest, width + -width % factor) - width, 0, max(smallest, height + -height % factor) - height)
+
+    def down(x: torch.Tensor) -> torch.Tensor:
+        if pad[1] or pad[3]:
+            x = nn.functional.pad(x, pad, mode="replicate")
+        return nn.functional.pixel_unshuffle(x, factor).contiguous(memory_format=torch.channels_last)
+
+    def up(x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pixel_shuffle(x, factor)[..., :height, :width]
+
+    return down, up
+
+
 TEXTURE_INPUT_CHANNELS = 82  # 81 swapped scattering channels + the confidence
 # Scattering coefficients of [0, 1] images span about 1e-3 to 1: log1p(gain · x) evens out their scales.
 TEXTURE_GAIN = 100.0

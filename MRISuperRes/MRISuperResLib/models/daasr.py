@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architectures import _reference_input, register_architecture
+from .architectures import _reference_input, register_architecture, unshuffled
 
 
 class LayerNorm2d(nn.Module):
@@ -227,15 +227,7 @@ class DAASR(nn.Module):
                              f"({1 + 2 * self.context} channels), not {lr.shape[1]}")
         height, width = lr.shape[-2:]
         u = self.unshuffle
-        pad = (0, -width % u, 0, -height % u)
-
-        def down(x: torch.Tensor) -> torch.Tensor:
-            if pad[1] or pad[3]:
-                x = nn.functional.pad(x, pad, mode="replicate")
-            return nn.functional.pixel_unshuffle(x, u).contiguous(memory_format=torch.channels_last)
-
-        def up(x: torch.Tensor) -> torch.Tensor:
-            return nn.functional.pixel_shuffle(x, u)[..., :height, :width]
+        down, up = unshuffled(height, width, u)
 
         key = value = mask = None
         if self.extractor is not None:

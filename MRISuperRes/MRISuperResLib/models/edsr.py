@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architectures import _reference_input, register_architecture
+from .architectures import _reference_input, register_architecture, unshuffled
 
 
 def _conv(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -60,13 +60,6 @@ class EDSR(nn.Module):
         inputs = [lr]
         if self.use_reference:
             inputs.append(_reference_input(lr[:, :1], reference, reference_mask))
-        x = torch.cat(inputs, dim=1)
-        height, width = x.shape[-2:]
-        u = self.unshuffle
-        pad_h, pad_w = -height % u, -width % u
-        if pad_h or pad_w:
-            x = nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-        x = nn.functional.pixel_unshuffle(x, u).contiguous(memory_format=torch.channels_last)
-        shallow = self.head(x)
-        residual = nn.functional.pixel_shuffle(self.tail(self.body(shallow) + shallow), u)
-        return lr[:, :1] + residual[..., :height, :width]
+        down, up = unshuffled(*lr.shape[-2:], self.unshuffle)
+        shallow = self.head(down(torch.cat(inputs, dim=1)))
+        return lr[:, :1] + up(self.tail(self.body(shallow) + shallow))

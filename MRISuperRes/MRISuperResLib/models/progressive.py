@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architectures import _reference_input, register_architecture
+from .architectures import _reference_input, register_architecture, unshuffled
 
 PAPER_WIDTHS = (32, 32, 64, 64, 128, 128, 256, 256)
 
@@ -133,20 +133,9 @@ class ProgressiveMultiContrast(nn.Module):
         if lr.shape[1] != 1 + 2 * self.context:
             raise ValueError(f"this network takes the slice and {self.context} neighbours on each side "
                              f"({1 + 2 * self.context} channels), not {lr.shape[1]}")
-        height, width = lr.shape[-2:]
-        u = self.unshuffle
         # The unpadded encoder needs at least 17 feature pixels each way (8 layers take 2 each): smaller
         # slices or tiles are padded by replication up to that, and cropped back.
-        smallest = u * (2 * len(PAPER_WIDTHS) + 1)
-        pad = (0, max(smallest, width + -width % u) - width, 0, max(smallest, height + -height % u) - height)
-
-        def down(x: torch.Tensor) -> torch.Tensor:
-            if pad[1] or pad[3]:
-                x = nn.functional.pad(x, pad, mode="replicate")
-            return nn.functional.pixel_unshuffle(x, u).contiguous(memory_format=torch.channels_last)
-
-        def up(x: torch.Tensor) -> torch.Tensor:
-            return nn.functional.pixel_shuffle(x, u)[..., :height, :width]
+        down, up = unshuffled(*lr.shape[-2:], self.unshuffle, self.unshuffle * (2 * len(PAPER_WIDTHS) + 1))
 
         reference_features = None
         if self.reference_encoder is not None:
