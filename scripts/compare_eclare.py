@@ -90,7 +90,9 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     (output / "eclare_comparison.json").write_text(json.dumps(rows, indent=1) + "\n")
-    lines = ["| case | method | reference | PSNR (dB) | SSIM | seconds (2 CPU threads) |", "|---|---|---|---|---|---|"]
+    # Our rows' seconds are those of their own runs (evaluate.py's cache, usually 2 threads); ECLARE's are this run's.
+    lines = [f"| case | method | reference | PSNR (dB) | SSIM | seconds (ECLARE: {args.threads} CPU threads) |",
+             "|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['case']} | {row['model']} | {row['reference']} | {row['psnr']:.2f} | {row['ssim']:.4f} "
                      f"| {row['seconds']:.0f} |")
