@@ -186,7 +186,7 @@ def test_cli_writes_the_confidence_map_only_with_a_texture_model(cli, tmp_path, 
     out.unlink(), confidence.unlink()
     code, _, stderr = cli("run", str(thick), "-o", str(out), "--confidence", str(confidence), "--models-dir",
                           str(texture_models_dir), "--model", "tiny", "--quiet")
-    assert code == 2 and "does not do texture transfer" in stderr
+    assert code == 2 and "makes none; choose one of those" in stderr
     assert not out.exists() and not confidence.exists()
 
 
