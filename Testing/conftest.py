@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 import sys
 from pathlib import Path
 
@@ -13,6 +14,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MRISuperRes"))
 from MRISuperResLib import Volume  # noqa: E402
 from MRISuperResLib.cli import main as cli_main  # noqa: E402
 from MRISuperResLib.io import write_volume  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _locale_kept():
+    """Each test starts with the locale the session had: ITK's DICOM writer switches the process to the C
+    locale, after which `text=True` subprocess output (UTF-8, e.g. '×') no longer decodes in later tests."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)
 
 
 def rotation(axis: str, degrees: float) -> np.ndarray:
