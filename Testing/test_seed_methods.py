@@ -48,7 +48,7 @@ def test_the_progressive_network_supervises_its_first_level_at_half_the_factor()
     lr, reference, mask = _inputs()
     output, intermediates = network(lr, reference, mask, auxiliary=True)
     assert set(intermediates) == {"halfway"} and intermediates["halfway"].shape == output.shape
-    assert network.supervised_levels == 2
+    assert network.auxiliary_outputs == ("halfway",)
     one_level = build_architecture("progressive", {"levels": 1, "widths": [4, 4, 4, 4, 8, 8, 8, 8]})
     assert one_level(lr, reference, mask, auxiliary=True)[1] == {}
 

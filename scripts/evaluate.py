@@ -143,6 +143,18 @@ def sweep(cases: list, degradations, variants: list[tuple[str, str]], threads: i
     return [r for r in rows if (r["model"], r["reference"]) in variants and r.get("sha256") == weights_sha(r["model"])]
 
 
+def across_thick_axis(case: Case, shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    """For pictures: the middle slice of an array of `shape` that holds the case's thick-slice axis, vertical."""
+    axis_np = 2 - case.case[4]
+    other = [a for a in range(3) if a != axis_np]
+
+    def cut(array: np.ndarray) -> np.ndarray:
+        plane = np.take(array, shape[other[0]] // 2, axis=other[0])  # remaining axes keep their order
+        return plane if axis_np < other[1] else plane.T
+
+    return cut
+
+
 def picture(path: Path, case: Case, factor: int, default: str, threads: int) -> None:
     """Before / after / truth on a slice that holds the thick-slice axis (vertical): cubic and the default
     model with and without its reference."""
@@ -152,13 +164,7 @@ def picture(path: Path, case: Case, factor: int, default: str, threads: int) -> 
                for label, model, reference in (("cubic", "cubic", "none"), (f"{default} + reference", default, "paired"),
                                                (default, default, "none"))}
     truth = crop_to(case.truth.array, next(iter(results.values())).shape)
-    other = [a for a in range(3) if a != axis_np]
-    middle = truth.shape[other[0]] // 2
-
-    def cut(array: np.ndarray) -> np.ndarray:
-        plane = np.take(array, middle, axis=other[0])  # remaining axes keep their order
-        return plane if axis_np < other[1] else plane.T
-
+    cut = across_thick_axis(case, truth.shape)
     thick = np.repeat(low.array, factor, axis=axis_np)[tuple(slice(0, n) for n in truth.shape)]
     panels = [(f"input: {factor}x thick slices", cut(thick))]
     panels += [(f"{label}  {score(array, truth)['psnr']:.2f} dB", cut(array)) for label, array in results.items()]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import _paths  # noqa: F401
-from evaluate import CASES, REPO, Case, crop_to
+from evaluate import CASES, REPO, Case, across_thick_axis, crop_to
 from MRISuperResLib import superresolve
 from MRISuperResLib.figures import save_panels
 from MRISuperResLib.metrics import score
@@ -39,13 +39,7 @@ def main() -> None:
                for name in ["cubic", *args.models]}
     truth = crop_to(case.truth.array, next(iter(results.values())).shape)
     mask = None if case.mask is None else crop_to(case.mask, truth.shape)
-    axis_np = 2 - case.case[4]
-    other = [a for a in range(3) if a != axis_np]
-
-    def cut(array: np.ndarray) -> np.ndarray:
-        plane = np.take(array, truth.shape[other[0]] // 2, axis=other[0])
-        return plane if axis_np < other[1] else plane.T
-
+    cut = across_thick_axis(case, truth.shape)
     panels = [(f"{name}  {score(crop_to(array, truth.shape), truth, mask)['psnr']:.2f} dB", cut(crop_to(array, truth.shape)))
               for name, array in results.items()]
     panels.append(("truth", cut(truth)))

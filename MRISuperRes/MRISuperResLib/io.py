@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import MRISuperResError
-from .validation import check_scalar_volume
+from .validation import check_scalar_volume, refuse_non_finite
 from .volume import Volume, check_direction, check_float32_range
 
 FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -215,13 +215,10 @@ def _image_to_volume(image: sitk.Image, path: Path, role: str, non_finite: int =
             "extract one 3D volume (for example one time point) first.")
     described = f"{role} '{path}'"
     if non_finite:
-        # Counted in the raw NIfTI data, as ITK reads them as 0: check_scalar_volume's sentence for other formats.
-        raise MRISuperResError(
-            f"The {described} has {non_finite} NaN or infinite voxels; replace them (for example with 0) first.")
+        refuse_non_finite(non_finite, described)  # counted in the raw NIfTI data: ITK reads them as 0
     check_float32_range(sitk.GetArrayViewFromImage(image), described)  # before Volume() refuses it without the path
     volume = Volume.from_sitk(image)
     check_scalar_volume(volume, described)
-    check_direction(volume.direction, described)
     return volume
 
 

@@ -14,8 +14,8 @@ from .geometry import overlap_fraction, resampled_grid
 from .inference import plane_axes, plane_factors, predict_planes
 from .intensity import IntensityScale
 from .models.registry import ModelRegistry, load_network
-from .plan import (DEFAULT_ADAPT_SECONDS, DEFAULT_TILE, TILE_OVERLAP, Plan, adaptation_steps, check_memory,
-                   make_plan, resolve_reference_mode)
+from .plan import (DEFAULT_ADAPT_SECONDS, DEFAULT_TILE, TILE_OVERLAP, Plan, check_memory, make_plan,
+                   resolve_reference_mode)
 from .progress import CancelFlag, ProgressCallback, StageReporter
 from .registration import describe_transform, register_rigid
 from .resample import preinterpolate, resample_to_grid, slab_average
@@ -136,7 +136,7 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
             mode = _fallback_mode(plan)
     if self_check and not card.texture_transfer:
         network, use_cubic = _check_and_adapt(network, volume, input_scale, reference_native, plan, torch_device,
-                                              adapt, fallback, progress, cancel, report)
+                                              fallback, progress, cancel, report)
         if use_cubic:
             return interpolated, None
     elif card.texture_transfer:
@@ -187,8 +187,9 @@ def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, registe
 
 
 def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, reference_native, plan: Plan,
-                     device: torch.device, adapt: float | None, fallback: bool, progress, cancel, report: dict):
-    """The self-check, adaptation (unless `adapt` is 0) and the fallback decision: (network, use cubic)."""
+                     device: torch.device, fallback: bool, progress, cancel, report: dict):
+    """The self-check, adaptation for the plan's steps (none with `adapt=0`) and the fallback decision:
+    (network, use cubic)."""
     stage = StageReporter("check", 1, progress, cancel)
     pairs, why = scan_adaptation.scan_pairs(input_scale.normalise(volume.array), volume, plan.upsampled,
                                             max(plan.factors), reference_native, getattr(network, "context", 0))
@@ -200,13 +201,12 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
     model_psnr, cubic_psnr = scan_adaptation.score(network, held_out, device)
     gain = float(model_psnr - cubic_psnr)
     report.update(self_check="done", estimated_gain_db=round(gain, 3), self_check_pairs=len(held_out))
-    seconds = DEFAULT_ADAPT_SECONDS if adapt is None else adapt
     message = f"estimated gain over cubic on this scan's own acquired planes: {gain:+.2f} dB"
     if gain < 0:
         message += " (the model does worse than interpolation here)"
     stage.finish(message)
-    if seconds and seconds > 0:
-        steps = adaptation_steps(seconds, plan.model.architecture, plan.model.macs_per_pixel, device.type, plan.threads)
+    steps = plan.adapt_steps
+    if steps:
         adapted = scan_adaptation.fine_tune(network, pairs, steps, device, progress=progress, cancel=cancel)
         adapted_psnr, _ = scan_adaptation.score(adapted, held_out, device)
         kept = bool(adapted_psnr > model_psnr + scan_adaptation.KEEP_MARGIN_DB)

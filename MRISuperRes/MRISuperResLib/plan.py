@@ -88,6 +88,7 @@ class Plan:
     seconds: float
     notes: list[str] = field(default_factory=list)
     check_seconds: float = 0.0  # of `seconds`: the self-check and per-scan adaptation
+    adapt_steps: int = 0        # per-scan fine-tuning steps after the self-check (counted: deterministic)
 
     def summary(self) -> str:
         factors = " × ".join(f"{f:.3g}" for f in self.factors)
@@ -246,7 +247,7 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
                    + 4 * voxels + TEXTURE_WORKING_BYTES)
         seconds += voxels * len(chosen) * (TEXTURE_CUDA_SECONDS_PER_PIXEL if device.startswith("cuda")
                                            else TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD / threads)
-    check_seconds = 0.0
+    check_seconds, steps = 0.0, 0
     if self_check and not model.is_interpolation and not model.texture_transfer:
         steps = adaptation_steps(adapt_seconds, model.architecture, model.macs_per_pixel, device, threads) \
             if adapt_seconds and adapt_seconds > 0 else 0
@@ -254,7 +255,8 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
                                                                             device, threads)
     uses_reference = has_reference and model.uses_reference and reference_mode in (None, "paired")
     return Plan(source, target, factors, upsampled, chosen, model, uses_reference, reference_mode,
-                device, threads, batch_size, tile, int(memory), float(seconds + check_seconds), notes, check_seconds)
+                device, threads, batch_size, tile, int(memory), float(seconds + check_seconds), notes, check_seconds,
+                steps)
 
 
 def adaptation_step_seconds(architecture: str, macs_per_pixel: int, device: str, threads: int) -> float:

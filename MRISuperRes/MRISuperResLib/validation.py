@@ -8,6 +8,11 @@ from .errors import MRISuperResError
 from .volume import Volume, check_direction
 
 
+def refuse_non_finite(count: int, role: str) -> None:
+    """The refusal of `count` NaN or infinite voxels (counted in the array, or in a file's raw data)."""
+    raise MRISuperResError(f"The {role} has {count} NaN or infinite voxels; replace them (for example with 0) first.")
+
+
 def check_scalar_volume(volume: Volume, role: str = "input") -> None:
     """Refuse arrays a slice-wise 3D super-resolution cannot use: 2D, non-finite or constant."""
     array = volume.array
@@ -22,9 +27,7 @@ def check_scalar_volume(volume: Volume, role: str = "input") -> None:
     if np.issubdtype(array.dtype, np.floating):
         finite = np.isfinite(array)
         if not finite.all():
-            bad = int(array.size - np.count_nonzero(finite))
-            raise MRISuperResError(
-                f"The {role} has {bad} NaN or infinite voxels; replace them (for example with 0) first.")
+            refuse_non_finite(int(array.size - np.count_nonzero(finite)), role)
     if array.size and array.min() == array.max():
         raise MRISuperResError(
             f"The {role} is constant (every voxel is {array.flat[0]}); there is nothing to super-resolve, "

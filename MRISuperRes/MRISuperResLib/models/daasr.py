@@ -200,6 +200,7 @@ class DAASR(nn.Module):
         self.body_end = nn.Conv2d(features, features, 3, padding=1)
         self.tail = nn.Conv2d(features, u2, 3, padding=1)
         nn.init.zeros_(self.tail.weight), nn.init.zeros_(self.tail.bias)
+        # Outputs supervised in training besides the final one (the structure branch's, by the truth).
         self.auxiliary_outputs = ("structure",)
 
     @property

@@ -105,7 +105,8 @@ class ProgressiveMultiContrast(nn.Module):
         if len(widths) != 8:
             raise ValueError("the encoder has eight layers: give eight widths")
         self.levels, self.context, self.use_reference, self.unshuffle = levels, context, use_reference, unshuffle
-        self.supervised_levels = levels
+        # Outputs supervised in training besides the final one (the first level's, at half the factor).
+        self.auxiliary_outputs = ("halfway",) if levels == 2 else ()
         widths, u2 = tuple(widths), unshuffle ** 2
         image_channels = (1 + 2 * context) * u2
         self.reference_encoder = Encoder(2 * u2, widths) if use_reference else None

@@ -43,9 +43,9 @@ def split_batch(batch: torch.Tensor, context: int) -> tuple[torch.Tensor, torch.
 
 
 def auxiliary_targets(batch: torch.Tensor, context: int) -> dict[str, torch.Tensor]:
-    """What a network's intermediate outputs are supervised by: the truth, and the halfway target when the
-    patches carry one (after the neighbouring slices)."""
-    targets = {"truth": batch[:, 1:2]}
+    """What a network's intermediate outputs are supervised by, by output name: the structure branch by the
+    truth, the first level by the halfway target when the patches carry one (after the neighbouring slices)."""
+    targets = {"structure": batch[:, 1:2]}
     if batch.shape[1] > 4 + 2 * context:
         targets["halfway"] = batch[:, 4 + 2 * context:5 + 2 * context]
     return targets
@@ -226,7 +226,7 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
     # Networks with several supervised levels (the progressive network) learn their first level from the
     # acquisition simulated at half the factor.
     bank = PatchBank(load_scans(data_root, config.pair_specs("train")), config, rng,
-                     halfway=getattr(network, "supervised_levels", 1) > 1)
+                     halfway="halfway" in getattr(network, "auxiliary_outputs", ()))
     val_scans = load_scans(data_root, config.pair_specs("val")) if config.val else []
     validation = fixed_validation_set(val_scans, config, 12345)
     # Models trained on in-plane pairs are also validated on them, under their own key; like
@@ -240,7 +240,7 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
     # Texture transfer: scattering features, matching and swapping per batch, as at inference.
     scattering = Scattering() if config.arguments.get("texture_transfer") else None
     # Networks with supervised intermediate outputs (progressive levels, DAASR's structure branch).
-    auxiliary = hasattr(network, "supervised_levels") or hasattr(network, "auxiliary_outputs")
+    auxiliary = bool(getattr(network, "auxiliary_outputs", ()))
     # Networks that degrade their reference as the input was (DAASR) need each batch's factor.
     takes_factor = getattr(network, "takes_factor", False)
     log = open(run_dir / "log.jsonl", "a") if rank == 0 else None
@@ -259,8 +259,7 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
             loss, parts = loss_fn(output, truth)
             targets = auxiliary_targets(batch, config.context)
             for name, intermediate in intermediates.items():
-                target = targets["truth" if name.startswith("structure") else name]
-                extra = nn.functional.l1_loss(intermediate, target)
+                extra = nn.functional.l1_loss(intermediate, targets[name])
                 loss = loss + config.auxiliary_weight * extra
                 parts[f"l1_{name}"] = extra.item()
         elif scattering is None:
