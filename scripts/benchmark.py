@@ -70,12 +70,15 @@ def run_child(folder: Path, model_and_mode: str, threads: int, device: str) -> d
         reference = Volume(np.flip(reference.array, 0).copy(), reference.spacing,
                            tuple(o + 300.0 for o in reference.origin), reference.direction)
     reference = reference if card.uses_reference and mode != "self" else None
-    plan = plan_run(volume, reference, model=model, threads=threads, device=device, reference_mode=mode)
+    seconds_of_adaptation = DEFAULT_ADAPT_SECONDS if adapt == "adapt" else 0.0
+    # The plan's time estimate counts the same self-check and adaptation as the timed run.
+    plan = plan_run(volume, reference, model=model, threads=threads, device=device, reference_mode=mode,
+                    adapt=seconds_of_adaptation)
     rss_before = peak_rss_mb()
     started = time.perf_counter()
     report: dict = {}
     result = superresolve(volume, reference, model=model, threads=threads, device=device, reference_mode=mode,
-                          adapt=DEFAULT_ADAPT_SECONDS if adapt == "adapt" else 0.0, report=report)
+                          adapt=seconds_of_adaptation, report=report)
     seconds = time.perf_counter() - started
     return {"model": model_and_adapt, "reference_mode": plan.reference_mode, "report": report, "uses_reference": reference is not None,
             "device": plan.device, "threads": threads,

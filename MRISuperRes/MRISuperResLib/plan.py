@@ -26,10 +26,9 @@ TARGET_GRID_COPIES = 6
 CPU_MACS_PER_SECOND_PER_THREAD = 6e9
 # The wide half-resolution EDSR runs its convolutions far more efficiently (channels_last, 64 channels):
 # 8 tiles of 256² in 0.88 s at 123 k MAC/px on 2 threads, about 29e9 per thread; a little margin taken.
-# The progressive network (unpadded convolutions on unshuffled slices) runs at 0.9× EDSR's rate and DAASR
-# (channel attention, layer norms and windowed matching: memory-bound) at 0.25×, measured side by side on
-# 4 tiles of 256² on one thread.
-CPU_MACS_PER_SECOND_PER_THREAD_BY_ARCHITECTURE = {"edsr": 25e9, "progressive": 22e9, "daasr": 6e9}
+# The progressive network and DAASR (channel attention, layer norms and windowed matching: memory-bound),
+# calibrated on scripts/benchmark.py (2 threads, idle machine: 46.8 s and 165.9 s without adaptation).
+CPU_MACS_PER_SECOND_PER_THREAD_BY_ARCHITECTURE = {"edsr": 25e9, "progressive": 39e9, "daasr": 8.2e9}
 CUDA_MACS_PER_SECOND = 2e12
 CUBIC_SECONDS_PER_VOXEL = 1e-8
 # Float32 values alive at once per tile pixel inside a slice network (feature maps and the convolutions'
