@@ -131,9 +131,36 @@ def test_a_texture_network_starts_as_its_backbone():
     missing, unexpected = textured_network.load_state_dict(backbone.state_dict(), strict=False)
     assert not unexpected and all(key.startswith("texture.") for key in missing)
     lr = torch.rand(2, 1, 24, 24)
-    texture = torch.rand(2, 82, 24, 24)
+    texture = torch.rand(2, 16, 24, 24)
     assert torch.allclose(textured_network(lr, texture=texture), backbone(lr), atol=1e-6)
     assert torch.allclose(textured_network(lr), backbone(lr), atol=1e-6)
+
+
+def test_the_edsr_backbone_takes_texture_on_its_unshuffled_grid():
+    arguments = {"features": 16, "blocks": 1, "context": 1, "use_reference": True}
+    torch.manual_seed(0)
+    backbone = build_architecture("edsr", arguments)
+    textured_network = build_architecture("edsr", {**arguments, "texture_transfer": True})
+    missing, unexpected = textured_network.load_state_dict(backbone.state_dict(), strict=False)
+    assert not unexpected and all(key.startswith("texture.") for key in missing)
+    lr = torch.rand(2, 3, 25, 30)  # an odd side: the texture is padded as the slice is
+    texture = torch.rand(2, 16, 25, 30)
+    assert torch.allclose(textured_network(lr, texture=texture), backbone(lr), atol=1e-6)
+    torch.nn.init.normal_(textured_network.texture.expand.weight, std=0.1)
+    assert not torch.allclose(textured_network(lr, texture=texture), textured_network(lr), atol=1e-4)
+
+
+def test_projecting_on_the_scattering_grid_equals_projecting_on_the_pixels():
+    # The branch's reduction is a 1 × 1 convolution and placing is bilinear: they commute, so projecting
+    # 82 channels before placing them gives what projecting them on the pixels would.
+    scattering = Scattering()
+    branch = build_architecture("edsr", {"features": 8, "blocks": 1, "texture_transfer": True}).texture
+    quarter = torch.rand(1, 82, *scattering.output_shape(48, 40))
+    # The gating (log, times the confidence) happens on the grid in both orders; what is moved is the
+    # reduction: reduce(place(gated)) == place(reduce(gated)).
+    gated = torch.cat([torch.log1p(100 * quarter[:, :-1]) * quarter[:, -1:], quarter[:, -1:]], 1)
+    assert torch.allclose(upsample_features(branch.project(quarter), (48, 40), scattering),
+                          branch.reduce(upsample_features(gated, (48, 40), scattering)), atol=1e-5)
 
 
 def test_self_reference_needs_an_acquired_plane():
@@ -196,4 +223,4 @@ def test_texture_source_banks_are_built_once_per_blur():
     first = source.bank((4.0, 1.0))
     assert source.bank((4.0, 1.0)) is first and 0 < first.size <= 256
     texture = source.features(lr[:2], (4.0, 1.0))
-    assert texture.shape == (2, 82, 40, 48)
+    assert texture.shape == (2, 82) + source.scattering.output_shape(40, 48)

@@ -128,7 +128,9 @@ def texture_per_slice(threads: int, device: str, repeats: int = 8) -> dict:
                                               (0,), settings, device=torch_device)
         bank = source.bank((FACTOR, 1))
         timed("bank_matching_ms", lambda: match_bank(query, bank, settings.memory_bytes))
-        timed("upsampling_ms", lambda: upsample_features(torch.cat([swapped, confidence], 1), (256, 256), scattering))
+        # What inference places on the pixels: the network's projection (16 channels) and the confidence.
+        projected = torch.zeros((repeats, 17) + tuple(swapped.shape[-2:]), device=torch_device)
+        timed("upsampling_ms", lambda: upsample_features(projected, (256, 256), scattering))
     timings["bank_patches"] = bank.size
     timings["paired_total_ms"] = round(3 * timings["scattering_ms"] + timings["window_matching_ms"]
                                        + timings["upsampling_ms"], 1)

@@ -99,8 +99,9 @@ def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, referen
     """Average over the planned planes of the network's slice-by-slice prediction on the target grid, and
     (with texture transfer) of the texture matches' confidence.
 
-    Slices go through in groups of `plan.batch_size`: texture inputs (82 channels) exist only for the
-    group in flight.
+    Slices go through in groups of `plan.batch_size`: texture inputs exist only for the group in flight,
+    as 82 channels on the scattering grid and, once the network projected them there, as its few hidden
+    channels on the pixels.
     """
     reporter = StageReporter("model", count_tiles(plan), progress, cancel)
     fused = np.zeros(lr.shape, dtype=np.float32)
@@ -129,10 +130,12 @@ def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, referen
                 group["lr"] = with_neighbours(oriented["lr"], first, group["lr"].shape[0], context)
             if texture is not None:
                 paired = texture.mode == "paired"
-                group["texture"] = texture.features(
+                features = texture.features(
                     group["lr"][:, 0], plane_factors(plan, axes),
                     group["reference"][:, 0] if paired else None, group["reference_mask"][:, 0] if paired else None)
-                confidence[first:first + plan.batch_size] = group["texture"][:, -1]
+                group["texture"], confidence[first:first + plan.batch_size] = texture.place(
+                    features, (height, width), network.texture.project)
+                del features
             count = group["lr"].shape[0]
             for batch in _batched(_tiles(count, height, width, plan.tile), plan.batch_size):
                 tensors = {name: torch.from_numpy(np.stack([x[s, :, r:r + tile_h, c:c + tile_w] for s, r, c in batch]))

@@ -102,6 +102,12 @@ class Scattering:
         padded_h, padded_w = compute_padding(height, width, self.J)
         return (padded_h - height) // 2, (padded_w - width) // 2
 
+    def output_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The coefficients' grid for `height` × `width` images (the padded size / 2^J, less the border)."""
+        _, compute_padding = import_kymatio_filter_bank()
+        padded_h, padded_w = compute_padding(height, width, self.J)
+        return padded_h // 2 ** self.J - 2, padded_w // 2 ** self.J - 2
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 3:
             raise ValueError(f"scattering takes (B, H, W) images, not shape {tuple(images.shape)}")

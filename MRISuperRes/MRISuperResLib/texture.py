@@ -293,25 +293,37 @@ class TextureSource:
                 self.bank(pair)
 
     def features(self, lr_slices: np.ndarray, factors: tuple[float, float],
-                 reference_slices: np.ndarray | None = None, mask_slices: np.ndarray | None = None) -> np.ndarray:
-        """Texture inputs (G, 82, H, W) for pre-interpolated slices (G, H, W) blurred by `factors` (rows,
-        columns); paired mode also takes the reference and its mask on the same slices."""
-        texture = np.zeros((lr_slices.shape[0], TEXTURE_CHANNELS + 1) + lr_slices.shape[1:], dtype=np.float32)
-        # Slices with nothing above the foreground level get confidence 0 everywhere, and the networks see
-        # texture only through the confidence: zeros are exactly what they would get, without the work.
-        active = np.flatnonzero(lr_slices.reshape(lr_slices.shape[0], -1).max(axis=1) > FOREGROUND_LEVEL)
-        if active.size == 0:
+                 reference_slices: np.ndarray | None = None, mask_slices: np.ndarray | None = None) -> torch.Tensor:
+        """Texture inputs (G, 82, h, w) on the scattering grid (¼ resolution) of pre-interpolated slices
+        (G, H, W) blurred by `factors` (rows, columns): swapped features and confidence; paired mode also
+        takes the reference and its mask on the same slices. The networks project them there, before they
+        are placed on pixels (`place`), so that 82 full-resolution channels never exist."""
+        lr = torch.from_numpy(np.ascontiguousarray(lr_slices, dtype=np.float32)).to(self.device)
+        height, width = self.scattering.output_shape(*lr.shape[-2:])
+        texture = lr.new_zeros((lr.shape[0], TEXTURE_CHANNELS + 1, height, width))
+        # Slices with nothing above the foreground level get zeros (confidence 0 everywhere): exactly what
+        # matching would give them, without the work.
+        active = torch.from_numpy(np.flatnonzero(lr_slices.reshape(lr_slices.shape[0], -1).max(axis=1)
+                                                 > FOREGROUND_LEVEL)).to(self.device)
+        if active.numel() == 0:
             return texture
         with torch.inference_mode():
-            lr = torch.from_numpy(np.ascontiguousarray(lr_slices[active], dtype=np.float32)).to(self.device)
-            query = self.scattering(lr)
+            query = self.scattering(lr[active])
             if self.mode == "paired":
-                sharp_image = torch.from_numpy(np.ascontiguousarray(reference_slices[active] * mask_slices[active],
-                                                                    dtype=np.float32)).to(self.device)
+                sharp_image = torch.from_numpy(np.ascontiguousarray(reference_slices * mask_slices, dtype=np.float32)
+                                               ).to(self.device)[active]
                 blurred = self.scattering(blur_like_input(sharp_image, factors))
                 swapped, confidence = match_window(query, blurred, self.scattering(sharp_image), self.settings.window)
             else:
                 swapped, confidence = match_bank(query, self.bank(factors), self.settings.memory_bytes)
-            texture[active] = upsample_features(torch.cat([swapped, confidence], 1), lr.shape[-2:],
-                                                self.scattering).cpu().numpy()
+            texture[active] = torch.cat([swapped, confidence], 1)
         return texture
+
+    def place(self, texture: torch.Tensor, image_shape: tuple[int, int], project
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """`features`' output for slices of `image_shape` → (the network's projection of it on the pixels,
+        (G, hidden, H, W); the confidence on the pixels, (G, H, W))."""
+        with torch.inference_mode():
+            projected = upsample_features(project(texture), image_shape, self.scattering)
+            confidence = upsample_features(texture[:, -1:], image_shape, self.scattering)[:, 0]
+        return projected.cpu().numpy(), confidence.cpu().numpy()

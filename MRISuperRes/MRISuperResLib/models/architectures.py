@@ -7,7 +7,8 @@ reference branch is a separate feature extractor whose features join the target'
 (the fusion the progressive multi-contrast paper finds better than stacking input channels). A blank
 reference with a zero mask means "no reference". Networks built with `texture_transfer=True` also take
 `texture`: the swapped scattering features and the match confidence of `MRISuperResLib.texture`
-(81 + 1 channels on the slice's pixels), joined to the first layer's features through `TextureBranch`.
+(81 + 1 channels on the scattering grid), projected by `TextureBranch.project`, placed on the slice's
+pixels, and joined to the first layer's features through `TextureBranch`.
 """
 
 from __future__ import annotations
@@ -79,28 +80,39 @@ TEXTURE_GAIN = 100.0
 class TextureBranch(nn.Module):
     """Swapped texture features gated by the confidence of their match, projected into an early layer.
 
-    The projection (1×1 to `hidden`, ReLU, 1×1 to the layer's width: the features already describe 3 × 3
-    patches of scattering coefficients, 12 × 12 pixels, so it needs no spatial kernel) is added to the layer's
-    pre-activation, which is the same as concatenating its hidden features to the layer's input.
-    Its last convolution starts at zero, so a texture-transfer network starts as its backbone: it can be
-    initialised from the backbone's trained weights and fine-tuned. Without texture (`None`), the branch
-    sees zeros, as in training when no reference is given.
+    Two halves, because the swapped features live on the scattering grid (¼ resolution) and the network
+    on pixels: `project` gates them and applies the (linear) 1 × 1 reduction to `hidden` channels on that
+    grid; the caller places the result on the slice's pixels (`texture.upsample_features`: bilinear, which
+    commutes with a 1 × 1 convolution); `forward` takes the placed map on the layer's grid (the unshuffled
+    networks average it onto theirs first) and expands it (ReLU, 1 × 1) to the layer's width. The
+    features already describe 3 × 3 patches of scattering coefficients (12 × 12 pixels), so no spatial
+    kernel is needed. Its output is added to the layer's pre-activation, which is the same as concatenating
+    its hidden features to the layer's input. Its last convolution starts at zero, so a texture-transfer
+    network starts as its backbone: it can be initialised from the backbone's trained weights and
+    fine-tuned. Without texture (`None`), the branch sees what zero texture gives, as in training when no
+    reference is given.
     """
 
     def __init__(self, features: int, hidden: int = 16) -> None:
         super().__init__()
+        self.hidden = hidden
         self.reduce = nn.Conv2d(TEXTURE_INPUT_CHANNELS, hidden, 1)
         self.expand = nn.Conv2d(hidden, features, 1)
         nn.init.zeros_(self.expand.weight)
         nn.init.zeros_(self.expand.bias)
 
-    def forward(self, texture: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-        if texture is None:
-            # A constant (zero) input gives a constant output: compute it on one pixel.
-            texture = torch.zeros((1, TEXTURE_INPUT_CHANNELS, 1, 1), dtype=like.dtype, device=like.device)
+    def project(self, texture: torch.Tensor) -> torch.Tensor:
+        """(B, 82, h, w) swapped features and confidence on the scattering grid → (B, hidden, h, w)."""
         swapped, confidence = texture[:, :-1], texture[:, -1:]
-        gated = torch.cat([torch.log1p(TEXTURE_GAIN * swapped.clamp(min=0)) * confidence, confidence], dim=1)
-        return self.expand(torch.relu(self.reduce(gated)))
+        return self.reduce(torch.cat([torch.log1p(TEXTURE_GAIN * swapped.clamp(min=0)) * confidence, confidence], 1))
+
+    def forward(self, projected: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """`projected`: `project`'s output placed on the positions of `like`'s grid."""
+        if projected is None:
+            # No texture projects to a constant: compute it on one position.
+            projected = self.project(torch.zeros((1, TEXTURE_INPUT_CHANNELS, 1, 1), dtype=like.dtype,
+                                                 device=like.device))
+        return self.expand(torch.relu(projected))
 
 
 def _texture_branch(features: int, texture_transfer: bool) -> TextureBranch | None:

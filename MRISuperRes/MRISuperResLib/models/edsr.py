@@ -11,6 +11,10 @@ replication and cropped back.
 2.5D context: `context` neighbouring slices on each side of the same plane come as extra input channels
 (`lr` is then (B, 1 + 2 · context, H, W), the slice itself first). In the planes that hold a thick axis,
 those neighbours lie along a truly high-resolution axis, so they carry real detail.
+
+Texture transfer (`texture_transfer=True`, the design papers' method on this backbone): the projected,
+placed texture map (`architectures.TextureBranch`) is averaged over each 2 × 2 block onto the unshuffled
+grid and added to the head's features, the "initial layer" the paper concatenates swapped features to.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architectures import _reference_input, register_architecture, unshuffled
+from .architectures import _reference_input, _texture_branch, register_architecture, unshuffled
 
 
 def _conv(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -39,18 +43,20 @@ class ResidualBlock(nn.Module):
 @register_architecture("edsr")
 class EDSR(nn.Module):
     def __init__(self, features: int = 64, blocks: int = 6, context: int = 1, use_reference: bool = False,
-                 unshuffle: int = 2) -> None:
+                 unshuffle: int = 2, texture_transfer: bool = False) -> None:
         super().__init__()
         self.context, self.use_reference, self.unshuffle = context, use_reference, unshuffle
         in_channels = 1 + 2 * context + (2 if use_reference else 0)
         self.head = _conv(in_channels * unshuffle ** 2, features)
         self.body = nn.Sequential(*[ResidualBlock(features) for _ in range(blocks)], _conv(features, features))
         self.tail = _conv(features, unshuffle ** 2)
+        self.texture = _texture_branch(features, texture_transfer)
 
     @property
     def macs_per_output_pixel(self) -> int:
         convolutions = [m for m in self.modules() if isinstance(m, nn.Conv2d)]
-        return sum(m.in_channels * m.out_channels * 9 for m in convolutions) // self.unshuffle ** 2
+        return sum(m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1]
+                   for m in convolutions) // self.unshuffle ** 2
 
     def forward(self, lr: torch.Tensor, reference: torch.Tensor | None = None,
                 reference_mask: torch.Tensor | None = None, texture: torch.Tensor | None = None) -> torch.Tensor:
@@ -62,4 +68,8 @@ class EDSR(nn.Module):
             inputs.append(_reference_input(lr[:, :1], reference, reference_mask))
         down, up = unshuffled(*lr.shape[-2:], self.unshuffle)
         shallow = self.head(down(torch.cat(inputs, dim=1)))
+        if self.texture is not None:
+            if texture is not None:
+                texture = down(texture).unflatten(1, (-1, self.unshuffle ** 2)).mean(2)
+            shallow = shallow + self.texture(texture, shallow)
         return lr[:, :1] + up(self.tail(self.body(shallow) + shallow))

@@ -32,7 +32,7 @@ from .adversarial import AdversarialSettings, Critic, critic_loss, generator_los
 from .config import TrainingConfig
 from .losses import CompositeLoss
 from .pairs import Degradations, cut_patches, degrade_instance, load_scans
-from .texture_inputs import texture_inputs
+from .texture_inputs import placed_texture, texture_inputs
 
 
 def split_batch(batch: torch.Tensor, context: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -118,9 +118,10 @@ def psnr_gain(network: torch.nn.Module, validation: list[tuple[torch.Tensor, int
             outputs = {"cubic": lr[:, :1], "model_ref": network(lr, ref, mask, **extra),
                        "model_noref": network(lr, torch.zeros_like(ref), torch.zeros_like(mask), **extra)}
             if scattering is not None:
-                texture, _, _ = texture_inputs(lr, truth, ref, mask, factor, random.Random(0), scattering,
-                                               probabilities={"paired": 1.0, "bank": 0.0})
-                outputs["model_ref_texture"] = network(lr, ref, mask, texture)
+                texture, _ = texture_inputs(lr, truth, ref, mask, factor, random.Random(0), scattering,
+                                            probabilities={"paired": 1.0, "bank": 0.0})
+                outputs["model_ref_texture"] = network(lr, ref, mask,
+                                                       placed_texture(network, texture, lr.shape[-2:], scattering))
             for name, output in outputs.items():
                 errors.setdefault(name, []).append(((output - truth) ** 2).flatten())
     network.train()
@@ -266,10 +267,10 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
             output = model(lr, ref, mask)
             loss, parts = loss_fn(output, truth)
         else:
-            texture, swapped, has_texture = texture_inputs(lr, truth, ref, mask, factor, rng, scattering,
-                                                           probabilities=config.texture)
-            output = model(lr, ref, mask, texture)
-            loss, parts = loss_fn(output, truth, swapped, has_texture)
+            texture, has_texture = texture_inputs(lr, truth, ref, mask, factor, rng, scattering,
+                                                  probabilities=config.texture)
+            output = model(lr, ref, mask, placed_texture(network, texture, lr.shape[-2:], scattering))
+            loss, parts = loss_fn(output, truth, texture[:, :-1], has_texture)
         if critic is not None:
             # One critic step per generator step, then the generator's adversarial term (equations 3 and 8).
             critic_term = critic_loss(critic, truth, output, adversarial.gradient_penalty)

@@ -29,9 +29,9 @@ def _bank_from(truths: torch.Tensor, factor: float, scattering: Scattering, size
 def texture_inputs(lr: torch.Tensor, truth: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor,
                    factor: float, rng: random.Random, scattering: Scattering,
                    settings: MatchSettings = MatchSettings(), probabilities: dict | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, 1, H, W) patches → texture input (B, 82, H, W), swapped features (B, 81, h, w) and a (B,) flag
-    of the patches that got texture."""
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 1, H, W) patches → texture input (B, 82, h, w) on the scattering grid (swapped features and
+    confidence) and a (B,) flag of the patches that got texture."""
     p = {**DEFAULT_PROBABILITIES, **(probabilities or {})}
     b = lr.shape[0]
     with torch.no_grad():
@@ -57,6 +57,12 @@ def texture_inputs(lr: torch.Tensor, truth: torch.Tensor, reference: torch.Tenso
                 bank = _bank_from(truth[list(donors), 0], factor, scattering, settings.bank_size)
                 s, c = match_bank(query[wanted], bank, settings.memory_bytes)
                 swapped[wanted], confidence[wanted] = s, c
-        texture = upsample_features(torch.cat([swapped, confidence], 1), lr.shape[-2:], scattering)
         has_texture = torch.tensor([m != "none" for m in modes], device=lr.device)
-    return texture, swapped, has_texture
+    return torch.cat([swapped, confidence], 1), has_texture
+
+
+def placed_texture(network: torch.nn.Module, texture: torch.Tensor, image_shape: tuple[int, int],
+                   scattering: Scattering) -> torch.Tensor:
+    """The network's projection of `texture_inputs`' texture, placed on the patches' pixels (as inference
+    places it), with gradients for the projection."""
+    return upsample_features(network.texture.project(texture), image_shape, scattering)
