@@ -18,7 +18,8 @@ from MRISuperResLib.io import read_volume, write_volume
 from MRISuperResLib.models.architectures import build_architecture
 from MRISuperResLib.pipeline import superresolve_with_confidence
 from MRISuperResLib.scattering import Scattering
-from MRISuperResLib.texture import (MatchSettings, TextureSource, acquired_planes, build_bank, match_bank,
+from MRISuperResLib.texture import (MatchSettings, TextureSource, acquired_planes, build_bank, calibrate_confidence,
+                                    match_bank,
                                     match_window, upsample_features)
 
 LIB = Path(__file__).resolve().parents[1] / "MRISuperRes"
@@ -64,13 +65,25 @@ def test_window_matching_finds_a_shifted_reference_and_swaps_its_sharp_features(
     image = textured((64, 64))
     query = scattering(image[None])
     shifted = scattering(torch.roll(image, (8, -4), (0, 1))[None])  # 2 and -1 feature positions
-    swapped, confidence = match_window(query, shifted, shifted, radius=3)
+    swapped, confidence, margin = match_window(query, shifted, shifted, radius=3)
     interior = (slice(None), slice(None), slice(4, -4), slice(4, -4))
     assert torch.allclose(swapped[interior], query[interior], atol=1e-4)
     assert confidence[interior].min() > 0.99  # not 1: the roll wraps around, scattering pads by reflection
     unrelated = scattering(textured((64, 64), seed=5)[None])
-    _, poor = match_window(query, unrelated, unrelated, radius=3)
+    _, poor, poor_margin = match_window(query, unrelated, unrelated, radius=3)
     assert poor[interior].mean() < 0.8 * confidence[interior].mean()
+    # The true match stands out of its window; a match in an unrelated image less so.
+    assert margin[interior].mean() > 1.5 * poor_margin[interior].mean()
+
+
+def test_calibrated_confidence_is_a_monotone_probability_and_keeps_background_at_zero():
+    margins = torch.linspace(-0.5, 2.5, 301)
+    calibrated = calibrate_confidence(margins)
+    assert calibrated.min() >= 0 and calibrated.max() <= 1
+    assert (calibrated.diff() >= -1e-7).all()
+    assert (calibrated[margins <= 0] == 0).all()
+    knots = ((0.1, 0.2), (0.3, 0.6))
+    assert calibrate_confidence(torch.tensor([0.0, 0.05, 0.2, 0.9]), knots).tolist() == pytest.approx([0, 0.2, 0.4, 0.6])
 
 
 def test_bank_matching_in_chunks_equals_one_pass_and_finds_exact_patches():
@@ -83,6 +96,7 @@ def test_bank_matching_in_chunks_equals_one_pass_and_finds_exact_patches():
     # a wrong match would move features by the bank's value spread (order 1) and confidence by far more.
     torch.testing.assert_close(chunked[0], one_pass[0], rtol=0, atol=1e-5)
     torch.testing.assert_close(chunked[1], one_pass[1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(chunked[2], one_pass[2], rtol=0, atol=1e-5)
     # The query's own patches are in the bank: every match is exact, so the swapped features are the values.
     assert one_pass[1].min() > 0.999
     assert torch.allclose(one_pass[0], features[:1] * 2, atol=1e-4)
@@ -222,5 +236,5 @@ def test_texture_source_banks_are_built_once_per_blur():
     source = TextureSource.self_reference(lr, (2,), MatchSettings(bank_size=256, bank_slices=3))
     first = source.bank((4.0, 1.0))
     assert source.bank((4.0, 1.0)) is first and 0 < first.size <= 256
-    texture = source.features(lr[:2], (4.0, 1.0))
+    texture, margin = source.features(lr[:2], (4.0, 1.0))
     assert texture.shape == (2, 82) + source.scattering.output_shape(40, 48)

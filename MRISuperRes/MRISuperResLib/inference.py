@@ -130,12 +130,12 @@ def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, referen
                 group["lr"] = with_neighbours(oriented["lr"], first, group["lr"].shape[0], context)
             if texture is not None:
                 paired = texture.mode == "paired"
-                features = texture.features(
+                features, margins = texture.features(
                     group["lr"][:, 0], plane_factors(plan, axes),
                     group["reference"][:, 0] if paired else None, group["reference_mask"][:, 0] if paired else None)
                 group["texture"], confidence[first:first + plan.batch_size] = texture.place(
-                    features, (height, width), network.texture.project)
-                del features
+                    features, margins, (height, width), network.texture.project)
+                del features, margins
             count = group["lr"].shape[0]
             for batch in _batched(_tiles(count, height, width, plan.tile), plan.batch_size):
                 tensors = {name: torch.from_numpy(np.stack([x[s, :, r:r + tile_h, c:c + tile_w] for s, r, c in batch]))

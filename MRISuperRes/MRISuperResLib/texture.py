@@ -47,12 +47,32 @@ TEXTURE_CHANNELS = 81
 FOREGROUND_LEVEL = 0.05
 
 
+# The confidence map a run writes: the probability that a match is the true patch, as a function of the
+# match's margin (its score less the mean score of its candidates: the raw score itself is high in flat
+# regions, where every candidate matches and the best is arbitrary), measured on paired train/ data where
+# the truth is known (the same place); piecewise linear between these (margin, probability) knots, made
+# by scripts/calibrate_texture_confidence.py, whose picture shows the curve on val/. The networks take
+# the raw score.
+CONFIDENCE_CALIBRATION: tuple[tuple[float, float], ...] = ((0.0, 0.0), (1.0, 1.0))
+
+
 @dataclass(frozen=True)
 class MatchSettings:
     window: int = 4
     bank_size: int = 1024
     bank_slices: int = 6
     memory_bytes: int = 64 << 20
+
+
+def calibrate_confidence(scores: torch.Tensor, knots=CONFIDENCE_CALIBRATION) -> torch.Tensor:
+    """Raw match scores → calibrated confidence (piecewise linear through `knots`, flat beyond them);
+    a score of 0 (background, nothing matched) stays 0."""
+    x = torch.tensor([k[0] for k in knots], dtype=scores.dtype, device=scores.device)
+    y = torch.tensor([k[1] for k in knots], dtype=scores.dtype, device=scores.device)
+    index = torch.searchsorted(x, scores.contiguous()).clamp(1, len(knots) - 1)
+    x0, x1, y0, y1 = x[index - 1], x[index], y[index - 1], y[index]
+    t = ((scores - x0) / (x1 - x0).clamp(min=1e-12)).clamp(0, 1)
+    return torch.where(scores > 0, y0 + t * (y1 - y0), torch.zeros_like(scores))
 
 
 def blur_like_input(slices: torch.Tensor, factors: tuple[float, float]) -> torch.Tensor:
@@ -97,13 +117,12 @@ def _shift(x: torch.Tensor, dy: int, dx: int, radius: int) -> torch.Tensor:
     return x[..., radius + dy:radius + dy + h, radius + dx:radius + dx + w]
 
 
-def match_window(query: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor,
-                 radius: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paired matching: for every position of `query` (B, C, h, w), the 3 × 3 patch of `blurred` (same
-    slice) within ±`radius` positions with the highest cosine similarity; returns the swapped patches of
-    `sharp` (B, C, h, w) with overlaps averaged, and the best similarity (B, 1, h, w), 0 on background."""
+def best_window_offsets(query: torch.Tensor, blurred: torch.Tensor, radius: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For every position of `query` (B, C, h, w), the 3 × 3 patch of `blurred` (same slice) within
+    ±`radius` positions with the highest cosine similarity of standardised features: (its score, its row
+    offset, its column offset, its margin over the mean score of the window), each (B, 1, h, w)."""
     eps = 1e-12
-    foreground = query[:, :1] > FOREGROUND_LEVEL
     statistics = FeatureStatistics.of(blurred)
     query, blurred = statistics.standardise(query), statistics.standardise(blurred)
     query_energy = _box3(query.pow(2).sum(1, keepdim=True))
@@ -114,16 +133,31 @@ def match_window(query: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor
     best = torch.full_like(query_energy, -1.0)
     best_dy = torch.zeros_like(query_energy, dtype=torch.long)
     best_dx = torch.zeros_like(best_dy)
+    total, candidates = torch.zeros_like(query_energy), torch.zeros_like(query_energy)
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
             dot = _box3((query * _shift(padded, dy, dx, radius)).sum(1, keepdim=True))
             score = dot / (query_energy * _shift(padded_energy, dy, dx, radius) + eps).sqrt()
-            better = (score > best) & (_shift(padded_inside, dy, dx, radius) > 0)
+            inside = _shift(padded_inside, dy, dx, radius)
+            better = (score > best) & (inside > 0)
+            total += score * inside
+            candidates += inside
             best = torch.where(better, score, best)
             best_dy = torch.where(better, dy, best_dy)
             best_dx = torch.where(better, dx, best_dx)
-    confidence = best.clamp(min=0.0) * foreground
-    return _place_window_patches(sharp, best_dy[:, 0], best_dx[:, 0], radius), confidence
+    return best, best_dy, best_dx, best - total / candidates
+
+
+def match_window(query: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor,
+                 radius: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Paired matching: for every position of `query` (B, C, h, w), the 3 × 3 patch of `blurred` (same
+    slice) within ±`radius` positions with the highest cosine similarity; returns the swapped patches of
+    `sharp` (B, C, h, w) with overlaps averaged, the best similarity (B, 1, h, w) and its margin over the
+    window's mean similarity (how distinct the match is), both 0 on background."""
+    best, best_dy, best_dx, margin = best_window_offsets(query, blurred, radius)
+    foreground = query[:, :1] > FOREGROUND_LEVEL
+    return (_place_window_patches(sharp, best_dy[:, 0], best_dx[:, 0], radius), best.clamp(min=0.0) * foreground,
+            margin.clamp(min=0.0) * foreground)
 
 
 def _place_window_patches(sharp: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, radius: int) -> torch.Tensor:
@@ -184,12 +218,15 @@ def build_bank(blurred: list[torch.Tensor], sharp: list[torch.Tensor], max_patch
     return PatchBank(F.normalize(keys, dim=1), values.contiguous(), statistics)
 
 
-def match_bank(query: torch.Tensor, bank: PatchBank, memory_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def match_bank(query: torch.Tensor, bank: PatchBank, memory_bytes: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Unpaired / self matching of every foreground 3 × 3 patch of `query` (B, C, h, w) against the whole
     bank, in chunks whose similarity matrix stays within `memory_bytes`; returns swapped features with
-    overlaps averaged and the best cosine similarity (0 on background and with an empty bank)."""
+    overlaps averaged, the best cosine similarity and its margin over the mean similarity to the bank
+    (0 on background and with an empty bank)."""
     b, c, h, w = query.shape
     confidence = torch.zeros((b, h * w), dtype=query.dtype, device=query.device)
+    margin = torch.zeros_like(confidence)
     matched = torch.zeros((b, h * w, 9 * c), dtype=query.dtype, device=query.device)
     if bank.size:
         patches = F.unfold(bank.statistics.standardise(query), 3, padding=1).transpose(1, 2)  # (B, h·w, 9C)
@@ -201,12 +238,13 @@ def match_bank(query: torch.Tensor, bank: PatchBank, memory_bytes: int) -> tuple
                 where = positions[start:start + chunk]
                 similarity = F.normalize(patches[item, where], dim=1) @ bank.keys.T
                 score, index = similarity.max(dim=1)
+                margin[item, where] = (score - similarity.mean(dim=1)).clamp(min=0.0)
                 del similarity
                 confidence[item, where] = score.clamp(min=0.0)
                 matched[item, where] = bank.values[index]
     weights = F.fold(torch.ones((1, 9, h * w), dtype=query.dtype, device=query.device), (h, w), 3, padding=1)
     swapped = F.fold(matched.transpose(1, 2), (h, w), 3, padding=1) / weights
-    return swapped, confidence.view(b, 1, h, w)
+    return swapped, confidence.view(b, 1, h, w), margin.view(b, 1, h, w)
 
 
 def upsample_features(features: torch.Tensor, image_shape: tuple[int, int], scattering: Scattering) -> torch.Tensor:
@@ -293,37 +331,41 @@ class TextureSource:
                 self.bank(pair)
 
     def features(self, lr_slices: np.ndarray, factors: tuple[float, float],
-                 reference_slices: np.ndarray | None = None, mask_slices: np.ndarray | None = None) -> torch.Tensor:
+                 reference_slices: np.ndarray | None = None, mask_slices: np.ndarray | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Texture inputs (G, 82, h, w) on the scattering grid (¼ resolution) of pre-interpolated slices
-        (G, H, W) blurred by `factors` (rows, columns): swapped features and confidence; paired mode also
-        takes the reference and its mask on the same slices. The networks project them there, before they
-        are placed on pixels (`place`), so that 82 full-resolution channels never exist."""
+        (G, H, W) blurred by `factors` (rows, columns): swapped features and raw match score; and the
+        matches' margins (G, 1, h, w), which the confidence map is calibrated from. Paired mode also takes
+        the reference and its mask on the same slices. The networks project the inputs on this grid, before
+        they are placed on pixels (`place`), so that 82 full-resolution channels never exist."""
         lr = torch.from_numpy(np.ascontiguousarray(lr_slices, dtype=np.float32)).to(self.device)
         height, width = self.scattering.output_shape(*lr.shape[-2:])
         texture = lr.new_zeros((lr.shape[0], TEXTURE_CHANNELS + 1, height, width))
+        margin = lr.new_zeros((lr.shape[0], 1, height, width))
         # Slices with nothing above the foreground level get zeros (confidence 0 everywhere): exactly what
         # matching would give them, without the work.
         active = torch.from_numpy(np.flatnonzero(lr_slices.reshape(lr_slices.shape[0], -1).max(axis=1)
                                                  > FOREGROUND_LEVEL)).to(self.device)
         if active.numel() == 0:
-            return texture
+            return texture, margin
         with torch.inference_mode():
             query = self.scattering(lr[active])
             if self.mode == "paired":
                 sharp_image = torch.from_numpy(np.ascontiguousarray(reference_slices * mask_slices, dtype=np.float32)
                                                ).to(self.device)[active]
                 blurred = self.scattering(blur_like_input(sharp_image, factors))
-                swapped, confidence = match_window(query, blurred, self.scattering(sharp_image), self.settings.window)
+                swapped, score, margin[active] = match_window(query, blurred, self.scattering(sharp_image),
+                                                              self.settings.window)
             else:
-                swapped, confidence = match_bank(query, self.bank(factors), self.settings.memory_bytes)
-            texture[active] = torch.cat([swapped, confidence], 1)
-        return texture
+                swapped, score, margin[active] = match_bank(query, self.bank(factors), self.settings.memory_bytes)
+            texture[active] = torch.cat([swapped, score], 1)
+        return texture, margin
 
-    def place(self, texture: torch.Tensor, image_shape: tuple[int, int], project
+    def place(self, texture: torch.Tensor, margin: torch.Tensor, image_shape: tuple[int, int], project
               ) -> tuple[np.ndarray, np.ndarray]:
-        """`features`' output for slices of `image_shape` → (the network's projection of it on the pixels,
-        (G, hidden, H, W); the confidence on the pixels, (G, H, W))."""
+        """`features`' outputs for slices of `image_shape` → (the network's projection of the texture on the
+        pixels, (G, hidden, H, W); the calibrated confidence on the pixels, (G, H, W))."""
         with torch.inference_mode():
             projected = upsample_features(project(texture), image_shape, self.scattering)
-            confidence = upsample_features(texture[:, -1:], image_shape, self.scattering)[:, 0]
+            confidence = upsample_features(calibrate_confidence(margin), image_shape, self.scattering)[:, 0]
         return projected.cpu().numpy(), confidence.cpu().numpy()

@@ -47,7 +47,7 @@ def texture_inputs(lr: torch.Tensor, truth: torch.Tensor, reference: torch.Tenso
         paired = [i for i, m in enumerate(modes) if m == "paired"]
         if paired:
             sharp = reference[paired, 0]
-            s, c = match_window(query[paired], scattering(blur_like_input(sharp, (factor, 1))), scattering(sharp),
+            s, c, _ = match_window(query[paired], scattering(blur_like_input(sharp, (factor, 1))), scattering(sharp),
                                 settings.window)
             swapped[paired], confidence[paired] = s, c * (query[paired, :1] > FOREGROUND_LEVEL)
         half = b // 2
@@ -55,7 +55,7 @@ def texture_inputs(lr: torch.Tensor, truth: torch.Tensor, reference: torch.Tenso
             wanted = [i for i in queries if modes[i] == "bank"]
             if wanted:
                 bank = _bank_from(truth[list(donors), 0], factor, scattering, settings.bank_size)
-                s, c = match_bank(query[wanted], bank, settings.memory_bytes)
+                s, c, _ = match_bank(query[wanted], bank, settings.memory_bytes)
                 swapped[wanted], confidence[wanted] = s, c
         has_texture = torch.tensor([m != "none" for m in modes], device=lr.device)
     return torch.cat([swapped, confidence], 1), has_texture

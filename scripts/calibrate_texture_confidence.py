@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""How good are texture transfer's paired matches, and what does their score mean?
+
+On paired data (a subject's other contrast, registered to the target) the true match of every feature
+patch is the one at the same place (offset 0). For 128-pixel patches of thick-slice inputs (factors 2-6)
+this script measures, over foreground feature positions:
+
+- how often the best-scoring patch within the window is the true one (and within one feature pixel of it);
+- the reliability of the raw score (the cosine similarity of standardised scattering patches) and of
+  the margin (the score less the mean score of the window's candidates) as a probability that the match
+  is the true one, per bin;
+- a monotone mapping from margin to that probability, fitted on train/ subjects (pooled adjacent
+  violators), checked on val/: `texture.CONFIDENCE_CALIBRATION` holds its knots, and the confidence map
+  a run writes is the calibrated one (the networks keep the raw score as input).
+
+    python scripts/calibrate_texture_confidence.py --output Resources
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import _paths  # noqa: F401
+from MRISuperResLib.devices import set_threads
+from MRISuperResLib.scattering import Scattering
+from MRISuperResLib.texture import (CONFIDENCE_CALIBRATION, FOREGROUND_LEVEL, MatchSettings, best_window_offsets,
+                                    blur_like_input, calibrate_confidence)
+from MRISuperResLib.training.config import TrainingConfig
+from MRISuperResLib.training.loop import fixed_validation_set, split_batch
+from MRISuperResLib.training.pairs import load_scans
+
+REPO = Path(__file__).resolve().parents[1]
+BINS = 12
+
+
+def matches(scans, config: TrainingConfig, seed: int, scattering: Scattering, radius: int) -> dict[int, dict]:
+    """Per thick-slice factor: the raw scores and margins of foreground positions and whether each match
+    is exact / within one feature pixel of the truth."""
+    found: dict[int, dict] = {}
+    for patches, factor in fixed_validation_set(scans, config, seed):
+        lr, _, reference, mask = split_batch(patches, config.context)
+        paired = mask[:, 0].flatten(1).mean(1) > 0.99
+        if not paired.any():
+            continue
+        lr, reference = lr[paired, :1], reference[paired] * mask[paired]
+        with torch.inference_mode():
+            query = scattering(lr[:, 0])
+            blurred = scattering(blur_like_input(reference[:, 0], (factor, 1)))
+            score, dy, dx, margin = best_window_offsets(query, blurred, radius)
+        foreground = query[:, :1] > FOREGROUND_LEVEL
+        entry = found.setdefault(factor, {"score": [], "margin": [], "exact": [], "near": []})
+        entry["score"].append(score[foreground].numpy())
+        entry["margin"].append(margin[foreground].numpy())
+        entry["exact"].append(((dy == 0) & (dx == 0))[foreground].numpy())
+        entry["near"].append(((dy.abs() <= 1) & (dx.abs() <= 1))[foreground].numpy())
+    return {f: {k: np.concatenate(v) for k, v in e.items()} for f, e in sorted(found.items())}
+
+
+def pooled(found: dict[int, dict]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([e[k] for e in found.values()]) for k in ("score", "margin", "exact", "near")}
+
+
+def reliability(score: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> list[dict]:
+    rows = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (score >= low) & (score <= high)
+        if inside.sum() >= 20:
+            rows.append({"low": float(low), "high": float(high), "count": int(inside.sum()),
+                         "mean_score": float(score[inside].mean()), "accuracy": float(correct[inside].mean())})
+    return rows
+
+
+def fit_monotone(rows: list[dict]) -> list[tuple[float, float]]:
+    """Pooled adjacent violators over the bins (weighted by count): a non-decreasing accuracy per bin."""
+    blocks = [[r["mean_score"] * r["count"], r["accuracy"] * r["count"], r["count"]] for r in rows]
+    merged: list[list[float]] = []
+    for block in blocks:
+        merged.append(block)
+        while len(merged) > 1 and merged[-2][1] / merged[-2][2] > merged[-1][1] / merged[-1][2]:
+            last = merged.pop()
+            merged[-1] = [a + b for a, b in zip(merged[-1], last)]
+    return [(round(s / n, 4), round(a / n, 4)) for s, a, n in merged]
+
+
+def expected_calibration_error(probability: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> float:
+    total = 0.0
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (probability >= low) & (probability < high if high < 1 else probability <= high)
+        if inside.any():
+            total += inside.sum() * abs(probability[inside].mean() - correct[inside].mean())
+    return float(total / probability.size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(REPO / "scripts/configs/edsr-tt.yaml"),
+                        help="training config whose train/ and val/ pairs are used")
+    parser.add_argument("--data", default=str(REPO.parent / "shared/data"))
+    parser.add_argument("--patch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", default=str(REPO / "Resources"))
+    args = parser.parse_args()
+    set_threads(args.threads)
+    config = TrainingConfig.from_yaml(Path(args.config))
+    config.patch_size = args.patch_size
+    scattering, radius = Scattering(), MatchSettings().window
+    train_specs = [s for s in config.pair_specs("train") if s.reference]
+    fit = pooled(matches(load_scans(Path(args.data), train_specs), config, 1, scattering, radius))
+    edges = np.quantile(fit["margin"], np.linspace(0, 1, BINS + 1))
+    knots = fit_monotone(reliability(fit["margin"], fit["exact"], edges))
+    score_edges = np.quantile(fit["score"], np.linspace(0, 1, BINS + 1))
+    check_by_factor = matches(load_scans(Path(args.data), config.pair_specs("val")), config, 2, scattering, radius)
+    check = pooled(check_by_factor)
+    probability_edges = np.linspace(0, 1, 11)
+    calibrated = calibrate_confidence(torch.from_numpy(check["margin"].clip(min=0)), knots).numpy()
+    report = {
+        "fitted_on": "train/ pairs with a reference", "checked_on": "val/",
+        "knots": knots, "knots_in_use": [list(k) for k in CONFIDENCE_CALIBRATION],
+        "train": {"positions": int(fit["score"].size), "exact": float(fit["exact"].mean()),
+                  "within_one": float(fit["near"].mean())},
+        "val": {str(f): {"positions": int(e["score"].size), "exact": float(e["exact"].mean()),
+                         "within_one": float(e["near"].mean()), "mean_score": float(e["score"].mean()),
+                         "ece_calibrated": expected_calibration_error(
+                             calibrate_confidence(torch.from_numpy(e["margin"].clip(min=0)), knots).numpy(),
+                             e["exact"], np.linspace(0, 1, 11))}
+                for f, e in check_by_factor.items()},
+        "val_reliability_raw": reliability(check["score"], check["exact"], score_edges),
+        "val_reliability_margin": reliability(check["margin"], check["exact"], edges),
+        "val_reliability_calibrated": reliability(calibrated, check["exact"], probability_edges),
+        "val_ece_raw": expected_calibration_error(check["score"].clip(0, 1), check["exact"], probability_edges),
+        "val_ece_calibrated": expected_calibration_error(calibrated, check["exact"], probability_edges),
+    }
+    output = Path(args.output)
+    (output / "texture_confidence_calibration.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: v for k, v in report.items() if not k.startswith("val_reliability")}, indent=1))
+    picture(report, output / "texture_confidence_calibration.png")
+
+
+def picture(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 4.2))
+    for key, label, style in (("val_reliability_raw", "raw cosine score", "o--"),
+                              ("val_reliability_calibrated", "calibrated confidence (the map)", "s-")):
+        rows = report[key]
+        axis.plot([r["mean_score"] for r in rows], [r["accuracy"] for r in rows], style, label=label)
+    axis.plot([0, 1], [0, 1], color="grey", linewidth=0.8, label="perfect calibration")
+    axis.set_xlabel("confidence")
+    axis.set_ylabel("share of matches that are the true patch")
+    axis.set_title("Texture matches on val/ (paired, 2-6x thick)")
+    axis.set_xlim(0, 1), axis.set_ylim(0, 1)
+    axis.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
