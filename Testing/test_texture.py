@@ -78,12 +78,16 @@ def test_window_matching_finds_a_shifted_reference_and_swaps_its_sharp_features(
 
 def test_calibrated_confidence_is_a_monotone_probability_and_keeps_background_at_zero():
     margins = torch.linspace(-0.5, 2.5, 301)
-    calibrated = calibrate_confidence(margins)
-    assert calibrated.min() >= 0 and calibrated.max() <= 1
-    assert (calibrated.diff() >= -1e-7).all()
-    assert (calibrated[margins <= 0] == 0).all()
-    knots = ((0.1, 0.2), (0.3, 0.6))
-    assert calibrate_confidence(torch.tensor([0.0, 0.05, 0.2, 0.9]), knots).tolist() == pytest.approx([0, 0.2, 0.4, 0.6])
+    for factor in (1.0, 2.0, 3.5, 4.0, 7.0):
+        calibrated = calibrate_confidence(margins, factor)
+        assert calibrated.min() >= 0 and calibrated.max() <= 1
+        assert (calibrated.diff() >= -1e-7).all()
+        assert (calibrated[margins <= 0] == 0).all()
+    table = {2.0: ((0.1, 0.2), (0.3, 0.6)), 4.0: ((0.1, 0.0), (0.3, 0.2))}
+    probe = torch.tensor([0.0, 0.05, 0.2, 0.9])
+    assert calibrate_confidence(probe, 2.0, table).tolist() == pytest.approx([0, 0.2, 0.4, 0.6])
+    assert calibrate_confidence(probe, 3.0, table).tolist() == pytest.approx([0, 0.1, 0.25, 0.4])
+    assert calibrate_confidence(probe, 6.0, table).tolist() == pytest.approx([0, 0.0, 0.1, 0.2])
 
 
 def test_bank_matching_in_chunks_equals_one_pass_and_finds_exact_patches():

@@ -9,8 +9,8 @@ this script measures, over foreground feature positions:
 - the reliability of the raw score (the cosine similarity of standardised scattering patches) and of
   the margin (the score less the mean score of the window's candidates) as a probability that the match
   is the true one, per bin;
-- a monotone mapping from margin to that probability, fitted on train/ subjects (pooled adjacent
-  violators), checked on val/: `texture.CONFIDENCE_CALIBRATION` holds its knots, and the confidence map
+- a monotone mapping from margin to that probability per factor (2, 4, 6), fitted on train/ subjects
+  (pooled adjacent violators), checked on val/: `texture.CONFIDENCE_CALIBRATION` holds its knots, and the confidence map
   a run writes is the calibrated one (the networks keep the raw score as input).
 
     python scripts/calibrate_texture_confidence.py --output Resources
@@ -110,34 +110,41 @@ def main() -> None:
     config.patch_size = args.patch_size
     scattering, radius = Scattering(), MatchSettings().window
     train_specs = [s for s in config.pair_specs("train") if s.reference]
-    fit = pooled(matches(load_scans(Path(args.data), train_specs), config, 1, scattering, radius))
-    edges = np.quantile(fit["margin"], np.linspace(0, 1, BINS + 1))
-    knots = fit_monotone(reliability(fit["margin"], fit["exact"], edges))
-    score_edges = np.quantile(fit["score"], np.linspace(0, 1, BINS + 1))
+    fit_by_factor = matches(load_scans(Path(args.data), train_specs), config, 1, scattering, radius)
+    fit = pooled(fit_by_factor)
+    table, edges = {}, {}
+    for factor, found in fit_by_factor.items():
+        edges[factor] = np.quantile(found["margin"], np.linspace(0, 1, BINS + 1))
+        table[float(factor)] = fit_monotone(reliability(found["margin"], found["exact"], edges[factor]))
     check_by_factor = matches(load_scans(Path(args.data), config.pair_specs("val")), config, 2, scattering, radius)
-    check = pooled(check_by_factor)
     probability_edges = np.linspace(0, 1, 11)
-    calibrated = calibrate_confidence(torch.from_numpy(check["margin"].clip(min=0)), knots).numpy()
+
+    def calibrated(found: dict, factor: float) -> np.ndarray:
+        return calibrate_confidence(torch.from_numpy(found["margin"].clip(min=0)), factor, table).numpy()
+
     report = {
         "fitted_on": "train/ pairs with a reference", "checked_on": "val/",
-        "knots": knots, "knots_in_use": [list(k) for k in CONFIDENCE_CALIBRATION],
-        "train": {"positions": int(fit["score"].size), "exact": float(fit["exact"].mean()),
-                  "within_one": float(fit["near"].mean())},
+        "table": {str(f): k for f, k in table.items()},
+        "table_in_use": {str(f): [list(k) for k in knots] for f, knots in CONFIDENCE_CALIBRATION.items()},
+        "train": {str(f): {"positions": int(e["score"].size), "exact": float(e["exact"].mean()),
+                           "within_one": float(e["near"].mean())} for f, e in fit_by_factor.items()},
+        "train_pooled": {"exact": float(fit["exact"].mean()), "within_one": float(fit["near"].mean())},
         "val": {str(f): {"positions": int(e["score"].size), "exact": float(e["exact"].mean()),
                          "within_one": float(e["near"].mean()), "mean_score": float(e["score"].mean()),
-                         "ece_calibrated": expected_calibration_error(
-                             calibrate_confidence(torch.from_numpy(e["margin"].clip(min=0)), knots).numpy(),
-                             e["exact"], np.linspace(0, 1, 11))}
+                         "ece_raw_score": expected_calibration_error(e["score"].clip(0, 1), e["exact"],
+                                                                     probability_edges),
+                         "ece_calibrated": expected_calibration_error(calibrated(e, f), e["exact"],
+                                                                      probability_edges),
+                         "reliability_raw_score": reliability(e["score"], e["exact"],
+                                                              np.quantile(e["score"], np.linspace(0, 1, BINS + 1))),
+                         "reliability_calibrated": reliability(calibrated(e, f), e["exact"], probability_edges)}
                 for f, e in check_by_factor.items()},
-        "val_reliability_raw": reliability(check["score"], check["exact"], score_edges),
-        "val_reliability_margin": reliability(check["margin"], check["exact"], edges),
-        "val_reliability_calibrated": reliability(calibrated, check["exact"], probability_edges),
-        "val_ece_raw": expected_calibration_error(check["score"].clip(0, 1), check["exact"], probability_edges),
-        "val_ece_calibrated": expected_calibration_error(calibrated, check["exact"], probability_edges),
     }
     output = Path(args.output)
     (output / "texture_confidence_calibration.json").write_text(json.dumps(report, indent=1))
-    print(json.dumps({k: v for k, v in report.items() if not k.startswith("val_reliability")}, indent=1))
+    print(json.dumps({"table": report["table"], "train": report["train"],
+                      "val": {f: {k: v for k, v in e.items() if not k.startswith("reliability")}
+                              for f, e in report["val"].items()}}, indent=1))
     picture(report, output / "texture_confidence_calibration.png")
 
 
@@ -147,17 +154,19 @@ def picture(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(5, 4.2))
-    for key, label, style in (("val_reliability_raw", "raw cosine score", "o--"),
-                              ("val_reliability_calibrated", "calibrated confidence (the map)", "s-")):
-        rows = report[key]
-        axis.plot([r["mean_score"] for r in rows], [r["accuracy"] for r in rows], style, label=label)
+    figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    for (factor, found), colour in zip(report["val"].items(), ("tab:blue", "tab:orange", "tab:green")):
+        for key, style, label in (("reliability_raw_score", "o--", "raw score"),
+                                  ("reliability_calibrated", "s-", "calibrated (the map)")):
+            rows = found[key]
+            axis.plot([r["mean_score"] for r in rows], [r["accuracy"] for r in rows], style, color=colour,
+                      label=f"{factor}x thick, {label}", markersize=4)
     axis.plot([0, 1], [0, 1], color="grey", linewidth=0.8, label="perfect calibration")
     axis.set_xlabel("confidence")
     axis.set_ylabel("share of matches that are the true patch")
     axis.set_title("Texture matches on val/ (paired, 2-6x thick)")
     axis.set_xlim(0, 1), axis.set_ylim(0, 1)
-    axis.legend(loc="upper left", fontsize=8)
+    axis.legend(loc="upper left", fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 

@@ -4,7 +4,8 @@
 Per backbone: the reference-fusion model without a reference and with its paired reference, and the
 texture-transfer model fine-tuned from it with a paired reference (the subject's other contrast, also
 fed to the reference branch), an unpaired reference (another subject's scan: texture only) and self
-(no reference: texture from the input's own acquired planes). PSNR / SSIM over the foreground, as
+(no reference: texture from the input's own acquired planes). The networks alone (no self-check or
+adaptation, which texture models do not have). PSNR / SSIM over the foreground, as
 `scripts/evaluate.py` scores them. Rows are cached in `<output>/texture_ablation.jsonl`, so an
 interrupted run continues where it stopped.
 
@@ -28,7 +29,9 @@ from MRISuperResLib.metrics import score
 
 REPO = Path(__file__).resolve().parents[1]
 # (backbone, its texture-transfer model); srcnn-tt-l1 is srcnn-tt fine-tuned without the feature losses.
-PAIRS = [("srcnn-ref", "srcnn-tt"), ("srcnn-ref", "srcnn-tt-l1"), ("rfdn-ref", "rfdn-tt"), ("rcan-ref", "rcan-tt")]
+# edsr-tt-l1 is edsr-tt's training without the Gram texture loss.
+PAIRS = [("srcnn-ref", "srcnn-tt"), ("srcnn-ref", "srcnn-tt-l1"), ("rfdn-ref", "rfdn-tt"), ("rcan-ref", "rcan-tt"),
+         ("edsr-mixed", "edsr-tt"), ("edsr-mixed", "edsr-tt-l1")]
 # column: (which model of the pair, reference, reference mode)
 COLUMNS = {
     "no reference": (0, "none", None),
@@ -62,9 +65,10 @@ def run(data: Path, pairs, cases, factor: int, threads: int, cache: Path, pictur
             if (name, model, column) in finished and not wants_picture:
                 continue
             started = time.perf_counter()
+            # The networks alone: texture models have no self-check or adaptation, so neither has the backbone.
             result, confidence = superresolve_with_confidence(
                 low, references[reference], model=model, target_spacing=truth.spacing, threads=threads,
-                reference_mode=mode)
+                reference_mode=mode, self_check=False)
             truth_crop = crop_to(truth.array, result.array.shape)
             if wants_picture:
                 confidences[column] = (result.array, confidence.array)

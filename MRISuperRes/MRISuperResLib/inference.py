@@ -130,11 +130,12 @@ def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, referen
                 group["lr"] = with_neighbours(oriented["lr"], first, group["lr"].shape[0], context)
             if texture is not None:
                 paired = texture.mode == "paired"
+                factors = plane_factors(plan, axes)
                 features, margins = texture.features(
-                    group["lr"][:, 0], plane_factors(plan, axes),
+                    group["lr"][:, 0], factors,
                     group["reference"][:, 0] if paired else None, group["reference_mask"][:, 0] if paired else None)
                 group["texture"], confidence[first:first + plan.batch_size] = texture.place(
-                    features, margins, (height, width), network.texture.project)
+                    features, margins, factors, (height, width), network.texture.project)
                 del features, margins
             count = group["lr"].shape[0]
             for batch in _batched(_tiles(count, height, width, plan.tile), plan.batch_size):

@@ -66,7 +66,9 @@ TILE_OVERLAP = 16
 TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD = 6e-6
 TEXTURE_CUDA_SECONDS_PER_PIXEL = 5e-8
 TEXTURE_WORKING_BYTES = 320 * 2 ** 20
-TEXTURE_CHANNELS_IN_FLIGHT = 82
+# Per slice pixel in flight: the network's 16 projected channels placed on the pixels (per slice group and
+# per batch of tiles), the 82 matched channels living on the ¼-resolution grid (82 / 16 per pixel), rounded up.
+TEXTURE_CHANNELS_IN_FLIGHT = 22
 
 
 @dataclass(frozen=True)

@@ -49,11 +49,12 @@ FOREGROUND_LEVEL = 0.05
 
 # The confidence map a run writes: the probability that a match is the true patch, as a function of the
 # match's margin (its score less the mean score of its candidates: the raw score itself is high in flat
-# regions, where every candidate matches and the best is arbitrary), measured on paired train/ data where
-# the truth is known (the same place); piecewise linear between these (margin, probability) knots, made
-# by scripts/calibrate_texture_confidence.py, whose picture shows the curve on val/. The networks take
-# the raw score.
-CONFIDENCE_CALIBRATION: tuple[tuple[float, float], ...] = ((0.0, 0.0), (1.0, 1.0))
+# regions, where every candidate matches and the best is arbitrary) and of the input's blur factor (thicker
+# slices match far less often), measured on paired train/ data where the truth is known (the same place);
+# piecewise linear between these (margin, probability) knots per factor, linear between factors. Made by
+# scripts/calibrate_texture_confidence.py, whose picture shows the curves on val/. The networks take the
+# raw score.
+CONFIDENCE_CALIBRATION: dict[float, tuple[tuple[float, float], ...]] = {1.0: ((0.0, 0.0), (1.0, 1.0))}
 
 
 @dataclass(frozen=True)
@@ -64,15 +65,27 @@ class MatchSettings:
     memory_bytes: int = 64 << 20
 
 
-def calibrate_confidence(scores: torch.Tensor, knots=CONFIDENCE_CALIBRATION) -> torch.Tensor:
-    """Raw match scores → calibrated confidence (piecewise linear through `knots`, flat beyond them);
-    a score of 0 (background, nothing matched) stays 0."""
-    x = torch.tensor([k[0] for k in knots], dtype=scores.dtype, device=scores.device)
-    y = torch.tensor([k[1] for k in knots], dtype=scores.dtype, device=scores.device)
-    index = torch.searchsorted(x, scores.contiguous()).clamp(1, len(knots) - 1)
+def _piecewise_linear(values: torch.Tensor, knots) -> torch.Tensor:
+    x = torch.tensor([k[0] for k in knots], dtype=values.dtype, device=values.device)
+    y = torch.tensor([k[1] for k in knots], dtype=values.dtype, device=values.device)
+    if len(knots) == 1:
+        return y[0].expand_as(values)
+    index = torch.searchsorted(x, values.contiguous()).clamp(1, len(knots) - 1)
     x0, x1, y0, y1 = x[index - 1], x[index], y[index - 1], y[index]
-    t = ((scores - x0) / (x1 - x0).clamp(min=1e-12)).clamp(0, 1)
-    return torch.where(scores > 0, y0 + t * (y1 - y0), torch.zeros_like(scores))
+    return y0 + ((values - x0) / (x1 - x0).clamp(min=1e-12)).clamp(0, 1) * (y1 - y0)
+
+
+def calibrate_confidence(margins: torch.Tensor, factor: float, table=None) -> torch.Tensor:
+    """Match margins → calibrated confidence: piecewise linear through the knots of `table` (default
+    `CONFIDENCE_CALIBRATION`) for the factors on either side of `factor`, blended linearly between them,
+    flat beyond the ends; a margin of 0 (background, nothing matched) stays 0."""
+    table = CONFIDENCE_CALIBRATION if table is None else table
+    factors = sorted(table)
+    below = max([f for f in factors if f <= factor], default=factors[0])
+    above = min([f for f in factors if f >= factor], default=factors[-1])
+    weight = 0.0 if above == below else (factor - below) / (above - below)
+    values = (1 - weight) * _piecewise_linear(margins, table[below]) + weight * _piecewise_linear(margins, table[above])
+    return torch.where(margins > 0, values, torch.zeros_like(margins))
 
 
 def blur_like_input(slices: torch.Tensor, factors: tuple[float, float]) -> torch.Tensor:
@@ -361,11 +374,12 @@ class TextureSource:
             texture[active] = torch.cat([swapped, score], 1)
         return texture, margin
 
-    def place(self, texture: torch.Tensor, margin: torch.Tensor, image_shape: tuple[int, int], project
-              ) -> tuple[np.ndarray, np.ndarray]:
-        """`features`' outputs for slices of `image_shape` → (the network's projection of the texture on the
-        pixels, (G, hidden, H, W); the calibrated confidence on the pixels, (G, H, W))."""
+    def place(self, texture: torch.Tensor, margin: torch.Tensor, factors: tuple[float, float],
+              image_shape: tuple[int, int], project) -> tuple[np.ndarray, np.ndarray]:
+        """`features`' outputs for slices of `image_shape` blurred by `factors` → (the network's projection
+        of the texture on the pixels, (G, hidden, H, W); the calibrated confidence on the pixels, (G, H, W))."""
         with torch.inference_mode():
             projected = upsample_features(project(texture), image_shape, self.scattering)
-            confidence = upsample_features(calibrate_confidence(margin), image_shape, self.scattering)[:, 0]
+            calibrated = calibrate_confidence(margin, max(factors))
+            confidence = upsample_features(calibrated, image_shape, self.scattering)[:, 0]
         return projected.cpu().numpy(), confidence.cpu().numpy()
