@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -279,10 +282,55 @@ def check_new_output(path: str | os.PathLike, overwrite: bool = False, what: str
     return path
 
 
+STAGING_PREFIX = ".mrisuperres-"
+# A staging folder whose writer cannot be identified (another machine, an older version) is stale after this.
+STAGING_MAX_AGE_SECONDS = 24 * 3600
+
+
+def _process_alive(pid: int) -> bool:
+    if sys.platform == "win32":
+        return True  # no cheap check: leave such folders to the age limit
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Remove the staging folders that killed runs left in `folder` (named after their writer's host and
+    process id: removed when that process is gone; unnamed or from another host: after a day)."""
+    removed = []
+    host = socket.gethostname()
+    for candidate in folder.glob(STAGING_PREFIX + "*"):
+        if not candidate.is_dir():
+            continue
+        parts = candidate.name[len(STAGING_PREFIX):].split("-")
+        try:
+            ours, pid = parts[0] == host.replace("-", "_"), int(parts[1])
+        except (IndexError, ValueError):
+            ours, pid = False, -1
+        try:
+            stale = (not _process_alive(pid)) if ours else \
+                time.time() - candidate.stat().st_mtime > STAGING_MAX_AGE_SECONDS
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:
-    """Write `volume` so that `path` appears only when complete (header and data files alike)."""
+    """Write `volume` so that `path` appears only when complete (header and data files alike). The staging
+    folder is removed when the write ends, also by an exception (SIGTERM is one in the CLI); folders left
+    by runs that were killed outright are removed by the next write into the same folder."""
     path = check_writable(path)
-    staging = Path(tempfile.mkdtemp(prefix=".mrisuperres-", dir=path.parent))
+    remove_stale_staging(path.parent)
+    owner = f"{socket.gethostname().replace('-', '_')}-{os.getpid()}-"
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX + owner, dir=path.parent))
     try:
         sitk.WriteImage(volume.to_sitk(), str(staging / path.name), compress and not path.name.lower().endswith(".nhdr"))
         # .nhdr/.mhd write a header beside a data file; move the data first so the header never dangles.

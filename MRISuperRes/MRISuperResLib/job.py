@@ -134,15 +134,21 @@ class SuperResolutionJob:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def cancel(self) -> None:
-        """Kill the child (and anything it started); its output, if any, is never written (atomic writes)."""
+    def cancel(self, grace_seconds: float = 5.0) -> None:
+        """Stop the child (and anything it started): SIGTERM first, which unwinds it so that a write in
+        progress removes its staging folder, then SIGKILL after `grace_seconds`. Its output, if any, is
+        never written (atomic writes)."""
         self.cancelled = True
         if not self.running:
             return
         if sys.platform == "win32":
             subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True)
         else:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace_seconds)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
 
     def wait(self, progress=None) -> Path:
