@@ -8,6 +8,7 @@ from MRISuperResLib import superresolve
 from MRISuperResLib.confidence import CONFIDENCE_THRESHOLD, reference_agreement
 from MRISuperResLib.degrade import thick_slices
 from MRISuperResLib.geometry import resampled_grid
+from MRISuperResLib.io import write_volume
 from MRISuperResLib.metrics import psnr
 from MRISuperResLib.phantom import make_phantom
 from MRISuperResLib.resample import preinterpolate
@@ -50,3 +51,22 @@ def test_a_misleading_reference_costs_nothing_with_the_gate_and_a_matching_one_h
     assert with_paired > alone + 0.3
     assert gated_wrong == alone
     assert ungated_wrong < alone
+
+
+def test_quiet_runs_print_only_what_changes_the_output(cli, tmp_path):
+    truth, thick, paired, wrong = cases()
+    paths = {name: write_volume(volume, tmp_path / f"{name}.nii.gz")
+             for name, volume in (("thick", thick), ("paired", paired), ("wrong", wrong))}
+
+    def quiet_run(*options):
+        output = tmp_path / f"out{len(list(tmp_path.glob('out*')))}.nii.gz"
+        code, stdout, stderr = cli("run", paths["thick"], "-o", output, "--quiet", "--no-self-check", *options)
+        assert code == 0 and output.exists(), stderr
+        return stderr.strip()
+
+    assert quiet_run("--model", "vdsr-mixed", "--reference", paths["paired"]) == ""
+    assert quiet_run("--model", "vdsr-mixed", "--reference", paths["wrong"]).startswith(
+        "reference: reference ignored: its edges do not match the input's")
+    assert quiet_run("--model", "cubic", "--reference", paths["paired"]) == (
+        "reference: reference not used: cubic interpolation takes none; choose a model that does "
+        "(see `mrisuperres models`)")

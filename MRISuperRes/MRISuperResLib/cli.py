@@ -44,12 +44,12 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _progress(args: argparse.Namespace):
-    from .progress import JsonLinesProgress, TqdmProgress, print_messages
+    from .progress import JsonLinesProgress, TqdmProgress, print_warnings
 
     if getattr(args, "progress_json", False):
         return JsonLinesProgress(sys.stdout)
     if getattr(args, "quiet", False):
-        return print_messages
+        return print_warnings
     return TqdmProgress()
 
 
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-fallback", action="store_true",
                      help="keep the model's output even when the self-check finds it worse than cubic")
     run.add_argument("--progress-json", action="store_true", help="one JSON progress object per line on stdout")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--quiet", action="store_true", help="no progress bar; only warnings (a reference ignored, a fallback)")
     _add_target_arguments(run)
     run.set_defaults(handler=command_run)
 

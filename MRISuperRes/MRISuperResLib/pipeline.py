@@ -117,11 +117,16 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
     card = plan.model
     network = None if card.is_interpolation else load_network(registry, card, torch_device)
 
+    report = {} if report is None else report
+    report["model"] = card.name
+    if reference is not None and not plan.uses_reference and plan.reference_mode is None:
+        report["reference"] = "not used"
+        StageReporter("reference", 1, progress, cancel).finish(
+            f"reference not used: {'cubic interpolation' if card.is_interpolation else 'model ' + card.name} takes "
+            "none; choose a model that does (see `mrisuperres models`)", warning=True)
     stage = StageReporter("interpolate", 1, progress, cancel)
     interpolated = preinterpolate(volume, plan.target)
     stage.finish()
-    report = {} if report is None else report
-    report["model"] = card.name
     if network is None:
         return interpolated, None
 
@@ -167,10 +172,11 @@ def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, registe
     reference_mask = mask.array
     reference_array = IntensityScale.fit(resampled.array, reference_mask).normalise(resampled.array)
     del resampled, mask
-    message = ""
+    message, ignored = "", False
     if gate_reference:
         agreement = reference_agreement(lr, reference_array, reference_mask, plan.factors[::-1])
         if agreement < CONFIDENCE_THRESHOLD:
+            ignored = True
             reference_array, reference_mask = None, None
             message = (f"reference ignored: its edges do not match the input's (agreement {agreement:.2f} < "
                        f"{CONFIDENCE_THRESHOLD}); check that it is the same patient, or register it")
@@ -182,7 +188,7 @@ def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, registe
         # would show detail the input's slices do not have, and the self-check would count it as an error.
         reference_native = slab_average(Volume.on_grid(reference_array * reference_mask, plan.target),
                                         volume.grid).array
-    stage.finish(message)
+    stage.finish(message, warning=ignored)
     return reference_array, reference_mask, reference_native
 
 
@@ -204,7 +210,7 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
     message = f"estimated gain over cubic on this scan's own acquired planes: {gain:+.2f} dB"
     if gain < 0:
         message += " (the model does worse than interpolation here)"
-    stage.finish(message)
+    stage.finish(message, warning=gain < 0)
     steps = plan.adapt_steps
     if steps:
         adapted = scan_adaptation.fine_tune(network, pairs, steps, device, progress=progress, cancel=cancel)
@@ -221,7 +227,7 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
     if use_cubic:
         StageReporter("check", 1, progress, cancel).finish(
             f"the model does worse than cubic interpolation on this scan ({gain:+.2f} dB): the output is cubic "
-            "interpolation (turn this off with --no-fallback)")
+            "interpolation (turn this off with --no-fallback)", warning=True)
     return network, use_cubic
 
 

@@ -13,13 +13,16 @@ from .errors import CancelledError
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """`done` of `total` units of `stage`; `eta` is the seconds this stage still needs (None: unknown)."""
+    """`done` of `total` units of `stage`; `eta` is the seconds this stage still needs (None: unknown);
+    `warning`: the message changes what the user gets (a reference ignored, a fallback), so it is shown
+    even by `--quiet`."""
 
     stage: str
     done: int
     total: int
     eta: float | None = None
     message: str = ""
+    warning: bool = False
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -49,17 +52,17 @@ class StageReporter:
         self.done = min(self.total, self.done + units)
         self._emit()
 
-    def finish(self, message: str = "") -> None:
+    def finish(self, message: str = "", warning: bool = False) -> None:
         if self.done < self.total or message:
             self.done = self.total
-            self._emit(message)
+            self._emit(message, warning)
 
-    def _emit(self, message: str = "") -> None:
+    def _emit(self, message: str = "", warning: bool = False) -> None:
         if self.callback is None:
             return
         elapsed = time.monotonic() - self.started
         eta = elapsed / self.done * (self.total - self.done) if self.done else None
-        self.callback(ProgressEvent(self.stage, self.done, self.total, eta, message))
+        self.callback(ProgressEvent(self.stage, self.done, self.total, eta, message, warning))
 
 
 class JsonLinesProgress:
@@ -75,9 +78,10 @@ class JsonLinesProgress:
         self.stream.flush()
 
 
-def print_messages(event: ProgressEvent) -> None:
-    """No bar, only what a stage has to say (such as the registration's transform), on stderr."""
-    if event.message:
+def print_warnings(event: ProgressEvent) -> None:
+    """`--quiet`: no bar, only the messages that change what the user gets (a reference ignored, a
+    fallback to interpolation), on stderr."""
+    if event.message and event.warning:
         print(f"{event.stage}: {event.message}", file=sys.stderr, flush=True)
 
 

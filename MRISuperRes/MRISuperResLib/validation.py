@@ -29,9 +29,10 @@ def check_scalar_volume(volume: Volume, role: str = "input") -> None:
         if not finite.all():
             refuse_non_finite(int(array.size - np.count_nonzero(finite)), role)
     if array.size and array.min() == array.max():
+        what = "it has no anatomy to guide the result" if role == "reference" else "there is nothing to super-resolve"
         raise MRISuperResError(
-            f"The {role} is constant (every voxel is {array.flat[0]}); there is nothing to super-resolve, "
-            "check that the right volume was loaded.")
+            f"The {role} is constant (every voxel is {array.flat[0]}); {what}, check that the right volume was "
+            "loaded.")
     if np.any(np.asarray(volume.spacing) <= 0):
         raise MRISuperResError(f"The {role} has a non-positive spacing {volume.spacing}; fix its header.")
     # Sheared, scaled or degenerate directions, also from the Python API or a Slicer node (files are checked
