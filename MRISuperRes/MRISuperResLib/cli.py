@@ -159,16 +159,39 @@ def command_degrade(args: argparse.Namespace) -> int:
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .geometry import common_voxels
     from .metrics import score
 
     result = read_volume(args.result, "result")
     truth = read_volume(args.truth, "truth")
-    if result.grid.size != truth.grid.size:
-        raise MRISuperResError(
-            f"The result ({result.grid.describe()}) and the truth ({truth.grid.describe()}) are on different "
-            "grids; super-resolve onto the truth's spacing or resample one onto the other.")
-    mask = read_volume(args.mask, "mask").array if args.mask else None
-    scores = score(result.array, truth.array, mask)
+    mask = read_volume(args.mask, "mask") if args.mask else None
+    result_array, truth_array = result.array, truth.array
+    mask_array = None if mask is None else mask.array
+    cropped = None
+    if result.grid.size != truth.grid.size or not np.allclose(result.grid.origin, truth.grid.origin, atol=1e-3):
+        boxes = common_voxels(result.grid, truth.grid)
+        if boxes is None:
+            spacing = " ".join(f"{s:g}" for s in truth.grid.spacing)
+            raise MRISuperResError(
+                f"The result ({result.grid.describe()}) and the truth ({truth.grid.describe()}) sample different "
+                f"voxel lattices; super-resolve with --target-spacing {spacing} or resample one onto the other.")
+        in_result, in_truth = boxes
+        result_array, truth_array = result_array[in_result], truth_array[in_truth]
+        if truth_array.size == 0:
+            raise MRISuperResError("The result and the truth do not overlap; check that they are the same scan.")
+        if mask_array is not None:
+            if mask.grid.size != truth.grid.size:
+                raise MRISuperResError("The mask must be on the truth's grid; resample it onto the truth first.")
+            mask_array = mask_array[in_truth]
+        cropped = list(truth_array.shape[::-1])
+        print(f"evaluate: the result covers {'×'.join(map(str, cropped))} of the truth's "
+              f"{'×'.join(map(str, truth.grid.size))} voxels (thick slices drop an incomplete last slab); "
+              "scored on those", file=sys.stderr)
+    scores = score(result_array, truth_array, mask_array)
+    if cropped:
+        scores["compared_voxels"] = cropped
     scores["mask"] = args.mask or "truth > 5% of its 99th percentile"
     scores["data_range"] = "truth max - truth min"
     print(json.dumps(scores, indent=2))

@@ -58,3 +58,23 @@ def overlap_fraction(grid: Grid, other: Grid) -> float:
     inside_index = other.physical_to_index(grid.index_to_physical(index))
     inside = np.all((inside_index >= -0.5) & (inside_index <= np.asarray(other.size) - 0.5), axis=1)
     return float(inside.mean())
+
+
+def common_voxels(grid: Grid, other: Grid) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """When `grid` and `other` sample the same lattice (equal spacing and direction, origins a whole number
+    of voxels apart): the numpy (k, j, i) slices of each array that hold their shared voxels (empty when
+    they do not overlap); None when they are different lattices. A thick-slice volume drops an incomplete
+    last slab, so its super-resolved result is such a sub-grid of the volume it was made from."""
+    if not np.allclose(grid.spacing, other.spacing, rtol=SPACING_TOLERANCE) or \
+            not np.allclose(grid.direction, other.direction, atol=1e-6):
+        return None
+    offset = other.physical_to_index(np.asarray(grid.origin))  # grid's first voxel, in other's indices
+    if not np.allclose(offset, np.round(offset), atol=1e-3):
+        return None
+    offset = np.round(offset).astype(int)
+    first = np.maximum(offset, 0)
+    last = np.minimum(offset + np.asarray(grid.size), np.asarray(other.size))
+    last = np.maximum(last, first)
+    in_grid = tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(first, last, offset))[::-1]
+    in_other = tuple(slice(int(a), int(b)) for a, b in zip(first, last))[::-1]
+    return in_grid, in_other
