@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 import threading
 import time
 
@@ -20,6 +21,17 @@ from MRISuperResSlicer.runner import SuperResolutionRunner
 @pytest.fixture
 def scene():
     return slicer.vtkMRMLScene()
+
+
+@pytest.fixture(autouse=True)
+def run_folders(tmp_path, monkeypatch):
+    """The system temp folder of these tests, where every run's folder (with a copy of the patient's input)
+    lives: after each test, none may remain, whether the run succeeded, failed, crashed or was cancelled."""
+    folder = tmp_path / "system-temp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    yield folder
+    assert not list(folder.glob("MRISuperRes-*")), "a run left its folder (with a copy of the input) behind"
 
 
 def add_volume(scene, volume, name):

@@ -41,12 +41,15 @@ class SuperResolutionRun:
         return self.job.pending_events()
 
     def wait(self, progress=None):
-        """Block until the child ends (passing progress on), then finish; returns the output node."""
+        """Block until the child ends (passing progress on), then finish; returns the output node. The run's
+        folder (a copy of the input) is removed on every path: success, failure, crash, cancel."""
         try:
             self.job.wait(progress)
-        finally:
+        except BaseException:
             if self.job.running:  # interrupted while waiting
-                self.cancel()
+                self.job.cancel()
+            self._clean()
+            raise
         return self.finish(progress)
 
     def cancel(self) -> None:
