@@ -28,7 +28,7 @@ import torch
 import _paths  # noqa: F401
 from MRISuperResLib.devices import set_threads
 from MRISuperResLib.scattering import Scattering
-from MRISuperResLib.texture import (CONFIDENCE_CALIBRATION, FOREGROUND_LEVEL, MatchSettings, best_window_offsets,
+from MRISuperResLib.texture import (FOREGROUND_LEVEL, MatchSettings, best_window_offsets,
                                     blur_like_input, calibrate_confidence)
 from MRISuperResLib.training.config import TrainingConfig
 from MRISuperResLib.training.loop import fixed_validation_set, split_batch
@@ -125,7 +125,6 @@ def main() -> None:
     report = {
         "fitted_on": "train/ pairs with a reference", "checked_on": "val/",
         "table": {str(f): k for f, k in table.items()},
-        "table_in_use": {str(f): [list(k) for k in knots] for f, knots in CONFIDENCE_CALIBRATION.items()},
         "train": {str(f): {"positions": int(e["score"].size), "exact": float(e["exact"].mean()),
                            "within_one": float(e["near"].mean())} for f, e in fit_by_factor.items()},
         "train_pooled": {"exact": float(fit["exact"].mean()), "within_one": float(fit["near"].mean())},
@@ -164,7 +163,7 @@ def picture(report: dict, path: Path) -> None:
     axis.plot([0, 1], [0, 1], color="grey", linewidth=0.8, label="perfect calibration")
     axis.set_xlabel("confidence")
     axis.set_ylabel("share of matches that are the true patch")
-    axis.set_title("Texture matches on val/ (paired, 2-6x thick)")
+    axis.set_title("Texture matches on val/ (paired; 2x, 4x, 6x thick)")
     axis.set_xlim(0, 1), axis.set_ylim(0, 1)
     axis.legend(loc="upper left", fontsize=7)
     figure.tight_layout()

@@ -54,7 +54,14 @@ FOREGROUND_LEVEL = 0.05
 # piecewise linear between these (margin, probability) knots per factor, linear between factors. Made by
 # scripts/calibrate_texture_confidence.py, whose picture shows the curves on val/. The networks take the
 # raw score.
-CONFIDENCE_CALIBRATION: dict[float, tuple[tuple[float, float], ...]] = {1.0: ((0.0, 0.0), (1.0, 1.0))}
+CONFIDENCE_CALIBRATION: dict[float, tuple[tuple[float, float], ...]] = {
+    2.0: ((0.170, 0.356), (0.344, 0.406), (0.404, 0.445), (0.456, 0.485), (0.506, 0.518), (0.556, 0.542),
+          (0.608, 0.566), (0.666, 0.589), (0.805, 0.613)),
+    4.0: ((0.061, 0.285), (0.175, 0.290), (0.267, 0.305), (0.336, 0.337), (0.393, 0.365), (0.445, 0.387),
+          (0.495, 0.402), (0.547, 0.410), (0.603, 0.431), (0.666, 0.463), (0.742, 0.493), (0.875, 0.532)),
+    6.0: ((0.161, 0.173), (0.323, 0.186), (0.379, 0.196), (0.429, 0.202), (0.478, 0.211), (0.529, 0.216),
+          (0.585, 0.227), (0.650, 0.244), (0.730, 0.270), (0.868, 0.289)),
+}
 
 
 @dataclass(frozen=True)
