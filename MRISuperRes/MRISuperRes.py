@@ -130,6 +130,11 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
 
     def onSceneStartClose(self, caller, event):
+        # A run still going would add its result to the next scene: stop it (its files are removed).
+        if self._run is not None:
+            self._run.cancel()
+            self.stopPolling()
+            self.ui.statusLabel.text = "Cancelled: the scene was closed."
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):

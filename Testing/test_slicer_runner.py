@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
 import threading
@@ -106,12 +107,15 @@ def test_bad_input_leaves_the_scene_unchanged(scene):
         assert node_ids(scene) == unchanged
 
 
-def test_failing_child_reports_its_sentence_and_creates_nothing(scene):
+def test_failing_child_reports_its_sentence_and_creates_nothing(scene, caplog):
     input_node = add_volume(scene, smooth_volume(), "in")
     unchanged = node_ids(scene)
-    with pytest.raises(MRISuperResError, match="^Unknown model 'magic'; choose one of: cubic"):
-        SuperResolutionRunner().process(scene, input_node, options=RunOptions(model="magic"))
+    with caplog.at_level(logging.INFO, logger="MRISuperResLib.job"):
+        with pytest.raises(MRISuperResError, match="^Unknown model 'magic'; choose one of: cubic"):
+            SuperResolutionRunner().process(scene, input_node, options=RunOptions(model="magic"))
     assert node_ids(scene) == unchanged
+    # The child's stderr reaches the log (Slicer's Python log), where the error messages point.
+    assert any("mrisuperres: error: Unknown model 'magic'" in record.getMessage() for record in caplog.records)
 
 
 def test_crashing_child_is_reported_and_creates_nothing(scene):

@@ -9,6 +9,7 @@ Pure Python, so the same code runs under Slicer and in plain tests.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import signal
@@ -23,6 +24,7 @@ from .progress import ProgressEvent
 
 ERROR_PREFIX = "mrisuperres: error: "
 LIB_PARENT = Path(__file__).resolve().parents[1]  # the folder that holds MRISuperResLib
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class SuperResolutionJob:
         environment = dict(self.environment)
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(LIB_PARENT), environment.get("PYTHONPATH")]))
         environment["PYTHONUNBUFFERED"] = "1"
+        environment["PYTHONUTF8"] = "1"  # "×" and "—" in messages, also on Windows with Slicer < 5.12
         # A session of its own, so that cancelling kills the launcher (PythonSlicer) and the Python it started.
         extra = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
                  if sys.platform == "win32" else {"start_new_session": True})
@@ -118,8 +121,13 @@ class SuperResolutionJob:
                                               record.get("eta"), record.get("message", "")))
 
     def _read_errors(self) -> None:
+        # Every line also goes to the log (Slicer's Python log), so that a traceback or a CUDA message that
+        # the one-sentence error cannot hold is there when the error says "see the log".
         for line in self.process.stderr:
-            self.stderr_lines.append(line.rstrip("\n"))
+            line = line.rstrip("\n")
+            self.stderr_lines.append(line)
+            if line.strip():
+                log.info("mrisuperres: %s", line)
 
     def pending_events(self) -> list[ProgressEvent]:
         """The progress events that arrived since the last call (never blocks)."""
