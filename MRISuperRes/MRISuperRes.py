@@ -53,10 +53,11 @@ registered (Advanced: Register reference).
 See the <a href="https://github.com/mrisuperres/SlicerMRISuperRes">documentation</a>.
 """
         self.parent.acknowledgementText = """
-Methods from: SRCNN (Dong et al., 2014); reference-based MRI super-resolution by texture transfer with
-wavelet scattering features; a progressive multi-contrast encoder-decoder network (feature-space fusion
-of the reference); TransMRSR (Swin transformer with a generative prior); DAASR (channel-wise and spatial
-alignment transformers with index and confidence maps); and a CNN + ViT feature-disentanglement network.
+The shipped models follow: SRCNN (Dong et al., 2014), VDSR (Kim et al., 2016), EDSR (Lim et al., 2017),
+RFDN (Liu et al., 2020) and RCAN (Zhang et al., 2018) as slice networks; reference-based MRI super-resolution
+by texture transfer with wavelet scattering features (rfdn-tt, edsr-tt); a progressive multi-contrast
+encoder-decoder network (progressive-mixed); and DAASR, channel-wise and spatial alignment transformers
+with index and confidence maps (daasr-mixed).
 Models were trained on public data: spinalcordtoolbox sample data (MIT), open_ms_data (CC-BY), BraTS 2023
 and BRATS 2013 cases, ProstateX (TCIA, CC-BY).
 """
