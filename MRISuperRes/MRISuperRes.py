@@ -229,7 +229,8 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             mode = resolve_reference_mode(card, hasReference, parameters.referenceMode or None)
             plan = make_plan(grid, card, planes=parameters.planes.split() or None, has_reference=hasReference,
                              reference_mode=mode, adapt_seconds=DEFAULT_ADAPT_SECONDS if parameters.adaptToScan else 0.0,
-                             device="cuda" if parameters.device == "cuda" else "cpu", threads=os.cpu_count(),
+                             device=parameters.device if parameters.device in ("cpu", "cuda") else dependencies.auto_device(),
+                             threads=os.cpu_count(),
                              batch_size=parameters.batchSize, target_spacing=target["targetSpacing"],
                              scale=target["scale"])
             return plan.one_line()

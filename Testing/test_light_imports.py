@@ -21,3 +21,11 @@ def test_gui_side_imports_need_neither_torch_nor_scipy():
     result = subprocess.run([sys.executable, "-c", probe], cwd=MODULE_DIR, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_the_auto_device_is_what_torch_sees():
+    import torch
+
+    from MRISuperResSlicer.dependencies import auto_device
+
+    assert auto_device() == ("cuda" if torch.cuda.is_available() else "cpu")
