@@ -10,4 +10,4 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 # The pinned build is the CPU wheel; any other torch requirement would pull several GB of CUDA packages.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[demo,train,test]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[demo,train,test,batch]"

@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "CancelledError": "errors", "MRISuperResError": "errors", "read_volume": "io", "write_volume": "io",
     "plan_run": "pipeline", "superresolve": "pipeline", "superresolve_with_confidence": "pipeline",
-    "ProgressEvent": "progress", "Grid": "volume",
+    "ProgressEvent": "progress", "Grid": "volume", "batch": "cohort",
     "Volume": "volume",
 }
 __all__ = list(_EXPORTS)

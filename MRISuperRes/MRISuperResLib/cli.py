@@ -105,6 +105,40 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_batch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .cohort import batch
+
+    options = {k: v for k, v in _target(args).items() if v is not None}
+    options.update(register_reference=args.register_reference, self_check=not args.no_self_check,
+                   adapt=0.0 if args.no_adapt else args.adapt)
+    bar = None if args.quiet or args.progress_json else tqdm(unit="case", desc="batch", dynamic_ncols=True)
+
+    def progress(done: int, total: int, row: dict) -> None:
+        if args.progress_json:
+            print(json.dumps({"stage": "batch", "done": done, "total": total, "case": row}), flush=True)
+        elif bar is not None:
+            bar.total = total
+            bar.update(1)
+            bar.set_postfix_str(f"{row['case']}: {row['status']}")
+    try:
+        rows = batch(args.input, args.output_dir, args.reference_pattern, args.bids_target,
+                     None if args.bids_reference == "none" else args.bids_reference, args.workers, args.scheduler,
+                     args.force, progress, **options)
+    finally:
+        if bar is not None:
+            bar.close()
+    counts = {status: sum(r["status"] == status for r in rows) for status in ("done", "skipped", "refused", "failed")}
+    print(", ".join(f"{n} {status}" for status, n in counts.items() if n)
+          + f"; report: {Path(args.output_dir) / 'batch_report.csv'}", file=sys.stderr)
+    for row in rows:
+        if row["status"] in ("refused", "failed"):
+            print(f"{row['case']}: {row['status']}: {row['message']}", file=sys.stderr)
+    # Non-zero when any case did not succeed, so that scripts notice.
+    return 2 if counts["refused"] or counts["failed"] else 0
+
+
 def command_plan(args: argparse.Namespace) -> int:
     from .pipeline import plan_run
 
@@ -265,6 +299,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar; only warnings (a reference ignored, a fallback)")
     _add_target_arguments(run)
     run.set_defaults(handler=command_run)
+
+    batch = commands.add_parser("batch", help="super-resolve a folder, a CSV manifest or a BIDS dataset (resumable)")
+    batch.add_argument("input", help="folder of volumes, .csv manifest (input, reference, output, options) or BIDS dataset")
+    batch.add_argument("output_dir", help="folder for the outputs and batch_report.csv/.json (BIDS: the derivatives folder)")
+    batch.add_argument("--reference-pattern", metavar="PATTERN",
+                       help="folder input: each volume's reference, relative to the folder; {stem} is the volume's "
+                            "name without extension (e.g. '{stem}_T1.nii.gz' or 'refs/{stem}.nrrd')")
+    batch.add_argument("--bids-target", default="T2w", metavar="SUFFIX", help="BIDS: the suffix to super-resolve")
+    batch.add_argument("--bids-reference", default="T1w", metavar="SUFFIX",
+                       help="BIDS: the suffix of the same session's reference ('none': no reference)")
+    batch.add_argument("--workers", type=int, default=1,
+                       help="cases in parallel on this machine (a Dask local cluster; threads shared between them)")
+    batch.add_argument("--scheduler", metavar="ADDRESS",
+                       help="submit the cases to a running Dask scheduler (e.g. tcp://host:8786) instead")
+    batch.add_argument("--force", action="store_true", help="redo cases that are already done")
+    batch.add_argument("--register-reference", action="store_true", help="rigidly register each reference first")
+    batch.add_argument("--progress-json", action="store_true", help="one JSON object per finished case on stdout")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_check_arguments(batch)
+    _add_target_arguments(batch)
+    batch.set_defaults(handler=command_batch)
 
     plan = commands.add_parser("plan", help="print what a run would do, without running it")
     plan.add_argument("input")

@@ -136,7 +136,7 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
     mode = plan.reference_mode
     if plan.uses_reference:
         reference_array, reference_mask, reference_native = _paired_reference(
-            volume, reference, plan, lr, register_reference, gate_reference, progress, cancel)
+            volume, reference, plan, lr, register_reference, gate_reference, progress, cancel, report)
         if reference_array is None and mode == "paired":
             mode = _fallback_mode(plan)
     if self_check and not card.texture_transfer:
@@ -158,7 +158,7 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
 
 
 def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, register_reference: bool,
-                      gate_reference: bool, progress, cancel):
+                      gate_reference: bool, progress, cancel, report: dict):
     """The reference normalised on the target grid, its coverage mask, and the reference normalised on the
     input's own grid (for the self-check's pairs); (None, None, None) when the gate finds that its edges do
     not match the input's."""
@@ -175,6 +175,7 @@ def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, registe
     message, ignored = "", False
     if gate_reference:
         agreement = reference_agreement(lr, reference_array, reference_mask, plan.factors[::-1])
+        report["reference_agreement"] = round(float(agreement), 3)
         if agreement < CONFIDENCE_THRESHOLD:
             ignored = True
             reference_array, reference_mask = None, None
@@ -188,6 +189,7 @@ def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, registe
         # would show detail the input's slices do not have, and the self-check would count it as an error.
         reference_native = slab_average(Volume.on_grid(reference_array * reference_mask, plan.target),
                                         volume.grid).array
+    report["reference"] = "ignored by the gate" if ignored else "used"
     stage.finish(message, warning=ignored)
     return reference_array, reference_mask, reference_native
 

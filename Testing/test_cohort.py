@@ -1,0 +1,150 @@
+"""`mrisuperres batch` / `MRISuperResLib.batch`: folders, CSV manifests and BIDS datasets; resumable after a
+kill; one bad case never stops the batch; parallel through a Dask local cluster or a scheduler address."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import smooth_volume
+from MRISuperResLib import batch, read_volume
+from MRISuperResLib.io import STAGING_PREFIX, write_volume
+
+MODULE_PARENT = Path(__file__).resolve().parents[1] / "MRISuperRes"
+
+
+def thick(seed: int, slices: int = 8):
+    return smooth_volume(shape_kji=(slices, 40, 36), spacing=(0.9, 0.9, 3.6), seed=seed)
+
+
+def bids_dataset(root: Path) -> Path:
+    root.mkdir()
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "phantoms", "BIDSVersion": "1.9.0"}))
+    for seed, folder in enumerate(("sub-01/anat", "sub-02/ses-a/anat", "sub-02/ses-b/anat")):
+        (root / folder).mkdir(parents=True)
+        prefix = "_".join(part for part in folder.split("/") if part != "anat")
+        write_volume(thick(seed), root / folder / f"{prefix}_T2w.nii.gz")
+        write_volume(smooth_volume(shape_kji=(32, 40, 36), spacing=(0.9, 0.9, 0.9), seed=seed + 10),
+                     root / folder / f"{prefix}_T1w.nii.gz")
+    return root
+
+
+def statuses(rows):
+    return {row["case"]: row["status"] for row in rows}
+
+
+def test_a_folder_with_references_runs_resumes_and_redoes_what_changed(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    for seed in range(3):
+        write_volume(thick(seed), source / f"case{seed}.nii.gz")
+    write_volume(smooth_volume(shape_kji=(32, 40, 36), spacing=(0.9, 0.9, 0.9)), source / "case0_T1.nii.gz")
+    out = tmp_path / "out"
+    rows = batch(source, out, reference_pattern="{stem}_T1.nii.gz", model="cubic")
+    assert statuses(rows) == {"case0": "done", "case1": "done", "case2": "done"}  # the T1 is no case itself
+    assert read_volume(out / "case0_SR.nii.gz").spacing == pytest.approx((0.9, 0.9, 0.9))
+    sidecar = json.loads((out / "case0_SR.json").read_text())["mrisuperres"]
+    assert sidecar["reference"].endswith("case0_T1.nii.gz") and sidecar["model"] == "cubic"
+    with open(out / "batch_report.csv", newline="") as stream:
+        report = list(csv.DictReader(stream))
+    assert [r["status"] for r in report] == ["done"] * 3 and all(float(r["seconds"]) > 0 for r in report)
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
+    assert set(statuses(batch(source, out, reference_pattern="{stem}_T1.nii.gz", model="cubic")).values()) == {"skipped"}
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")} == before  # nothing redone
+    changed = batch(source, out, reference_pattern="{stem}_T1.nii.gz", model="cubic", target_spacing=[1.8])
+    assert set(statuses(changed).values()) == {"done"}  # other options: redone
+    assert read_volume(out / "case0_SR.nii.gz").spacing == pytest.approx((1.8, 1.8, 1.8))
+
+
+def test_a_bad_case_is_reported_and_the_others_finish(tmp_path, cli):
+    source = tmp_path / "in"
+    source.mkdir()
+    write_volume(thick(0), source / "good.nii.gz")
+    constant = thick(1)
+    constant.array[:] = 7.0
+    write_volume(constant, source / "blank.nii.gz")
+    (source / "broken.nii.gz").write_bytes(b"not an image")
+    code, _, err = cli("batch", source, tmp_path / "out", "--model", "cubic", "--quiet")
+    assert code == 2
+    rows = json.loads((tmp_path / "out" / "batch_report.json").read_text())
+    assert statuses(rows) == {"blank": "refused", "broken": "refused", "good": "done"}
+    assert "is constant" in next(r["message"] for r in rows if r["case"] == "blank")
+    assert "blank: refused: The input " in err and "1 done, 2 refused" in err
+    assert not (tmp_path / "out" / "blank_SR.nii.gz").exists()
+
+
+def test_a_manifest_gives_per_row_references_outputs_and_options(tmp_path):
+    for seed in range(2):
+        write_volume(thick(seed), tmp_path / f"t2_{seed}.nii.gz")
+    (tmp_path / "cases.csv").write_text("input,output,target_spacing\n"
+                                        "t2_0.nii.gz,first.nii.gz,\n"
+                                        "t2_1.nii.gz,second.nrrd,1.8 1.8 1.8\n")
+    rows = batch(tmp_path / "cases.csv", tmp_path / "out", model="cubic")
+    assert set(statuses(rows).values()) == {"done"}
+    assert read_volume(tmp_path / "out" / "first.nii.gz").spacing == pytest.approx((0.9, 0.9, 0.9))
+    assert read_volume(tmp_path / "out" / "second.nrrd").spacing == pytest.approx((1.8, 1.8, 1.8))
+
+
+def test_a_bids_dataset_on_a_dask_local_cluster_of_two_workers(tmp_path):
+    dataset = bids_dataset(tmp_path / "bids")
+    derivatives = tmp_path / "bids" / "derivatives" / "mrisuperres"
+    rows = batch(dataset, derivatives, workers=2, model="cubic")
+    assert statuses(rows) == {"sub-01": "done", "sub-02_ses-a": "done", "sub-02_ses-b": "done"}
+    assert json.loads((derivatives / "dataset_description.json").read_text())["DatasetType"] == "derivative"
+    output = derivatives / "sub-02/ses-b/anat/sub-02_ses-b_desc-superres_T2w.nii.gz"
+    assert output.exists() and (output.parent / "sub-02_ses-b_desc-superres_T2w.json").exists()
+    recorded = json.loads((output.parent / "sub-02_ses-b_desc-superres_T2w.json").read_text())["mrisuperres"]
+    assert recorded["reference"].endswith("sub-02/ses-b/anat/sub-02_ses-b_T1w.nii.gz")
+    # The derivatives inside the dataset are not cases of a second run, which skips everything.
+    assert set(statuses(batch(dataset, derivatives, workers=2, model="cubic")).values()) == {"skipped"}
+
+
+def test_a_running_scheduler_takes_the_same_cases(tmp_path):
+    from distributed import LocalCluster
+
+    dataset = bids_dataset(tmp_path / "bids")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        rows = batch(dataset, tmp_path / "derivatives", scheduler=cluster.scheduler_address, model="cubic",
+                     threads=1)
+    assert set(statuses(rows).values()) == {"done"} and len(rows) == 3
+
+
+def test_a_killed_batch_resumes_without_redoing_finished_cases(tmp_path, untrained_models_dir):
+    source = tmp_path / "in"
+    source.mkdir()
+    for seed in range(6):
+        write_volume(thick(seed, slices=16), source / f"case{seed}.nii.gz")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "MRISuperResLib.cli", "batch", str(source), str(out), "--model", "tiny",
+               "--models-dir", str(untrained_models_dir), "--no-self-check", "--threads", "1", "--quiet"]
+    environment = {**os.environ, "PYTHONPATH": str(MODULE_PARENT)}
+    child = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*_SR.json")) and time.monotonic() < deadline:
+        assert child.poll() is None, child.stderr.read()
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)  # a crash: no chance to clean up
+    child.wait()
+    finished = {p.name for p in out.glob("*_SR.json")}
+    assert 1 <= len(finished) < 6
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*_SR.nii.gz")}
+    resumed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = json.loads((out / "batch_report.json").read_text())
+    skipped = {r["case"] for r in rows if r["status"] == "skipped"}
+    assert skipped == {name[:-len("_SR.json")] for name in finished}
+    assert {r["status"] for r in rows} <= {"skipped", "done"} and len(rows) == 6
+    for name in finished:  # finished cases were not written again
+        output = name.replace(".json", ".nii.gz")
+        assert (out / output).stat().st_mtime_ns == mtimes[output]
+    assert not list(out.glob(STAGING_PREFIX + "*"))  # the killed write's staging folder is gone too
+    assert np.isfinite(read_volume(out / "case5_SR.nii.gz").array).all()
