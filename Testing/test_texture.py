@@ -141,29 +141,21 @@ def test_upsampled_features_sit_on_the_pixels_they_describe():
     assert divmod(int(image.argmax()), width) == (4 * 6 - top, 4 * 8 - left)
 
 
-def test_a_texture_network_starts_as_its_backbone():
-    arguments = {"features": 8, "mapped": 4, "reference_features": 4, "use_reference": True}
+@pytest.mark.parametrize("architecture, arguments, lr_shape", [
+    ("srcnn", {"features": 8, "mapped": 4, "reference_features": 4, "use_reference": True}, (2, 1, 24, 24)),
+    # EDSR averages the texture onto its unshuffled grid; an odd side is padded as the slice is.
+    ("edsr", {"features": 16, "blocks": 1, "context": 1, "use_reference": True}, (2, 3, 25, 30)),
+])
+def test_a_texture_network_starts_as_its_backbone(architecture, arguments, lr_shape):
     torch.manual_seed(0)
-    backbone = build_architecture("srcnn", arguments)
-    textured_network = build_architecture("srcnn", {**arguments, "texture_transfer": True})
+    backbone = build_architecture(architecture, arguments)
+    textured_network = build_architecture(architecture, {**arguments, "texture_transfer": True})
     missing, unexpected = textured_network.load_state_dict(backbone.state_dict(), strict=False)
     assert not unexpected and all(key.startswith("texture.") for key in missing)
-    lr = torch.rand(2, 1, 24, 24)
-    texture = torch.rand(2, 16, 24, 24)
+    lr = torch.rand(*lr_shape)
+    texture = torch.rand(lr_shape[0], 16, *lr_shape[2:])  # the projection placed on the pixels
     assert torch.allclose(textured_network(lr, texture=texture), backbone(lr), atol=1e-6)
     assert torch.allclose(textured_network(lr), backbone(lr), atol=1e-6)
-
-
-def test_the_edsr_backbone_takes_texture_on_its_unshuffled_grid():
-    arguments = {"features": 16, "blocks": 1, "context": 1, "use_reference": True}
-    torch.manual_seed(0)
-    backbone = build_architecture("edsr", arguments)
-    textured_network = build_architecture("edsr", {**arguments, "texture_transfer": True})
-    missing, unexpected = textured_network.load_state_dict(backbone.state_dict(), strict=False)
-    assert not unexpected and all(key.startswith("texture.") for key in missing)
-    lr = torch.rand(2, 3, 25, 30)  # an odd side: the texture is padded as the slice is
-    texture = torch.rand(2, 16, 25, 30)
-    assert torch.allclose(textured_network(lr, texture=texture), backbone(lr), atol=1e-6)
     torch.nn.init.normal_(textured_network.texture.expand.weight, std=0.1)
     assert not torch.allclose(textured_network(lr, texture=texture), textured_network(lr), atol=1e-4)
 
