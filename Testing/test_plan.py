@@ -8,6 +8,7 @@ import pytest
 
 from conftest import OBLIQUE, smooth_volume
 from MRISuperResLib import MRISuperResError, plan_run
+from MRISuperResLib.io import write_volume
 from MRISuperResLib.plan import format_bytes
 
 
@@ -31,13 +32,24 @@ def test_planes_are_those_holding_an_upsampled_axis(untrained_models_dir):
 def test_a_thick_slice_model_on_an_input_coarse_in_plane_says_so(untrained_models_dir):
     volume = smooth_volume()
     thick = plan_run(volume, model="tiny", models_dir=str(untrained_models_dir))
-    assert not any("trained for thick slices" in note for note in thick.notes)
+    assert not any("trained for thick slices" in note for note in thick.warnings)
     inplane = plan_run(volume, model="tiny", scale=(2, 2, 1), models_dir=str(untrained_models_dir))
-    assert any("coarse along 2 axes but tiny was trained for thick slices" in note for note in inplane.notes)
+    assert any("coarse along 2 axes but tiny was trained for thick slices" in note for note in inplane.warnings)
     manifest = untrained_models_dir / "models.json"
     manifest.write_text(manifest.read_text().replace('"factors"', '"inplane_factors": [2, 4], "factors"'))
     mixed = plan_run(volume, model="tiny", scale=(2, 2, 1), models_dir=str(untrained_models_dir))
-    assert not any("trained for thick slices" in note for note in mixed.notes)
+    assert not any("trained for thick slices" in note for note in mixed.warnings)
+
+
+def test_a_factor_outside_the_models_training_is_one_warning_line_even_when_quiet(cli, tmp_path,
+                                                                                  untrained_models_dir):
+    path = tmp_path / "thick.nii.gz"
+    write_volume(smooth_volume(spacing=(0.9, 0.9, 9.0)), path)  # 10x: tiny was trained for 2-6x
+    code, _, err = cli("run", path, "-o", tmp_path / "sr.nii.gz", "--model", "tiny", "--models-dir",
+                       untrained_models_dir, "--quiet", "--no-self-check")
+    assert code == 0 and (tmp_path / "sr.nii.gz").exists()
+    assert err.strip() == ("plan: scale 10 is outside the factors tiny was trained for (2, 3, 4, 5, 6): expect less "
+                           "gain, and check the result")
 
 
 def test_non_integer_scale_and_explicit_spacing():

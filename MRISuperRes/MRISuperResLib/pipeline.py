@@ -119,6 +119,10 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
 
     report = {} if report is None else report
     report["model"] = card.name
+    for warning in plan.warnings:
+        StageReporter("plan", 1, progress, cancel).finish(warning, warning=True)
+    if plan.warnings:
+        report["warnings"] = list(plan.warnings)
     if reference is not None and not plan.uses_reference and plan.reference_mode is None:
         report["reference"] = "not used"
         StageReporter("reference", 1, progress, cancel).finish(

@@ -90,6 +90,8 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     check_seconds: float = 0.0  # of `seconds`: the self-check and per-scan adaptation
     adapt_steps: int = 0        # per-scan fine-tuning steps after the self-check (counted: deterministic)
+    # The notes a run shows even when quiet: the input is outside what the model was trained for.
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         factors = " × ".join(f"{f:.3g}" for f in self.factors)
@@ -105,7 +107,7 @@ class Plan:
             f"time    about {format_seconds(self.seconds)}"
             + (f" (of which {format_seconds(self.check_seconds)} self-check and adaptation)" if self.check_seconds else ""),
         ]
-        return "\n".join(lines + [f"note    {n}" for n in self.notes])
+        return "\n".join(lines + [f"note    {n}" for n in self.notes] + [f"warning {w}" for w in self.warnings])
 
     def one_line(self) -> str:
         """'0.9 × 0.9 × 4 mm, 256 × 256 × 40 → 0.9 mm isotropic, 256 × 256 × 178, about 1.2 GB, about 40 s on CPU'."""
@@ -129,7 +131,7 @@ class Plan:
                 "reference_mode": self.reference_mode, "device": self.device,
                 "threads": self.threads, "batch_size": self.batch_size, "tile": self.tile,
                 "memory_bytes": self.memory_bytes, "seconds": round(self.seconds, 1),
-                "check_seconds": round(self.check_seconds, 1), "notes": self.notes}
+                "check_seconds": round(self.check_seconds, 1), "notes": self.notes, "warnings": self.warnings}
 
 
 def format_bytes(count: float) -> str:
@@ -216,7 +218,7 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
         raise MRISuperResError(
             f"The target spacing {' × '.join(f'{s:.3g}' for s in spacing)} mm is not finer than the input's "
             f"{' × '.join(f'{s:.3g}' for s in source.spacing)} mm on any axis; ask for a finer spacing or a scale above 1.")
-    notes = []
+    notes, warnings = [], []
     chosen = () if model.is_interpolation else choose_planes(upsampled, planes)
     if any(f < 1 - SPACING_TOLERANCE for f in factors):
         notes.append("some axes get coarser; they are low-pass filtered before resampling")
@@ -225,9 +227,10 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
     if model.trained_factors:
         top = max(factors)
         if top > max(model.trained_factors) + 0.5 or top < min(model.trained_factors) - 0.5:
-            notes.append(f"scale {top:.3g} is outside the factors {model.name} was trained for ({model.factors})")
+            warnings.append(f"scale {top:.3g} is outside the factors {model.name} was trained for "
+                            f"({', '.join(f'{f:g}' for f in model.factors)}): expect less gain, and check the result")
     if len(upsampled) > 1 and not model.is_interpolation and not model.inplane_factors:
-        notes.append(f"the input is coarse along {len(upsampled)} axes but {model.name} was trained for thick slices "
+        warnings.append(f"the input is coarse along {len(upsampled)} axes but {model.name} was trained for thick slices "
                      "(one coarse axis) only; a model with in-plane factors (see `mrisuperres models`) fits it better")
     threads = threads or max(1, min(os.cpu_count() or 1, 8))
     voxels = target.voxel_count
@@ -257,7 +260,7 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
     uses_reference = has_reference and model.uses_reference and reference_mode in (None, "paired")
     return Plan(source, target, factors, upsampled, chosen, model, uses_reference, reference_mode,
                 device, threads, batch_size, tile, int(memory), float(seconds + check_seconds), notes, check_seconds,
-                steps)
+                steps, warnings)
 
 
 def adaptation_step_seconds(architecture: str, macs_per_pixel: int, device: str, threads: int) -> float:
