@@ -74,3 +74,26 @@ def make_phantom(shape_kji: tuple[int, int, int] = (128, 160, 128), seed: int = 
     origin = -direction @ ((np.asarray(shape_kji[::-1]) - 1) / 2.0)
     return {name: Volume(phantom_contrast(labels, table, seed + i), (1.0, 1.0, 1.0), tuple(origin), direction)
             for i, (name, table) in enumerate((("T1", T1_INTENSITY), ("T2", T2_INTENSITY)))}
+
+
+def place_lesions(labels: np.ndarray, diameters_mm, spacing_mm: float = 10.0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """`labels` with spherical lesions of `diameters_mm` (1 mm voxels) placed in white matter, as deep as the
+    white matter allows and at least `spacing_mm` apart; returns the new labels and each lesion's mask.
+    For checking that lesions keep their size and contrast (and that none is invented)."""
+    labels = labels.copy()
+    depth = distance_transform_edt(labels == WM)
+    coords = np.indices(labels.shape)
+    masks: list[np.ndarray] = []
+    occupied = np.zeros(labels.shape, bool)
+    for diameter in diameters_mm:
+        radius = diameter / 2
+        free = (depth > radius + 1) & ~occupied
+        if not free.any():
+            raise ValueError(f"no white matter deep enough for a {diameter} mm lesion; use a larger phantom")
+        candidates = np.argwhere(free)
+        centre = candidates[len(candidates) // 2]
+        ball = sum((coords[a] - centre[a]) ** 2 for a in range(3)) <= radius ** 2
+        labels[ball] = LESION
+        masks.append(ball)
+        occupied |= sum((coords[a] - centre[a]) ** 2 for a in range(3)) <= (radius + spacing_mm) ** 2
+    return labels, masks
