@@ -148,3 +148,11 @@ def test_a_killed_batch_resumes_without_redoing_finished_cases(tmp_path, untrain
         assert (out / output).stat().st_mtime_ns == mtimes[output]
     assert not list(out.glob(STAGING_PREFIX + "*"))  # the killed write's staging folder is gone too
     assert np.isfinite(read_volume(out / "case5_SR.nii.gz").array).all()
+
+
+def test_cases_take_turns_on_the_gpus():
+    from MRISuperResLib.cohort import device_for
+
+    assert [device_for(i, "auto", 2) for i in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert device_for(3, None, 3) == "cuda:0"
+    assert device_for(1, "cpu", 2) == "cpu" and device_for(1, "auto", 0) == "auto" and device_for(0, None, 1) is None

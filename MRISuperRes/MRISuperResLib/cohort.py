@@ -267,6 +267,14 @@ def batch(source: str | os.PathLike, output_dir: str | os.PathLike, reference_pa
     return [rows[c.name] for c in cases]
 
 
+def device_for(index: int, requested: str | None, gpus: int) -> str | None:
+    """The device of the `index`-th case on a machine with `gpus` GPUs: on GPUs, one after another, so that
+    parallel workers share them out; otherwise what was asked."""
+    if gpus > 1 and requested in (None, "auto", "cuda"):
+        return f"cuda:{index % gpus}"
+    return requested
+
+
 def _run_distributed(cases: list[Case], options: dict, force: bool, workers: int, scheduler: str | None,
                      finished) -> None:
     try:
@@ -274,15 +282,24 @@ def _run_distributed(cases: list[Case], options: dict, force: bool, workers: int
     except ImportError:
         raise MRISuperResError("Parallel batches need Dask distributed; install it (pip install "
                                "'distributed>=2024.1') or run with one worker.") from None
-    cluster = None
+    cluster, gpus = None, 0
     if scheduler is None:
-        # Worker processes, one task each, sharing the machine's cores between them.
+        import torch
+
+        # Worker processes, one task each, sharing the machine's cores between them; on a machine with
+        # several GPUs, one worker per GPU at most, each case on the next GPU.
+        gpus = torch.cuda.device_count() if options.get("device") in (None, "auto", "cuda") else 0
+        if gpus:
+            workers = min(workers, gpus)
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         options = {"threads": max(1, (os.cpu_count() or 1) // workers), **options}
     client = Client(scheduler or cluster)
     try:
-        futures = [client.submit(run_case, case, options, force, key=f"mrisuperres-{i}-{case.name}", pure=False)
-                   for i, case in enumerate(cases)]
+        futures = []
+        for i, case in enumerate(cases):
+            device = device_for(i, options.get("device"), gpus)
+            futures.append(client.submit(run_case, case, {**options, **({"device": device} if device else {})},
+                                         force, key=f"mrisuperres-{i}-{case.name}", pure=False))
         try:
             for future in as_completed(futures):
                 finished(future.result())
