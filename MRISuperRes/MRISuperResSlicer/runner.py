@@ -89,8 +89,10 @@ class SuperResolutionRunner:
         self.python = python or sys.executable
         self.environment = environment
 
-    def start(self, scene, input_node, reference_node=None, output_node=None, options: RunOptions = RunOptions(),
-              confidence: bool = False):
+    @staticmethod
+    def check_inputs(input_node, reference_node=None, output_node=None):
+        """Refuse bad nodes with one sentence; returns the input and reference volumes (None: no reference).
+        Needs neither torch nor scipy, so it can run before the dependencies are installed."""
         check_volume_node(input_node, "input")
         if output_node is not None:
             check_volume_node_class(output_node)
@@ -102,6 +104,11 @@ class SuperResolutionRunner:
             check_volume_node(reference_node, "reference")
             reference_volume = volume_from_node(reference_node, "reference")
             check_reference_is_not_input(input_volume, reference_volume)
+        return input_volume, reference_volume
+
+    def start(self, scene, input_node, reference_node=None, output_node=None, options: RunOptions = RunOptions(),
+              confidence: bool = False):
+        input_volume, reference_volume = self.check_inputs(input_node, reference_node, output_node)
         folder = Path(tempfile.mkdtemp(prefix="MRISuperRes-"))
         try:
             input_path = write_volume(input_volume, folder / "input.nrrd", compress=False)
