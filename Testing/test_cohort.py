@@ -156,3 +156,27 @@ def test_cases_take_turns_on_the_gpus():
     assert [device_for(i, "auto", 2) for i in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
     assert device_for(3, None, 3) == "cuda:0"
     assert device_for(1, "cpu", 2) == "cpu" and device_for(1, "auto", 0) == "auto" and device_for(0, None, 1) is None
+
+
+def test_ctrl_c_stops_the_batch_cleanly_and_reports_what_was_not_run(tmp_path, untrained_models_dir):
+    source = tmp_path / "in"
+    source.mkdir()
+    for seed in range(6):
+        write_volume(thick(seed, slices=16), source / f"case{seed}.nii.gz")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "MRISuperResLib.cli", "batch", str(source), str(out), "--model", "tiny",
+               "--models-dir", str(untrained_models_dir), "--no-self-check", "--threads", "1", "--quiet"]
+    child = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(MODULE_PARENT)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "batch_report.json").exists() and time.monotonic() < deadline:
+        assert child.poll() is None, child.stderr.read()
+        time.sleep(0.02)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    assert "The batch was stopped; finished cases are kept and a rerun does the rest." in stderr
+    rows = json.loads((out / "batch_report.json").read_text())
+    assert len(rows) == 6 and "not run" in {r["status"] for r in rows}
+    assert {r["status"] for r in rows} <= {"done", "not run"}
+    assert not list(out.glob(STAGING_PREFIX + "*"))
