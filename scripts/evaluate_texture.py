@@ -15,6 +15,7 @@ interrupted run continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -40,10 +41,17 @@ COLUMNS = {
     "TT unpaired": (1, "unpaired", "unpaired"),
     "TT self": (1, "none", "self"),
 }
+# Attribution: the texture model run without any texture (its branch sees "none"), with and without the
+# paired reference in its reference channels; what its fine-tuning alone changed.
+NO_TEXTURE_COLUMNS = {
+    "TT, no texture, no reference": (1, "none", "self"),
+    "TT, no texture, paired reference": (1, "paired", "paired"),
+}
 PICTURE_CASE = "openms_p26 T2<-T1"
 
 
-def run(data: Path, pairs, cases, factor: int, threads: int, cache: Path, pictures: Path | None) -> list[dict]:
+def run(data: Path, pairs, cases, factor: int, threads: int, cache: Path, pictures: Path | None,
+        attribution: bool = False) -> list[dict]:
     done = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
     key = lambda r: (r["case"], r["model"], r["column"])  # noqa: E731
     finished = {key(r) for r in done}
@@ -58,7 +66,7 @@ def run(data: Path, pairs, cases, factor: int, threads: int, cache: Path, pictur
         truth_crop = None
         todo = [("cubic", "cubic", "none", None)] + [
             (column, pair[which], reference, mode) for pair in pairs
-            for column, (which, reference, mode) in COLUMNS.items()]
+            for column, (which, reference, mode) in {**COLUMNS, **(NO_TEXTURE_COLUMNS if attribution else {})}.items()]
         confidences = {}
         for column, model, reference, mode in todo:
             wants_picture = pictures is not None and name == PICTURE_CASE and model == pairs[0][1]
@@ -66,9 +74,10 @@ def run(data: Path, pairs, cases, factor: int, threads: int, cache: Path, pictur
                 continue
             started = time.perf_counter()
             # The networks alone: texture models have no self-check or adaptation, so neither has the backbone.
-            result, confidence = superresolve_with_confidence(
-                low, references[reference], model=model, target_spacing=truth.spacing, threads=threads,
-                reference_mode=mode, self_check=False)
+            with without_texture(column in NO_TEXTURE_COLUMNS):
+                result, confidence = superresolve_with_confidence(
+                    low, references[reference], model=model, target_spacing=truth.spacing, threads=threads,
+                    reference_mode=mode, self_check=False)
             truth_crop = crop_to(truth.array, result.array.shape)
             if wants_picture:
                 confidences[column] = (result.array, confidence.array)
@@ -87,6 +96,22 @@ def run(data: Path, pairs, cases, factor: int, threads: int, cache: Path, pictur
         if confidences:
             confidence_picture(pictures / "texture_confidence.png", low, truth_crop, confidences, axis, factor)
     return rows
+
+
+@contextlib.contextmanager
+def without_texture(active: bool):
+    """Runs in which the pipeline makes no texture source, so that a texture model's branch sees none."""
+    if not active:
+        yield
+        return
+    from MRISuperResLib import pipeline
+
+    original = pipeline._texture_source
+    pipeline._texture_source = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        pipeline._texture_source = original
 
 
 def confidence_picture(path: Path, low, truth: np.ndarray, confidences: dict, axis: int, factor: int) -> None:
@@ -123,10 +148,21 @@ def markdown(rows: list[dict], pairs) -> str:
             hits = [r for r in rows if r["model"] == pair[which] and r["column"] == column]
             cells.append(f"{mean(hits, 'psnr'):.2f} / {mean(hits, 'ssim'):.4f}" if len(hits) == len(cases) else "")
         lines.append(f"| {pair[0]} / {pair[1]} | " + " | ".join(cells) + " |")
+    attributed = [pair for pair in pairs if all(
+        len([r for r in rows if r["model"] == pair[1] and r["column"] == column]) == len(cases)
+        for column in NO_TEXTURE_COLUMNS)]
+    if attributed:
+        lines += ["", "The same texture models without any texture (their fine-tuning alone):", "",
+                  "| texture model | " + " | ".join(NO_TEXTURE_COLUMNS) + " |", "|" + " --- |" * (len(NO_TEXTURE_COLUMNS) + 1)]
+        for pair in attributed:
+            cells = [f"{mean(hits, 'psnr'):.2f} / {mean(hits, 'ssim'):.4f}" for hits in
+                     ([r for r in rows if r["model"] == pair[1] and r["column"] == column] for column in NO_TEXTURE_COLUMNS)]
+            lines.append(f"| {pair[1]} | " + " | ".join(cells) + " |")
     lines += ["", "Per subject, PSNR (dB):", "", "| model | reference | " + " | ".join(cases) + " |",
               "|" + " --- |" * (len(cases) + 2)]
     variants = [("cubic", "cubic")] + list(dict.fromkeys(
         (pair[which], column) for pair in pairs for column, (which, _, _) in COLUMNS.items()))
+    variants += [(pair[1], column) for pair in attributed for column in NO_TEXTURE_COLUMNS]
     for model, column in variants:
         cells = [next((f"{r['psnr']:.2f}" for r in rows if (r["case"], r["model"], r["column"]) == (case, model, column)),
                       "") for case in cases]
@@ -170,6 +206,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=REPO / "Resources")
     parser.add_argument("--tables-only", action="store_true",
                         help="run nothing: write the tables (and update the cards) from the cached rows")
+    parser.add_argument("--attribution", action="store_true",
+                        help="also run each texture model without texture (with and without the paired reference)")
     parser.add_argument("--update-cards", action="store_true",
                         help="write each texture model's means into its card in models.json")
     args = parser.parse_args()
@@ -183,12 +221,13 @@ def main() -> None:
         for row in map(json.loads, cache.read_text().splitlines()):
             unique.setdefault((row["case"], row["model"], row["column"]), row)  # an earlier run's duplicates
         rows = [r for r in unique.values() if r["case"] in names]
+        pairs = [p for p in pairs if any(r["model"] == p[1] for r in rows)]  # texture models never scored: left out
         last_column = list(COLUMNS)[-1]  # a case is complete when the last model's last column is in
         cases = [c for c in cases if any((r["case"], r["model"], r["column"]) == (c[0], pairs[-1][1], last_column)
                                          for r in rows)]
         rows = [r for r in rows if r["case"] in {c[0] for c in cases}]
     else:
-        rows = run(args.data, pairs, cases, args.factor, args.threads, cache, args.output)
+        rows = run(args.data, pairs, cases, args.factor, args.threads, cache, args.output, args.attribution)
     if args.update_cards:
         update_cards(rows, pairs, cases)
     text = markdown(rows, pairs)

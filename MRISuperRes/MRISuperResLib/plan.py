@@ -58,12 +58,13 @@ ADAPT_BATCH = 8
 # hundred 64² patches, twice when adaptation runs; measured 2-4 s on the benchmark volume, 2 threads.
 SELF_CHECK_SECONDS = 4.0
 TILE_OVERLAP = 16
-# Texture transfer, per slice pixel of every planned plane: seconds of scattering (input, sharp and blurred
-# reference) and matching per CPU thread. scripts/benchmark.py measures 3.7e-6 for the texture stages alone;
-# 6e-6 also covers the RFDN backbone running slower than its multiply-adds suggest, so that the plan for
-# rfdn-tt comes within 15-25 % of the benchmark. The CUDA figure is a guess (no GPU measured yet). And the
-# working memory of scattering and bank matching (MatchSettings.memory_bytes plus the FFT planes).
-TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD = 6e-6
+# Texture transfer, per slice pixel of every planned plane and CPU thread, by reference mode: paired mode
+# scatters three images per slice (input, sharp and blurred reference) and matches in a window; the bank
+# modes scatter one and match against the bank. Calibrated on scripts/benchmark.py (edsr-tt against
+# edsr-mixed, the same run, 2 threads; see README) so that the plan comes within 30 % of the measurement. The
+# CUDA figure is a guess (no GPU measured yet). And the working memory of scattering and bank matching
+# (MatchSettings.memory_bytes plus the FFT planes).
+TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD = {"paired": 6e-6, "unpaired": 6e-6, "self": 6e-6}
 TEXTURE_CUDA_SECONDS_PER_PIXEL = 5e-8
 TEXTURE_WORKING_BYTES = 320 * 2 ** 20
 # Per slice pixel in flight: the network's 16 projected channels placed on the pixels (per slice group and
@@ -250,7 +251,7 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
         memory += (TEXTURE_CHANNELS_IN_FLIGHT * 4 * batch_size * (slice_pixels + tile_pixels)
                    + 4 * voxels + TEXTURE_WORKING_BYTES)
         seconds += voxels * len(chosen) * (TEXTURE_CUDA_SECONDS_PER_PIXEL if device.startswith("cuda")
-                                           else TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD / threads)
+                                           else TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD[reference_mode] / threads)
     check_seconds, steps = 0.0, 0
     if self_check and not model.is_interpolation and not model.texture_transfer:
         steps = adaptation_steps(adapt_seconds, model.architecture, model.macs_per_pixel, device, threads) \

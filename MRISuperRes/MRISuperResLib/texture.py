@@ -7,12 +7,15 @@ For each slice the networks see (pre-interpolated, an upsampled axis along rows)
    pixels along the upsampled direction(s) and interpolated back (box slice profile + cubic), so that
    matching compares like with like.
 2. Dense matching of 3 × 3 feature patches, stride 1, by normalised dot product (cosine), argmax per
-   input patch; the best score is the **confidence** (0 where there is nothing to match). The features
+   input patch; the best score gates the swapped features (0 where there is nothing to match), and the
+   confidence map a run writes is calibrated from the match's margin (`CONFIDENCE_CALIBRATION`). The features
    are standardised per channel first (mean and spread of the blurred reference's foreground): raw
    scattering coefficients are non-negative and dominated by the low-pass channel, so their cosine is
    about 0.97 for any two patches, and matching would compare local brightness rather than texture.
 3. Swapping: the matched patches of the *sharp* reference's features are put in place and overlaps
-   averaged; the network takes them, with the confidence, in an early layer.
+   averaged; the network projects them, with the score, to a few channels on this ¼-resolution grid
+   (`TextureBranch.project`), and takes those, placed on the pixels (`TextureSource.place`), in an early
+   layer.
 
 Where the matches are searched depends on the reference mode:
 
