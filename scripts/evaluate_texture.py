@@ -69,7 +69,8 @@ def run(data: Path, pairs, cases, factor: int, threads: int, cache: Path, pictur
             for column, (which, reference, mode) in {**COLUMNS, **(NO_TEXTURE_COLUMNS if attribution else {})}.items()]
         confidences = {}
         for column, model, reference, mode in todo:
-            wants_picture = pictures is not None and name == PICTURE_CASE and model == pairs[0][1]
+            wants_picture = (pictures is not None and name == PICTURE_CASE and model == pairs[0][1]
+                             and column in COLUMNS and not confidences.get(column))
             if (name, model, column) in finished and not wants_picture:
                 continue
             started = time.perf_counter()
@@ -206,6 +207,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=REPO / "Resources")
     parser.add_argument("--tables-only", action="store_true",
                         help="run nothing: write the tables (and update the cards) from the cached rows")
+    parser.add_argument("--no-pictures", action="store_true", help="do not (re)make the confidence picture")
     parser.add_argument("--attribution", action="store_true",
                         help="also run each texture model without texture (with and without the paired reference)")
     parser.add_argument("--update-cards", action="store_true",
@@ -227,7 +229,8 @@ def main() -> None:
                                          for r in rows)]
         rows = [r for r in rows if r["case"] in {c[0] for c in cases}]
     else:
-        rows = run(args.data, pairs, cases, args.factor, args.threads, cache, args.output, args.attribution)
+        rows = run(args.data, pairs, cases, args.factor, args.threads, cache,
+                   None if args.no_pictures else args.output, args.attribution)
     if args.update_cards:
         update_cards(rows, pairs, cases)
     text = markdown(rows, pairs)
