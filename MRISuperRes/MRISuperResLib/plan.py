@@ -25,10 +25,11 @@ TARGET_GRID_COPIES = 6
 # scripts/benchmark.py on the development machine; see README), and on a CUDA device.
 CPU_MACS_PER_SECOND_PER_THREAD = 6e9
 # The wide half-resolution EDSR runs its convolutions far more efficiently (channels_last, 64 channels):
-# 8 tiles of 256² in 0.88 s at 123 k MAC/px on 2 threads, about 29e9 per thread; a little margin taken.
+# 8 tiles of 256² in 0.88 s at 123 k MAC/px on 2 threads, about 29e9 per thread; benchmark runs of
+# edsr-mixed took 66-74 s on the benchmark volume (2 threads), for which 30e9 plans 73 s.
 # The progressive network and DAASR (channel attention, layer norms and windowed matching: memory-bound),
 # calibrated on scripts/benchmark.py (2 threads, idle machine: 46.8 s and 165.9 s without adaptation).
-CPU_MACS_PER_SECOND_PER_THREAD_BY_ARCHITECTURE = {"edsr": 25e9, "progressive": 39e9, "daasr": 8.2e9}
+CPU_MACS_PER_SECOND_PER_THREAD_BY_ARCHITECTURE = {"edsr": 30e9, "progressive": 39e9, "daasr": 8.2e9}
 CUDA_MACS_PER_SECOND = 2e12
 CUBIC_SECONDS_PER_VOXEL = 1e-8
 # Float32 values alive at once per tile pixel inside a slice network (feature maps and the convolutions'
@@ -64,7 +65,7 @@ TILE_OVERLAP = 16
 # edsr-mixed, the same run, 2 threads; see README) so that the plan comes within 30 % of the measurement. The
 # CUDA figure is a guess (no GPU measured yet). And the working memory of scattering and bank matching
 # (MatchSettings.memory_bytes plus the FFT planes).
-TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD = {"paired": 6e-6, "unpaired": 6e-6, "self": 6e-6}
+TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD = {"paired": 6.1e-6, "unpaired": 4.1e-6, "self": 4.3e-6}
 TEXTURE_CUDA_SECONDS_PER_PIXEL = 5e-8
 TEXTURE_WORKING_BYTES = 320 * 2 ** 20
 # Per slice pixel in flight: the network's 16 projected channels placed on the pixels (per slice group and
