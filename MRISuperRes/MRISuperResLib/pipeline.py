@@ -170,7 +170,8 @@ def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, registe
     if register_reference:
         stage = StageReporter("register", 1, progress, cancel)
         transform = register_rigid(volume, reference)
-        stage.finish(f"reference registered: {describe_transform(transform)}")
+        # Shown even with --quiet: the user asked for it, and it moved the reference.
+        stage.finish(f"reference registered: {describe_transform(transform)}", warning=True)
     stage = StageReporter("reference", 1, progress, cancel)
     resampled, mask = resample_to_grid(reference, plan.target, transform)
     reference_mask = mask.array

@@ -14,8 +14,8 @@ from .errors import CancelledError
 @dataclass(frozen=True)
 class ProgressEvent:
     """`done` of `total` units of `stage`; `eta` is the seconds this stage still needs (None: unknown);
-    `warning`: the message changes what the user gets (a reference ignored, a fallback), so it is shown
-    even by `--quiet`."""
+    `warning`: the message changes what the user gets (a reference ignored or registered, a fallback), so
+    it is shown even by `--quiet`."""
 
     stage: str
     done: int
