@@ -118,15 +118,20 @@ def test_a_running_scheduler_takes_the_same_cases(tmp_path):
     assert set(statuses(rows).values()) == {"done"} and len(rows) == 3
 
 
-def test_a_killed_batch_resumes_without_redoing_finished_cases(tmp_path, untrained_models_dir):
+def slow_batch(tmp_path: Path, models_dir: Path) -> tuple[list[str], dict, Path]:
+    """Six cases for an untrained network (about a second each): the command, its environment, its output."""
     source = tmp_path / "in"
     source.mkdir()
     for seed in range(6):
         write_volume(thick(seed, slices=16), source / f"case{seed}.nii.gz")
     out = tmp_path / "out"
     command = [sys.executable, "-m", "MRISuperResLib.cli", "batch", str(source), str(out), "--model", "tiny",
-               "--models-dir", str(untrained_models_dir), "--no-self-check", "--threads", "1", "--quiet"]
-    environment = {**os.environ, "PYTHONPATH": str(MODULE_PARENT)}
+               "--models-dir", str(models_dir), "--no-self-check", "--threads", "1", "--quiet"]
+    return command, {**os.environ, "PYTHONPATH": str(MODULE_PARENT)}, out
+
+
+def test_a_killed_batch_resumes_without_redoing_finished_cases(tmp_path, untrained_models_dir):
+    command, environment, out = slow_batch(tmp_path, untrained_models_dir)
     child = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not list(out.glob("*_SR.json")) and time.monotonic() < deadline:
@@ -159,15 +164,8 @@ def test_cases_take_turns_on_the_gpus():
 
 
 def test_ctrl_c_stops_the_batch_cleanly_and_reports_what_was_not_run(tmp_path, untrained_models_dir):
-    source = tmp_path / "in"
-    source.mkdir()
-    for seed in range(6):
-        write_volume(thick(seed, slices=16), source / f"case{seed}.nii.gz")
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "MRISuperResLib.cli", "batch", str(source), str(out), "--model", "tiny",
-               "--models-dir", str(untrained_models_dir), "--no-self-check", "--threads", "1", "--quiet"]
-    child = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(MODULE_PARENT)},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    command, environment, out = slow_batch(tmp_path, untrained_models_dir)
+    child = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (out / "batch_report.json").exists() and time.monotonic() < deadline:
         assert child.poll() is None, child.stderr.read()
