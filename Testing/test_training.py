@@ -197,3 +197,48 @@ def test_2_5d_patches_carry_the_neighbouring_slices_as_inference_does():
     stacked = with_neighbours(slices, 0, 5, 1)
     assert stacked.shape == (5, 3, 3, 3)
     np.testing.assert_array_equal(stacked[:, :, 0, 0], [[0, 0, 1], [1, 0, 2], [2, 1, 3], [3, 2, 4], [4, 3, 4]])
+
+
+def test_background_workers_bf16_and_a_time_limit_stop_with_a_checkpoint(tmp_path):
+    pair = _phantom_data(tmp_path / "data")
+    config = tmp_path / "timed.yaml"
+    config.write_text("\n".join([
+        "name: timed", "architecture: edsr", "arguments: {features: 8, blocks: 1, context: 1, use_reference: true}",
+        "uses_reference: true", "factors: [2, 3]", "steps: 100000", "batch_size: 4", "patch_size: 16",
+        "pool_instances: 3", "patches_per_instance: 8", "refresh_every: 1", "data_workers: 2", "bf16: true",
+        "time_limit_minutes: 0.05", "validate_every: 100000", f"train:\n  - {pair}"]))
+    trained = _mrisuperres("train", config, "--data", tmp_path / "data", "--runs", tmp_path / "runs", "--threads", "1")
+    assert trained.returncode == 0, trained.stderr
+    run = tmp_path / "runs" / "timed"
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert 0 < state["step"] < 100000
+    assert f"time limit of 0.05 minutes reached at step {state['step']}" in trained.stdout + trained.stderr
+    card = json.loads((run / "card.json").read_text())
+    assert card["training"].startswith(f"{state['step']} steps") and card["sha256"] == sha256_of(run / "timed.pt")
+    again = _mrisuperres("train", config, "--data", tmp_path / "data", "--runs", tmp_path / "runs", "--threads", "1",
+                         "--resume")
+    assert again.returncode == 0 and f"resumed at step {state['step']}" in again.stdout
+
+
+def test_device_pack_round_trips_the_training_scans_to_eight_bits(tmp_path):
+    pair = _phantom_data(tmp_path / "data")
+    config = tmp_path / "packed.yaml"
+    config.write_text("\n".join(["name: packed", "architecture: edsr", f"train:\n  - {pair}\n  - {pair}"]))
+    packed = tmp_path / "scans.npz"
+    made = subprocess.run([sys.executable, REPO / "scripts" / "device_train.py", "pack", config, packed,
+                           "--data", tmp_path / "data"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert "2 scans, 2 distinct volumes" in made.stdout  # the same target twice is stored once
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from device_train import unpack
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    from MRISuperResLib.training.config import TrainingConfig
+    from MRISuperResLib.training.pairs import load_scans
+    originals = load_scans(tmp_path / "data", TrainingConfig.from_yaml(config).pair_specs("train"))
+    for original, scan in zip(originals, unpack(packed)):
+        span = float(original.truth.max() - original.truth.min())
+        assert np.abs(scan.truth - original.truth).max() <= span / 255 / 2 + 1e-6
+        assert np.abs(scan.reference - original.reference).max() <= 0.51 / 255 * float(np.ptp(original.reference))
+        assert scan.template.grid.same_as(original.template.grid) and scan.spec == original.spec

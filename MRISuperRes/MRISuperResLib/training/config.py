@@ -69,6 +69,13 @@ class TrainingConfig:
     pool_instances: int = 24
     patches_per_instance: int = 160
     refresh_every: int = 40
+    # Processes that simulate fresh instances in the background (0: the training process does it, exactly
+    # reproducibly; more: fast enough to feed a GPU, in whatever order they finish).
+    data_workers: int = 0
+    # Stop (checkpointed, weights and card written) after this many minutes of training; 0: run all steps.
+    time_limit_minutes: float = 0.0
+    # bfloat16 autocast for the forward pass and loss (GPUs, and CPUs with AVX-512 BF16).
+    bf16: bool = False
     loss: dict = field(default_factory=dict)
     # Weight of the L1 loss on each supervised intermediate output (the progressive network's first level,
     # DAASR's structure branch) next to the final output's.

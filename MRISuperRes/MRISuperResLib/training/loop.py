@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import random
 import time
@@ -51,29 +52,67 @@ def auxiliary_targets(batch: torch.Tensor, context: int) -> dict[str, torch.Tens
     return targets
 
 
+def _patch_group(scans, config: TrainingConfig, degradations: Degradations,
+                 rng: random.Random) -> tuple[np.ndarray, int]:
+    """The patches of one freshly degraded instance, and its factor."""
+    c = config
+    for _ in range(100):
+        instance = degrade_instance(rng.choice(scans), rng, degradations)
+        patches = cut_patches(instance, c.patches_per_instance, c.patch_size, rng,
+                              c.shift_probability, c.max_shift, c.absent_probability,
+                              c.rotation_probability, c.max_rotation_degrees, c.context)
+        if patches:
+            return np.stack(patches), instance.factor
+    raise MRISuperResError(f"No {c.patch_size}-pixel patches could be cut from the training volumes; "
+                           "use a smaller patch_size or larger volumes.")
+
+
+# What the background workers simulate from: set before the pool forks, so the scans are not pickled per task.
+_WORKER_STATE: tuple | None = None
+
+
+def _worker_group(seed: int) -> tuple[np.ndarray, int]:
+    scans, config, degradations = _WORKER_STATE
+    return _patch_group(scans, config, degradations, random.Random(seed))
+
+
 class PatchBank:
     """A pool of patches from degraded instances (each with its thick-slice factor), refreshed one instance
-    at a time."""
+    at a time, by this process or, with `config.data_workers`, by background processes as fast as they go."""
 
     def __init__(self, scans, config: TrainingConfig, rng: random.Random, halfway: bool = False) -> None:
+        global _WORKER_STATE
         self.scans, self.config, self.rng = scans, config, rng
         self.degradations = Degradations.from_config(config, halfway)
-        self.groups: list[tuple[np.ndarray, int]] = [self._fresh_group() for _ in range(config.pool_instances)]
+        self.workers = self.pending = None
+        if config.data_workers > 0:
+            _WORKER_STATE = (scans, config, self.degradations)
+            self.workers = multiprocessing.get_context("fork").Pool(config.data_workers)
+            seeds = [rng.randrange(1 << 62) for _ in range(config.pool_instances)]
+            self.groups = self.workers.map(_worker_group, seeds)
+            self.pending = [self._submit() for _ in range(2 * config.data_workers)]
+        else:
+            self.groups = [self._fresh_group() for _ in range(config.pool_instances)]
 
     def _fresh_group(self) -> tuple[np.ndarray, int]:
-        c = self.config
-        for _ in range(100):
-            instance = degrade_instance(self.rng.choice(self.scans), self.rng, self.degradations)
-            patches = cut_patches(instance, c.patches_per_instance, c.patch_size, self.rng,
-                                  c.shift_probability, c.max_shift, c.absent_probability,
-                                  c.rotation_probability, c.max_rotation_degrees, c.context)
-            if patches:
-                return np.stack(patches), instance.factor
-        raise MRISuperResError(f"No {c.patch_size}-pixel patches could be cut from the training volumes; "
-                               "use a smaller patch_size or larger volumes.")
+        return _patch_group(self.scans, self.config, self.degradations, self.rng)
+
+    def _submit(self):
+        return self.workers.apply_async(_worker_group, (self.rng.randrange(1 << 62),))
 
     def refresh(self) -> None:
-        self.groups[self.rng.randrange(len(self.groups))] = self._fresh_group()
+        if self.workers is None:
+            self.groups[self.rng.randrange(len(self.groups))] = self._fresh_group()
+            return
+        for task in [t for t in self.pending if t.ready()]:
+            self.pending.remove(task)
+            self.groups[self.rng.randrange(len(self.groups))] = task.get()
+            self.pending.append(self._submit())
+
+    def close(self) -> None:
+        if self.workers is not None:
+            self.workers.terminate()
+            self.workers = None
 
     def batch(self, size: int, same_factor: bool = False) -> tuple[torch.Tensor, int | None]:
         """A batch of patches; with `same_factor`, all of one thick-slice factor (texture transfer blurs the
@@ -240,8 +279,6 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
     loss_fn = CompositeLoss(**config.loss).to(torch_device)
     # Texture transfer: scattering features, matching and swapping per batch, as at inference.
     scattering = Scattering() if config.arguments.get("texture_transfer") else None
-    # Networks with supervised intermediate outputs (progressive levels, DAASR's structure branch).
-    auxiliary = bool(getattr(network, "auxiliary_outputs", ()))
     # Networks that degrade their reference as the input was (DAASR) need each batch's factor.
     takes_factor = getattr(network, "takes_factor", False)
     log = open(run_dir / "log.jsonl", "a") if rank == 0 else None
@@ -249,28 +286,20 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
     last_checkpoint = time.time()
     bar = tqdm(total=config.steps, initial=step, desc=config.name, disable=None if rank == 0 else True,
                unit="step", dynamic_ncols=True)
+    training_started = time.time()
+    autocast = torch.autocast(torch_device.type, dtype=torch.bfloat16, enabled=config.bf16)
     while step < config.steps:
+        if config.time_limit_minutes and time.time() - training_started > 60 * config.time_limit_minutes:
+            bar.write(f"time limit of {config.time_limit_minutes:g} minutes reached at step {step}")
+            break
         if step % config.refresh_every == 0 and step:
             bank.refresh()
         batch, factor = bank.batch(config.batch_size, same_factor=scattering is not None or takes_factor)
-        batch = batch.to(torch_device)
+        batch = batch.to(torch_device, non_blocking=True)
         lr, truth, ref, mask = split_batch(batch, config.context)
-        if auxiliary:
-            output, intermediates = model(lr, ref, mask, auxiliary=True, **({"factor": factor} if takes_factor else {}))
-            loss, parts = loss_fn(output, truth)
-            targets = auxiliary_targets(batch, config.context)
-            for name, intermediate in intermediates.items():
-                extra = nn.functional.l1_loss(intermediate, targets[name])
-                loss = loss + config.auxiliary_weight * extra
-                parts[f"l1_{name}"] = extra.item()
-        elif scattering is None:
-            output = model(lr, ref, mask)
-            loss, parts = loss_fn(output, truth)
-        else:
-            texture, has_texture = texture_inputs(lr, truth, ref, mask, factor, rng, scattering,
-                                                  probabilities=config.texture)
-            output = model(lr, ref, mask, placed_texture(network, texture, lr.shape[-2:], scattering))
-            loss, parts = loss_fn(output, truth, texture[:, :-1], has_texture)
+        with autocast:
+            loss, parts, output = _forward(model, network, loss_fn, config, batch, (lr, truth, ref, mask), factor,
+                                           scattering, rng)
         if critic is not None:
             # One critic step per generator step, then the generator's adversarial term (equations 3 and 8).
             critic_term = critic_loss(critic, truth, output, adversarial.gradient_penalty)
@@ -306,8 +335,11 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
             log.write(json.dumps(record) + "\n")
             log.flush()
     bar.close()
+    bank.close()
 
     if rank == 0:
+        if step < config.steps:  # stopped by the time limit
+            _save_checkpoint(checkpoint, network, optimizer, scheduler, rng, step, critic, critic_optimizer)
         weights = run_dir / f"{config.name}.pt"
         torch.save({k: v.cpu().contiguous() for k, v in network.state_dict().items()}, weights)
         card = _card(config, network, weights, step, torch_device, config_name,
@@ -322,6 +354,30 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
     if distributed:
         dist.destroy_process_group()
     return run_dir
+
+
+def _forward(model, network, loss_fn, config: TrainingConfig, batch, inputs, factor, scattering, rng
+             ) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """One batch through the network and the loss: (loss, its parts, output)."""
+    lr, truth, ref, mask = inputs
+    takes_factor = getattr(network, "takes_factor", False)
+    if getattr(network, "auxiliary_outputs", ()):
+        output, intermediates = model(lr, ref, mask, auxiliary=True, **({"factor": factor} if takes_factor else {}))
+        loss, parts = loss_fn(output, truth)
+        targets = auxiliary_targets(batch, config.context)
+        for name, intermediate in intermediates.items():
+            extra = nn.functional.l1_loss(intermediate, targets[name])
+            loss = loss + config.auxiliary_weight * extra
+            parts[f"l1_{name}"] = extra.item()
+    elif scattering is None:
+        output = model(lr, ref, mask)
+        loss, parts = loss_fn(output, truth)
+    else:
+        texture, has_texture = texture_inputs(lr, truth, ref, mask, factor, rng, scattering,
+                                              probabilities=config.texture)
+        output = model(lr, ref, mask, placed_texture(network, texture, lr.shape[-2:], scattering))
+        loss, parts = loss_fn(output, truth, texture[:, :-1], has_texture)
+    return loss, parts, output
 
 
 def _with_axes(scan, axes: tuple[int, ...]):
