@@ -79,7 +79,7 @@ def _option_value(name: str, text: str):
         return [float(v) for v in text.replace(",", " ").split()]
     if name == "planes":
         return text.split()
-    if name in ("adapt",):
+    if name == "adapt":
         return float(text)
     if name == "threads":
         return int(text)
@@ -165,7 +165,7 @@ def _record(case: Case, options: dict) -> dict:
     card = registry.get(options.get("model"))
     return {"input": case.input, "reference": case.reference,
             "options": {k: v for k, v in sorted(options.items()) if k not in ("threads", "device")},
-            "model": card.name, "model_sha256": getattr(card, "sha256", None) or "interpolation"}
+            "model": card.name, "model_sha256": card.sha256 or "interpolation"}
 
 
 def _sidecar(output: str) -> Path:

@@ -63,10 +63,11 @@ TILE_OVERLAP = 16
 # scatters three images per slice (input, sharp and blurred reference) and matches in a window; the bank
 # modes scatter one and match against the bank. Calibrated on scripts/benchmark.py (edsr-tt against
 # edsr-mixed, the same run, 2 threads; see README) so that the plan comes within 30 % of the measurement. The
-# CUDA figure is a guess (no GPU measured yet). And the working memory of scattering and bank matching
+# CUDA figures likewise, on an H100 (Resources/benchmark_gpu.json: edsr-tt paired 18.6 s and self 10.1 s against
+# edsr-mixed's 7.8 s); unpaired was not measured there and takes self's figure (the same bank matching). And the working memory of scattering and bank matching
 # (MatchSettings.memory_bytes plus the FFT planes).
 TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD = {"paired": 6.1e-6, "unpaired": 4.1e-6, "self": 4.3e-6}
-TEXTURE_CUDA_SECONDS_PER_PIXEL = 5e-8
+TEXTURE_CUDA_SECONDS_PER_PIXEL = {"paired": 3.2e-7, "unpaired": 7e-8, "self": 7e-8}
 TEXTURE_WORKING_BYTES = 320 * 2 ** 20
 # Per slice pixel in flight: the network's 16 projected channels placed on the pixels (per slice group and
 # per batch of tiles), the 82 matched channels living on the ¼-resolution grid (82 / 16 per pixel), rounded up.
@@ -251,7 +252,7 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
         slice_pixels = max(target.size[a] * target.size[b] for a in range(3) for b in range(a + 1, 3))
         memory += (TEXTURE_CHANNELS_IN_FLIGHT * 4 * batch_size * (slice_pixels + tile_pixels)
                    + 4 * voxels + TEXTURE_WORKING_BYTES)
-        seconds += voxels * len(chosen) * (TEXTURE_CUDA_SECONDS_PER_PIXEL if device.startswith("cuda")
+        seconds += voxels * len(chosen) * (TEXTURE_CUDA_SECONDS_PER_PIXEL[reference_mode] if device.startswith("cuda")
                                            else TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD[reference_mode] / threads)
     check_seconds, steps = 0.0, 0
     if self_check and not model.is_interpolation and not model.texture_transfer:
