@@ -352,15 +352,15 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
         self.lastConfidenceNode = None
         runner = SuperResolutionRunner(self.pythonExecutable(), slicer.util.startupEnvironment())
         runner.check_inputs(inputVolume, referenceVolume, outputVolume)
-        if installDependencies and dependencies.missing_packages():
-            missing = dependencies.missing_packages()
+        if installDependencies and dependencies.needed_packages():
+            missing = dependencies.describe_needed()
             if not dependencies.install_missing(True):
-                raise MRISuperResError(f"MRISuperRes needs Python packages that are not installed ({', '.join(missing)}) "
+                raise MRISuperResError(f"MRISuperRes needs Python packages that are not installed or too old ({missing}) "
                                        "and nothing was run; click Apply again and accept the installation.")
-            still = dependencies.missing_packages()
+            still = dependencies.needed_packages()
             if still:
-                raise MRISuperResError(f"The installation left {', '.join(still)} missing; see the Python console "
-                                       "for pip's messages, then restart Slicer and try again.")
+                raise MRISuperResError(f"The installation left {', '.join(still)} missing or too old; see the Python "
+                                       "console for pip's messages, then restart Slicer and try again.")
         options = RunOptions(model=model, target_spacing=tuple(targetSpacing) if targetSpacing else None,
                              scale=tuple(scale) if scale else None, planes=tuple(planes) if planes else None,
                              device=device, batch_size=batchSize, register_reference=registerReference,
@@ -393,7 +393,7 @@ class MRISuperResTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_bad_input_is_refused_before_anything_is_installed()
-        missing = dependencies.missing_packages()
+        missing = dependencies.needed_packages()
         if missing:
             # Tests never install packages (on Slicer's build machines confirmations answer yes by themselves).
             logging.warning("MRISuperRes self-test: %s not installed, and tests never install packages; the "

@@ -150,7 +150,9 @@ class SuperResolutionJob:
         if not self.running:
             return
         if sys.platform == "win32":
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True)
+            # No console window flashes (as slicer.util.launchConsoleProcess hides its own).
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True,
+                           creationflags=subprocess.CREATE_NO_WINDOW)
         else:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:

@@ -8,12 +8,32 @@ reinstalled. Nothing is installed at import time.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import importlib.util
+import re
+import sys
 
 # Import name → pip requirement. scipy below 1.17: kymatio 0.3.0 (texture transfer) imports sph_harm, which
 # scipy 1.17 removed (MRISuperResLib.scattering also puts it back, for a Slicer that already has a newer scipy).
 PIP_PACKAGES = {"scipy": "scipy>=1.10,<1.17", "tqdm": "tqdm>=4.60", "kymatio": "kymatio==0.3.0"}
-TORCH_REQUIREMENT = ">=2.1"
+# The oldest versions the core works with: torch for `torch.load(weights_only=True)` with the tensors our
+# weights hold and the channels_last/bfloat16 paths (2.1); kymatio for the filter bank texture transfer uses.
+MINIMUM_VERSIONS = {"torch": (2, 1), "kymatio": (0, 3)}
+
+
+def torch_requirement(python: tuple[int, int] = sys.version_info[:2]) -> str:
+    """The torch versions to install for the Python that Slicer runs: from the minimum the core needs (the
+    first with wheels for Python 3.12 there, as in Slicer 5.10 and later), below 2.13, reported broken inside
+    Slicer 5.12 (light-the-torch issue 176)."""
+    return ">=2.2,<2.13" if python >= (3, 12) else ">=2.1,<2.13"
+
+
+def _version(name: str) -> tuple[int, ...] | None:
+    try:
+        text = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:2])
 
 
 def missing_packages() -> list[str]:
@@ -21,18 +41,40 @@ def missing_packages() -> list[str]:
     return [name for name in ("torch", *PIP_PACKAGES) if importlib.util.find_spec(name) is None]
 
 
+def outdated_packages() -> dict[str, str]:
+    """Installed packages older than the core needs: import name → installed version."""
+    outdated = {}
+    for name, minimum in MINIMUM_VERSIONS.items():
+        version = _version(name) if importlib.util.find_spec(name) is not None else None
+        if version is not None and version < minimum:
+            outdated[name] = importlib.metadata.version(name)
+    return outdated
+
+
+def needed_packages() -> list[str]:
+    """What an installation must bring: the missing packages and those too old."""
+    return missing_packages() + [name for name in outdated_packages() if name not in missing_packages()]
+
+
+def describe_needed() -> str:
+    """One line for the confirmation: each package, and for an old one the version found and the upgrade."""
+    outdated = outdated_packages()
+    return ", ".join(f"{name} (installed {outdated[name]}, too old: it will be upgraded)" if name in outdated
+                     else name for name in needed_packages())
+
+
 def install_missing(ask_confirmation: bool = True) -> bool:
     """Install what is missing (Slicer only); False when the user declined or PyTorch is unavailable."""
     import slicer
 
-    missing = missing_packages()
+    missing = needed_packages()
     if not missing:
         return True
     if slicer.app.testingEnabled():
         return False  # tests never install: on build machines the confirmation below would answer yes itself
     if ask_confirmation and not slicer.util.confirmOkCancelDisplay(
             "MRISuperRes needs these Python packages, which will now be downloaded and installed: "
-            + ", ".join(missing) + ". This can take several minutes.", "MRISuperRes: install dependencies"):
+            + describe_needed() + ". This can take several minutes.", "MRISuperRes: install dependencies"):
         return False
     if "torch" in missing:
         try:
@@ -41,12 +83,12 @@ def install_missing(ask_confirmation: bool = True) -> bool:
             raise RuntimeError("MRISuperRes needs the PyTorch extension; install it from the Extensions Manager "
                                "and restart Slicer.") from None
         if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
-                                                          torchVersionRequirement=TORCH_REQUIREMENT) is None:
+                                                          torchVersionRequirement=torch_requirement()) is None:
             return False
     requirements = [PIP_PACKAGES[name] for name in missing if name in PIP_PACKAGES]
     if requirements:
-        slicer.util.pip_install(requirements)
-    return not missing_packages()
+        slicer.util.pip_install(["--upgrade", *requirements])
+    return not needed_packages()
 
 
 @functools.lru_cache(maxsize=1)

@@ -20,9 +20,9 @@ class MRISuperResModuleTest(unittest.TestCase):
 
         from MRISuperResSlicer import dependencies
 
-        missing = dependencies.missing_packages()
+        missing = dependencies.needed_packages()
         if missing:  # tests never install packages; say what was not run
-            self.skipTest(f"{', '.join(missing)} not installed (tests never install packages)")
+            self.skipTest(f"{', '.join(missing)} not installed or too old (tests never install packages)")
 
         logic = slicer.util.getModuleLogic("MRISuperRes")
         node = slicer.util.addVolumeFromArray(np.random.default_rng(1).random((8, 32, 32)).astype("float32"),
