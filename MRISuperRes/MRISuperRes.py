@@ -22,6 +22,8 @@ from MRISuperResLib.models.registry import ModelRegistry
 from MRISuperResLib.plan import DEFAULT_ADAPT_SECONDS, REFERENCE_MODES, make_plan, resolve_reference_mode
 from MRISuperResSlicer import dependencies
 from MRISuperResSlicer.nodes import grid_from_node
+from MRISuperResSlicer.parameters import fallback_message, stale_parameters
+from MRISuperResSlicer.wording import in_gui_words
 from MRISuperResSlicer.runner import SuperResolutionRunner
 
 TARGET_MODES = ("isotropic", "scale", "spacing")
@@ -165,8 +167,8 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateGUIFromParameterNode(self, caller=None, event=None):
         """The widgets the wrapper does not bind (combo boxes, coordinates), the plan line and Apply."""
         parameters = self._parameterNode
-        if parameters is None:
-            return
+        if parameters is None or self.repairStaleParameters():
+            return  # a repair modifies the node, which calls this again
         manual = (self.ui.modelComboBox, self.ui.targetModeComboBox, self.ui.deviceComboBox,
                   self.ui.targetValuesWidget, self.ui.referenceModeComboBox)
         for widget in manual:
@@ -193,6 +195,27 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._run is None:
             self.ui.applyButton.enabled = parameters.inputVolume is not None
             self.ui.applyButton.text = "Apply"
+
+    def repairStaleParameters(self):
+        """Values from a scene saved by another version that this one lacks fall back to the default, with a
+        message; True when something was replaced."""
+        parameters = self._parameterNode
+        values = {"model": parameters.model, "targetMode": parameters.targetMode, "device": parameters.device,
+                  "referenceMode": parameters.referenceMode}
+        choices = {"model": ("", *self.logic.registry.names()), "targetMode": TARGET_MODES, "device": DEVICES,
+                   "referenceMode": REFERENCE_MODE_CHOICES}
+        defaults = {"model": self.logic.registry.default_name, "targetMode": "isotropic", "device": "auto",
+                    "referenceMode": ""}
+        replacements = stale_parameters(values, choices, defaults)
+        if not replacements:
+            return False
+        message = fallback_message(values, replacements)
+        logging.warning(message)
+        self.ui.statusLabel.text = message
+        with slicer.util.NodeModify(parameters):
+            for name, value in replacements.items():
+                setattr(parameters, name, value)
+        return True
 
     def onManualWidgetChanged(self, *unused):
         if self._parameterNode is None:
@@ -238,12 +261,23 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except (MRISuperResError, ValueError) as error:
             return str(error)
 
-    def onApplyButton(self):
+    def onApplyButton(self, *unused):
         if self._run is not None:
             self._run.cancel()
             self.ui.statusLabel.text = "Cancelled; the scene is unchanged."
             self.stopPolling()
             return
+        self.startRun()
+
+    def reportFailure(self, error):
+        """The error in the GUI's words; a memory refusal asks whether to try anyway, and does if told to."""
+        text, memory = in_gui_words(str(error))
+        if memory and slicer.util.confirmYesNoDisplay(text + " Try anyway?", windowTitle="MRISuperRes: memory"):
+            self.startRun(force=True)
+            return
+        slicer.util.errorDisplay(text)
+
+    def startRun(self, force=False):
         parameters = self._parameterNode
         try:
             self._run = self.logic.process(
@@ -251,10 +285,10 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 model=parameters.model or None, device=parameters.device,
                 registerReference=parameters.registerReference, planes=parameters.planes.split() or None,
                 batchSize=parameters.batchSize, waitForCompletion=False, **self.targetArguments(),
-                adapt=None if parameters.adaptToScan else 0,
+                adapt=None if parameters.adaptToScan else 0, force=force,
                 **self.textureArguments())
         except Exception as error:  # a bad input (MRISuperResError) or a failed dependency install
-            slicer.util.errorDisplay(str(error))
+            self.reportFailure(error)
             return
         self.ui.applyButton.text = "Cancel"
         self.ui.progressBar.show()
@@ -279,7 +313,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         except MRISuperResError as error:
             self.ui.statusLabel.text = "Failed; the scene is unchanged."
-            slicer.util.errorDisplay(str(error))
+            self.reportFailure(error)
             return
         self.logic.showResult(node)
         self.ui.statusLabel.text = f"Done: {node.GetName()}" + (
@@ -333,7 +367,7 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
     def process(self, inputVolume, referenceVolume=None, outputVolume=None, model=None, targetSpacing=None,
                 device="auto", registerReference=False, waitForCompletion=True, progressCallback=None, scale=None,
                 planes=None, batchSize=None, installDependencies=True, referenceMode=None, confidenceMap=False,
-                adapt=None):
+                adapt=None, force=False):
         """Super-resolve `inputVolume` and return the output node (a new `<input>_SR` unless given).
 
         Texture-transfer models take `referenceMode` (paired, unpaired or self; None: paired with a
@@ -343,6 +377,7 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
         Every run scores the model against interpolation on the scan's own sharp planes (the estimate shows
         in the progress messages) and fine-tunes it there first: `adapt` seconds of work (None: the default
         budget, 0: never); the fine-tuned model is used only when it does better on held-out slices.
+        `force=True` runs even when the memory estimate exceeds what is free.
 
         With `waitForCompletion=False` it returns the running job at once (poll `pending_events()`, then
         `finish()` or `cancel()`); the scene changes only when a run succeeds. Raises `MRISuperResError`
@@ -364,7 +399,7 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
         options = RunOptions(model=model, target_spacing=tuple(targetSpacing) if targetSpacing else None,
                              scale=tuple(scale) if scale else None, planes=tuple(planes) if planes else None,
                              device=device, batch_size=batchSize, register_reference=registerReference,
-                             reference_mode=referenceMode, adapt=adapt)
+                             reference_mode=referenceMode, adapt=adapt, force=force)
         run = runner.start(slicer.mrmlScene, inputVolume, referenceVolume, outputVolume, options, confidenceMap)
         if not waitForCompletion:
             return run

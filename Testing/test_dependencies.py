@@ -44,3 +44,32 @@ def test_cancel_on_windows_kills_the_tree_without_a_console_window(monkeypatch, 
     job.cancel()
     assert calls[0][0][:4] == ["taskkill", "/F", "/T", "/PID"] and calls[0][1]["creationflags"] == 0x08000000
     assert job.cancelled and not job.running
+
+
+def test_saved_values_this_version_lacks_fall_back_to_the_defaults_with_one_sentence():
+    from MRISuperResSlicer.parameters import fallback_message, stale_parameters
+
+    values = {"model": "edsr-2030", "device": "mps", "targetMode": "isotropic"}
+    choices = {"model": ("", "cubic", "edsr-large"), "device": ("auto", "cpu", "cuda"),
+               "targetMode": ("isotropic", "scale", "spacing")}
+    defaults = {"model": "edsr-large", "device": "auto", "targetMode": "isotropic"}
+    replacements = stale_parameters(values, choices, defaults)
+    assert replacements == {"model": "edsr-large", "device": "auto"}
+    assert fallback_message(values, replacements) == (
+        "The saved MRISuperRes settings come from another version: model 'edsr-2030' is not available here, "
+        "using 'edsr-large'; device 'mps' is not available here, using 'auto'.")
+    assert stale_parameters({"model": ""}, {"model": ("", "cubic")}, {"model": "cubic"}) == {}
+
+
+def test_command_line_advice_is_given_in_the_guis_words():
+    from MRISuperResLib.job import RunOptions
+    from MRISuperResSlicer.wording import in_gui_words
+
+    memory = ("This run needs about 9.1 GiB of memory but 4.0 GiB is available; ask for a coarser target spacing, "
+              "or pass --force to try anyway.")
+    text, refusal = in_gui_words(memory)
+    assert refusal and "--force" not in text and text.endswith("ask for a coarser target spacing.")
+    text, refusal = in_gui_words("CUDA was requested but no GPU is available to PyTorch; use --device cpu or auto.")
+    assert not refusal and text.endswith("choose 'cpu' or 'auto' in the Device selector (Advanced).")
+    assert "a target spacing of 0.9 mm (Target resolution)" in in_gui_words("super-resolve with --target-spacing 0.9 or")[0]
+    assert RunOptions(force=True).arguments()[-1] == "--force" and "--force" not in RunOptions().arguments()

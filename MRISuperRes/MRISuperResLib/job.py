@@ -43,6 +43,7 @@ class RunOptions:
     reference_mode: str | None = None
     adapt: float | None = None  # seconds of per-scan fine-tuning; None: the default budget; 0: never
     self_check: bool = True
+    force: bool = False  # run even when the memory estimate exceeds what is free
 
     def arguments(self) -> list[str]:
         args: list[str] = ["--device", self.device]
@@ -61,6 +62,8 @@ class RunOptions:
             args += ["--adapt", str(self.adapt)] if self.adapt > 0 else ["--no-adapt"]
         if not self.self_check:
             args.append("--no-self-check")
+        if self.force:
+            args.append("--force")
         return args
 
 
