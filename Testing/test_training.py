@@ -142,13 +142,19 @@ def _mrisuperres(*arguments: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
-def test_a_user_trains_a_2_5d_model_installs_it_and_runs_it_with_models_dir(tmp_path):
+def _tiny_edsr_config(tmp_path: Path, name: str, *settings: str, validate: bool = True) -> Path:
+    """A one-block 2.5D EDSR config on the phantom pair (written under tmp_path/data), with `settings`."""
     pair = _phantom_data(tmp_path / "data")
-    config = tmp_path / "mine.yaml"
+    config = tmp_path / f"{name}.yaml"
     config.write_text("\n".join([
-        "name: mine", "architecture: edsr", "arguments: {features: 8, blocks: 1, context: 1, use_reference: true}",
-        "uses_reference: true", "factors: [3, 4]", "steps: 3", "batch_size: 4", "patch_size: 16",
-        "pool_instances: 2", "patches_per_instance: 8", "validate_every: 3", f"train:\n  - {pair}", f"val:\n  - {pair}"]))
+        f"name: {name}", "architecture: edsr", "arguments: {features: 8, blocks: 1, context: 1, use_reference: true}",
+        "uses_reference: true", "batch_size: 4", "patch_size: 16", "patches_per_instance: 8", *settings,
+        f"train:\n  - {pair}", *([f"val:\n  - {pair}"] if validate else [])]))
+    return config
+
+
+def test_a_user_trains_a_2_5d_model_installs_it_and_runs_it_with_models_dir(tmp_path):
+    config = _tiny_edsr_config(tmp_path, "mine", "factors: [3, 4]", "steps: 3", "pool_instances: 2", "validate_every: 3")
     models = tmp_path / "models"
     trained = _mrisuperres("train", config, "--data", tmp_path / "data", "--runs", tmp_path / "runs",
                            "--threads", "1", "--install", "--models-dir", models)
@@ -200,13 +206,9 @@ def test_2_5d_patches_carry_the_neighbouring_slices_as_inference_does():
 
 
 def test_background_workers_bf16_and_a_time_limit_stop_with_a_checkpoint(tmp_path):
-    pair = _phantom_data(tmp_path / "data")
-    config = tmp_path / "timed.yaml"
-    config.write_text("\n".join([
-        "name: timed", "architecture: edsr", "arguments: {features: 8, blocks: 1, context: 1, use_reference: true}",
-        "uses_reference: true", "factors: [2, 3]", "steps: 100000", "batch_size: 4", "patch_size: 16",
-        "pool_instances: 3", "patches_per_instance: 8", "refresh_every: 1", "data_workers: 2", "bf16: true",
-        "time_limit_minutes: 0.05", "validate_every: 100000", f"train:\n  - {pair}"]))
+    config = _tiny_edsr_config(tmp_path, "timed", "factors: [2, 3]", "steps: 100000", "pool_instances: 3",
+                               "refresh_every: 1", "data_workers: 2", "bf16: true", "time_limit_minutes: 0.05",
+                               "validate_every: 100000", validate=False)
     trained = _mrisuperres("train", config, "--data", tmp_path / "data", "--runs", tmp_path / "runs", "--threads", "1")
     assert trained.returncode == 0, trained.stderr
     run = tmp_path / "runs" / "timed"
