@@ -289,7 +289,7 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
     training_started = time.time()
     autocast = torch.autocast(torch_device.type, dtype=torch.bfloat16, enabled=config.bf16)
     while step < config.steps:
-        if config.time_limit_minutes and time.time() - training_started > 60 * config.time_limit_minutes:
+        if _time_is_up(config, training_started, distributed, torch_device):
             bar.write(f"time limit of {config.time_limit_minutes:g} minutes reached at step {step}")
             break
         if step % config.refresh_every == 0 and step:
@@ -354,6 +354,19 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
     if distributed:
         dist.destroy_process_group()
     return run_dir
+
+
+def _time_is_up(config: TrainingConfig, started: float, distributed: bool, device: torch.device) -> bool:
+    """Whether the time limit has passed; under DDP, for every process at the same step (one that stopped
+    alone would leave the others waiting in the gradient exchange)."""
+    if not config.time_limit_minutes:
+        return False
+    up = time.time() - started > 60 * config.time_limit_minutes
+    if distributed:
+        flag = torch.tensor([float(up)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        up = bool(flag.item())
+    return up
 
 
 def _forward(model, network, loss_fn, config: TrainingConfig, batch, inputs, factor, scattering, rng
