@@ -51,8 +51,8 @@ def pack(config_path: Path, output: Path, data_root: Path | None) -> None:
     scans = load_scans(data_root or default_data_root(config_path), config.pair_specs("train"))
     arrays, index, entries = {}, {}, []
 
-    def store(array: np.ndarray) -> int:
-        key = (array.shape, float(array.sum()), float(array[::7, ::7, ::7].sum()))
+    def store(array: np.ndarray, path: str, mask: str | None) -> int:
+        key = (path, mask)  # load_scans normalises a file the same way wherever it appears with the same mask
         if key not in index:
             lo, hi = float(array.min()), float(array.max())
             name = f"v{len(index)}"
@@ -63,8 +63,9 @@ def pack(config_path: Path, output: Path, data_root: Path | None) -> None:
 
     for scan in scans:
         t = scan.template
-        entries.append({"truth": store(scan.truth),
-                        "reference": None if scan.reference is None else store(scan.reference),
+        entries.append({"truth": store(scan.truth, scan.spec.target, scan.spec.mask),
+                        "reference": None if scan.reference is None
+                        else store(scan.reference, scan.spec.reference, scan.spec.mask),
                         "spec": {"target": scan.spec.target, "reference": scan.spec.reference,
                                  "mask": scan.spec.mask, "axes": list(scan.spec.axes)},
                         "spacing": list(t.spacing), "origin": list(t.origin),
@@ -81,17 +82,17 @@ def unpack(path: Path):
 
     data = np.load(path)
 
-    def volume(i):
-        if i is None:
-            return None
-        lo, hi = data[f"v{i}_range"]
-        return (data[f"v{i}"].astype(np.float32) * np.float32((hi - lo) / 255) + np.float32(lo)).astype(np.float32)
+    cache = {}
 
-    cache, scans = {}, []
+    def volume(i):  # each stored volume dequantised once, shared by every scan that names it
+        if i is not None and i not in cache:
+            lo, hi = data[f"v{i}_range"]
+            cache[i] = (data[f"v{i}"].astype(np.float32) * np.float32((hi - lo) / 255) + np.float32(lo))
+        return None if i is None else cache[i]
+
+    scans = []
     for entry in json.loads(str(data["entries"])):
-        truth = cache.setdefault(entry["truth"], volume(entry["truth"]))
-        reference = None if entry["reference"] is None else cache.setdefault(entry["reference"],
-                                                                               volume(entry["reference"]))
+        truth, reference = volume(entry["truth"]), volume(entry["reference"])
         spec = PairSpec(entry["spec"]["target"], entry["spec"]["reference"], entry["spec"]["mask"],
                         tuple(entry["spec"]["axes"]))
         template = Volume(truth, tuple(entry["spacing"]), tuple(entry["origin"]), np.array(entry["direction"]))
@@ -99,12 +100,9 @@ def unpack(path: Path):
     return scans
 
 
-def _value(text: str):
-    import yaml
-    return yaml.safe_load(text)
-
-
 def train(config_path: Path, pack_path: Path, runs: Path, overrides: list[str], resume: bool, device: str) -> None:
+    import yaml
+
     from MRISuperResLib.training import loop
     from MRISuperResLib.training.config import TrainingConfig
 
@@ -113,12 +111,10 @@ def train(config_path: Path, pack_path: Path, runs: Path, overrides: list[str], 
         key, _, text = item.partition("=")
         if not hasattr(config, key):
             raise SystemExit(f"unknown setting '{key}'")
-        setattr(config, key, _value(text))
+        setattr(config, key, yaml.safe_load(text))
     config.val = []
-    scans = unpack(pack_path)
-    loop.load_scans = lambda root, specs: scans
-    config.check_files = lambda root: None
-    loop.train(config, Path("."), runs, device=device, resume=resume, config_name=config_path.name)
+    loop.train(config, Path("."), runs, device=device, resume=resume, config_name=config_path.name,
+               train_scans=unpack(pack_path))
 
 
 def main() -> None:

@@ -63,9 +63,10 @@ TILE_OVERLAP = 16
 # scatters three images per slice (input, sharp and blurred reference) and matches in a window; the bank
 # modes scatter one and match against the bank. Calibrated on scripts/benchmark.py (edsr-tt against
 # edsr-mixed, the same run, 2 threads; see README) so that the plan comes within 30 % of the measurement. The
-# CUDA figures likewise, on an H100 (Resources/benchmark_gpu.json: edsr-tt paired 18.6 s and self 10.1 s against
-# edsr-mixed's 7.8 s); unpaired was not measured there and takes self's figure (the same bank matching). And the working memory of scattering and bank matching
-# (MatchSettings.memory_bytes plus the FFT planes).
+# CUDA figures likewise, on an H100 (Resources/benchmark_gpu.json: edsr-tt paired 18.6 s and self 10.1 s
+# against edsr-mixed's 7.8 s); unpaired was not measured there and takes self's figure (the same bank
+# matching). And the working memory of scattering and bank matching (MatchSettings.memory_bytes plus the FFT
+# planes).
 TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD = {"paired": 6.1e-6, "unpaired": 4.1e-6, "self": 4.3e-6}
 TEXTURE_CUDA_SECONDS_PER_PIXEL = {"paired": 3.2e-7, "unpaired": 7e-8, "self": 7e-8}
 TEXTURE_WORKING_BYTES = 320 * 2 ** 20

@@ -28,12 +28,8 @@ def torch_requirement(python: tuple[int, int] = sys.version_info[:2]) -> str:
     return ">=2.2,<2.13" if python >= (3, 12) else ">=2.1,<2.13"
 
 
-def _version(name: str) -> tuple[int, ...] | None:
-    try:
-        text = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    return tuple(int(part) for part in re.findall(r"\d+", text)[:2])
+def _major_minor(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
 
 
 def missing_packages() -> list[str]:
@@ -45,15 +41,20 @@ def outdated_packages() -> dict[str, str]:
     """Installed packages older than the core needs: import name → installed version."""
     outdated = {}
     for name, minimum in MINIMUM_VERSIONS.items():
-        version = _version(name) if importlib.util.find_spec(name) is not None else None
-        if version is not None and version < minimum:
-            outdated[name] = importlib.metadata.version(name)
+        if importlib.util.find_spec(name) is None:
+            continue  # missing, not outdated
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if _major_minor(version) < minimum:
+            outdated[name] = version
     return outdated
 
 
 def needed_packages() -> list[str]:
     """What an installation must bring: the missing packages and those too old."""
-    return missing_packages() + [name for name in outdated_packages() if name not in missing_packages()]
+    return missing_packages() + list(outdated_packages())  # outdated ones are importable, so not missing
 
 
 def describe_needed() -> str:

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import re
 
+# plan.check_memory's advice; the refusal crosses the process boundary as text, so it is recognised by it.
+MEMORY_REFUSAL = "pass --force to try anyway"
 # (pattern, replacement), applied in order.
 _GUI_WORDS = (
-    (r",? or pass --force to try anyway\.", "."),
+    (r",? or " + re.escape(MEMORY_REFUSAL) + r"\.", "."),
     (r"use --device cpu or auto", "choose 'cpu' or 'auto' in the Device selector (Advanced)"),
     (r"--target-spacing ([\d.]+)", r"a target spacing of \1 mm (Target resolution)"),
     (r"--no-adapt", "unticking 'Adapt to this scan'"),
     (r"--reference-mode", "the Reference mode selector"),
 )
-MEMORY_REFUSAL = "pass --force to try anyway"
 
 
 def in_gui_words(message: str) -> tuple[str, bool]:

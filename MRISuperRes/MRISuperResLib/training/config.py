@@ -124,9 +124,9 @@ class TrainingConfig:
         return [PairSpec(e["target"], e.get("reference"), e.get("mask"), tuple(e["axes"]))
                 for e in getattr(self, which)]
 
-    def check_files(self, data_root: Path) -> None:
-        """Every file the pairs name exists under `data_root`."""
-        for spec in self.pair_specs("train") + self.pair_specs("val"):
+    def check_files(self, data_root: Path, splits: tuple[str, ...] = ("train", "val")) -> None:
+        """Every file the pairs of `splits` name exists under `data_root`."""
+        for spec in [spec for split in splits for spec in self.pair_specs(split)]:
             for relative in (spec.target, spec.reference, spec.mask):
                 if relative and not (Path(data_root) / relative).exists():
                     raise MRISuperResError(f"The training data file '{Path(data_root) / relative}' does not exist; "

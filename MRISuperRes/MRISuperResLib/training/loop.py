@@ -205,11 +205,13 @@ def _learning_rate_schedule(config: TrainingConfig):
 
 def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int = 0, device: str | None = None,
           resume: bool = False, install: bool = False, models_dir: str | None = None,
-          config_name: str = "") -> Path:
-    """Train `config`; returns the run folder holding the weights and `card.json`."""
+          config_name: str = "", train_scans: list | None = None) -> Path:
+    """Train `config`; returns the run folder holding the weights and `card.json`. `train_scans`: the training
+    scans already loaded (as `load_scans` makes them, e.g. from scripts/device_train.py's pack) instead of
+    reading `config.train` from `data_root`."""
     if config.architecture not in ARCHITECTURES:
         raise MRISuperResError(f"Unknown architecture '{config.architecture}'; choose one of: {', '.join(ARCHITECTURES)}.")
-    config.check_files(data_root)
+    config.check_files(data_root, ("train", "val") if train_scans is None else ("val",))
     distributed = "LOCAL_RANK" in os.environ
     if distributed:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -265,7 +267,9 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
     started = time.time()
     # Networks with several supervised levels (the progressive network) learn their first level from the
     # acquisition simulated at half the factor.
-    bank = PatchBank(load_scans(data_root, config.pair_specs("train")), config, rng,
+    if train_scans is None:
+        train_scans = load_scans(data_root, config.pair_specs("train"))
+    bank = PatchBank(train_scans, config, rng,
                      halfway="halfway" in getattr(network, "auxiliary_outputs", ()))
     val_scans = load_scans(data_root, config.pair_specs("val")) if config.val else []
     validation = fixed_validation_set(val_scans, config, 12345)
