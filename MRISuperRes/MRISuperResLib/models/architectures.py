@@ -42,6 +42,31 @@ def macs_per_pixel(network: nn.Module) -> int:
                for m in network.modules() if isinstance(m, nn.Conv2d))
 
 
+def measured_macs_per_pixel(network: nn.Module, in_channels: int, size: int = 128) -> int:
+    """Multiply-adds per output pixel of the convolutions, linear layers and attention products of one
+    forward pass over a `size`² slice, counted with hooks (for networks whose layers work at several
+    resolutions)."""
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            total += output.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1] // module.groups
+        elif isinstance(module, nn.Linear):
+            total += output.numel() * module.in_features
+        elif getattr(module, "attention_macs", None):
+            total += module.attention_macs(inputs, output)
+
+    hooks = [m.register_forward_hook(count) for m in network.modules()]
+    try:
+        with torch.no_grad():
+            network(torch.zeros(1, in_channels, size, size, device=next(network.parameters()).device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total // size ** 2
+
+
 def _conv(in_channels: int, out_channels: int, kernel: int) -> nn.Conv2d:
     # Replicate padding: slice borders are real anatomy edges of the field of view, not zero intensity.
     return nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, padding_mode="replicate")
@@ -344,4 +369,4 @@ class RCAN(nn.Module):
 
 
 # Families in their own files register themselves on import.
-from . import daasr, edsr, progressive  # noqa: E402,F401
+from . import daasr, disentangle, edsr, progressive, transmrsr  # noqa: E402,F401

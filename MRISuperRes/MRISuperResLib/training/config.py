@@ -84,6 +84,11 @@ class TrainingConfig:
     # learning_rate}; None: off.
     adversarial: dict | None = None
     texture: dict | None = None
+    # Stages before super-resolution training (`priors`): TransMRSR's GAN-pretrained decoder
+    # {steps, learning_rate, critic_features, gradient_penalty, latent_samples}, and the CNN + ViT network's
+    # swapped autoencoder and cosine losses {autoencoder_steps, ..., structure, texture, vit}; None: off.
+    generative_prior: dict | None = None
+    disentanglement: dict | None = None
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "the config") -> "TrainingConfig":

@@ -33,6 +33,7 @@ from .adversarial import AdversarialSettings, Critic, critic_loss, generator_los
 from .config import TrainingConfig
 from .losses import CompositeLoss
 from .pairs import Degradations, cut_patches, degrade_instance, load_scans
+from .priors import prepare
 from .texture_inputs import placed_texture, texture_inputs
 
 
@@ -280,6 +281,7 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
         if bank.degradations.inplane_probability and val_scans else None
     print(f"bank ready in {time.time() - started:.0f} s; {sum(len(p) for p, _ in validation)} validation patches",
           flush=True)
+    extra_loss, stages_note = prepare(config, network, bank, torch_device, run_dir, fresh=step == 0)
     loss_fn = CompositeLoss(**config.loss).to(torch_device)
     # Texture transfer: scattering features, matching and swapping per batch, as at inference.
     scattering = Scattering() if config.arguments.get("texture_transfer") else None
@@ -304,6 +306,10 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
         with autocast:
             loss, parts, output = _forward(model, network, loss_fn, config, batch, (lr, truth, ref, mask), factor,
                                            scattering, rng)
+            if extra_loss is not None:
+                extra, extra_parts = extra_loss(lr, output)
+                loss = loss + extra
+                parts.update(extra_parts)
         if critic is not None:
             # One critic step per generator step, then the generator's adversarial term (equations 3 and 8).
             critic_term = critic_loss(critic, truth, output, adversarial.gradient_penalty)
@@ -346,7 +352,7 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
             _save_checkpoint(checkpoint, network, optimizer, scheduler, rng, step, critic, critic_optimizer)
         weights = run_dir / f"{config.name}.pt"
         torch.save({k: v.cpu().contiguous() for k, v in network.state_dict().items()}, weights)
-        card = _card(config, network, weights, step, torch_device, config_name,
+        card = _card(config, network, weights, step, torch_device, config_name, stages_note,
                      psnr_gain(network, validation, torch_device, scattering) if validation else {},
                      psnr_gain(network, validation_inplane, torch_device, scattering) if validation_inplane else None,
                      bank.degradations)
@@ -412,7 +418,7 @@ def _save_checkpoint(path: Path, network, optimizer, scheduler, rng: random.Rand
     staging.replace(path)  # a run killed while saving keeps its previous checkpoint
 
 
-def _card(config: TrainingConfig, network, weights: Path, step: int, device: torch.device, config_name: str,
+def _card(config: TrainingConfig, network, weights: Path, step: int, device: torch.device, config_name: str, note: str,
           scores: dict, scores_inplane: dict | None, degradations: Degradations) -> dict:
     card = {
         "name": config.name, "title": config.title or config.name, "description": config.description,
@@ -429,7 +435,7 @@ def _card(config: TrainingConfig, network, weights: Path, step: int, device: tor
                     f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, "
                     f"config {config_name or config.name}, seed {config.seed}"
                     + (f", fine-tuned from {Path(config.initialise_from).stem}" if config.initialise_from else "")
-                    + (", with a WGAN-GP critic" if config.adversarial is not None else ""),
+                    + (", with a WGAN-GP critic" if config.adversarial is not None else "") + note,
         "validation": {"patch_psnr_db": scores,
                        **({"patch_psnr_db_inplane": scores_inplane} if scores_inplane else {})},
     }
