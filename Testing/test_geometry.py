@@ -112,3 +112,14 @@ def test_reference_resampling_masks_what_it_does_not_cover():
     assert mask.array[:5].all() and not mask.array[5:].any()
     np.testing.assert_allclose(values.array[1:4], volume.array[1:4], atol=1e-3)
     assert overlap_fraction(volume.grid, half.grid) == pytest.approx(0.5, abs=0.05)
+
+
+def test_a_reference_already_on_the_grid_comes_back_as_resampling_would_give_it():
+    import SimpleITK as sitk
+
+    volume = ramp_volume(OBLIQUE, spacing=(1.0, 1.0, 1.0), shape_kji=(10, 11, 12))
+    values, mask = resample_to_grid(volume, volume.grid)               # the shortcut
+    resampled, resampled_mask = resample_to_grid(volume, volume.grid, sitk.Transform())   # the full path
+    np.testing.assert_allclose(values.array, resampled.array, atol=1e-4)
+    assert np.array_equal(mask.array, resampled_mask.array) and values.grid.same_as(volume.grid)
+    assert values.array is not volume.array                              # a copy: the input stays untouched

@@ -29,7 +29,10 @@ CPU_MACS_PER_SECOND_PER_THREAD = 6e9
 # edsr-mixed took 66-74 s on the benchmark volume (2 threads), for which 30e9 plans 73 s.
 # The progressive network and DAASR (channel attention, layer norms and windowed matching: memory-bound),
 # calibrated on scripts/benchmark.py (2 threads, idle machine: 46.8 s and 165.9 s without adaptation).
-CPU_MACS_PER_SECOND_PER_THREAD_BY_ARCHITECTURE = {"edsr": 30e9, "progressive": 39e9, "daasr": 8.2e9}
+# The transformer families: TransMRSR's window partitions, rolls and masks are memory-bound (8 tiles of 256²
+# in about 6 s on one thread); the CNN + ViT network is mostly convolutions at half resolution.
+CPU_MACS_PER_SECOND_PER_THREAD_BY_ARCHITECTURE = {"edsr": 30e9, "progressive": 39e9, "daasr": 8.2e9,
+                                                  "transmrsr": 5e9, "cnn-vit": 20e9}
 CUDA_MACS_PER_SECOND = 2e12
 CUBIC_SECONDS_PER_VOXEL = 1e-8
 # Float32 values alive at once per tile pixel inside a slice network (feature maps and the convolutions'
@@ -40,13 +43,13 @@ NETWORK_RUNTIME_BYTES = 400 * 2 ** 20
 DEFAULT_TILE = 256
 # Seconds of per-scan fine-tuning in every run that can make pairs from the scan (`--adapt SECONDS` changes
 # it, `--no-adapt` turns it off), converted into a counted number of steps (`adaptation_steps` below).
-DEFAULT_ADAPT_SECONDS = 60.0
+DEFAULT_ADAPT_SECONDS = 50.0
 # Fine-tuning cost (forward + backward + Adam), per CPU thread, by architecture, in forward multiply-adds per
 # second: the wide half-resolution EDSR (16 × 64² patches × 123 k MAC/px per 0.28 s step on 2 threads) runs
 # convolutions far more efficiently than the thin full-resolution families (about 1.5e9, measured with
 # vdsr-mixed); the progressive network's and DAASR's figures are from single training steps measured next to
 # EDSR's on this machine (DAASR's matching and channel attention are memory-bound). And a CUDA device.
-TRAINING_MACS_PER_SECOND_PER_THREAD = {"edsr": 14e9, "progressive": 8e9, "daasr": 5e9}
+TRAINING_MACS_PER_SECOND_PER_THREAD = {"edsr": 14e9, "progressive": 8e9, "daasr": 5e9, "transmrsr": 3e9, "cnn-vit": 10e9}
 THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD = 1.5e9
 CUDA_TRAINING_MACS_PER_SECOND = 1e12
 # A ceiling, so that a fast device spends seconds, not the whole budget: the gain flattens well before it.

@@ -110,6 +110,11 @@ def resample_to_grid(volume: Volume, grid: Grid, transform: sitk.Transform | Non
     `transform` maps points of `grid`'s space into `volume`'s (as SimpleITK registration returns it).
     Outside `volume`'s extent the values are 0 and the mask (uint8) is 0.
     """
+    if transform is None and volume.grid.same_as(grid):
+        # Already on the grid (a reference resampled there beforehand): interpolating at the voxel centres
+        # gives the values back, so skip two resamplings of the whole volume.
+        return (Volume.on_grid(volume.array.astype(np.float32), grid),
+                Volume.on_grid(np.ones(grid.shape_kji, dtype=np.uint8), grid))
     transform = transform or sitk.Transform()
     target = _reference_image(grid)
     image = sitk.Cast(volume.to_sitk(), sitk.sitkFloat32)

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Does a bad reference ever hurt? Score a model on val/ (4× thick) with references that are misaligned
+(shifted 2, 5, 10 mm; rotated 3, 6, 10°), of another subject, of another anatomy, or of a contrast relation
+no model saw (the reference's intensities inverted), each with and without `--register-reference`, against
+the same model without a reference. The gate and registration run as in a user's run; the self-check and
+adaptation are off, so the rows measure the reference alone.
+
+Rows are cached in `<output>/reference_robustness_rows.jsonl` (by model sha256); the table goes to
+`<output>/reference_robustness.md`.
+
+    python scripts/reference_robustness.py --threads 2 --models edsr-large --output Resources
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+import _paths  # noqa: F401
+from evaluate import CASES, REPO, Case, centred_on, crop_to
+from MRISuperResLib import read_volume, superresolve
+from MRISuperResLib.metrics import score
+from MRISuperResLib.models.registry import ModelRegistry
+from MRISuperResLib.volume import Volume
+
+SHIFTS_MM = (2, 5, 10)
+ROTATIONS_DEGREES = (3, 6, 10)
+OTHER_ANATOMY = {"brain": "val/spine_sct_sub05/MToff.nii.gz", "spine": "val/brain_openms_p26/T1.nii.gz"}
+
+
+def moved(volume: Volume, shift_mm: float = 0.0, degrees: float = 0.0) -> Volume:
+    """`volume`'s content moved rigidly on its own grid: shifted along the (1, 1, 1) diagonal by `shift_mm`,
+    or rotated by `degrees` about the axis (1, 1, 0) through its centre."""
+    image = volume.to_sitk()
+    transform = sitk.Euler3DTransform()
+    transform.SetCenter(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
+    if shift_mm:
+        transform.SetTranslation(tuple(np.full(3, shift_mm / np.sqrt(3))))
+    if degrees:
+        versor = sitk.VersorRigid3DTransform()
+        versor.SetCenter(transform.GetCenter())
+        versor.SetRotation((2 ** -0.5, 2 ** -0.5, 0.0), float(np.deg2rad(degrees)))
+        transform = versor
+    resampled = sitk.Resample(image, image, transform, sitk.sitkLinear, float(volume.array.min()))
+    return Volume.from_sitk(resampled)
+
+
+def inverted(volume: Volume) -> Volume:
+    return volume.with_array(volume.array.max() + volume.array.min() - volume.array)
+
+
+def variants(case: Case, data: Path) -> dict[str, Volume | None]:
+    paired = case.references["paired"]
+    anatomy = "spine" if "spine" in case.name else "brain"
+    out = {"none": None, "aligned": paired}
+    out.update({f"shifted {d} mm": moved(paired, shift_mm=d) for d in SHIFTS_MM})
+    out.update({f"rotated {a}°": moved(paired, degrees=a) for a in ROTATIONS_DEGREES})
+    out["other subject"] = case.references["wrong"]
+    out["other anatomy"] = centred_on(read_volume(data / OTHER_ANATOMY[anatomy], "reference"), case.truth)
+    out["other contrast (inverted)"] = inverted(paired)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--models", nargs="+", default=None, help="default: the registry's default model")
+    parser.add_argument("--cases", nargs="+", help="case names (default: all)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=REPO / "Resources")
+    args = parser.parse_args()
+    registry = ModelRegistry()
+    models = args.models or [registry.default_name]
+    cache = args.output / "reference_robustness_rows.jsonl"
+    rows = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
+    done = {(r["case"], r["model"], r["sha256"], r["variant"], r["registered"]) for r in rows}
+    for spec in [c for c in CASES if not args.cases or c[0] in args.cases]:
+        case = Case(args.data, spec)
+        low = case.low("thick", 4)
+        for name in models:
+            sha = registry.get(name).sha256
+            for variant, reference in variants(case, args.data).items():
+                for registered in ([False] if reference is None else [False, True]):
+                    if (case.name, name, sha, variant, registered) in done:
+                        continue
+                    report: dict = {}
+                    started = time.perf_counter()
+                    result = superresolve(low, reference, model=name, target_spacing=case.truth.spacing,
+                                          threads=args.threads, register_reference=registered, self_check=False,
+                                          report=report)
+                    truth = crop_to(case.truth.array, result.array.shape)
+                    mask = None if case.mask is None else crop_to(case.mask, result.array.shape)
+                    row = {"case": case.name, "model": name, "sha256": sha, "variant": variant, "registered": registered,
+                           "reference": report.get("reference", "none"), "seconds": round(time.perf_counter() - started, 1),
+                           **score(result.array, truth, mask)}
+                    rows.append(row)
+                    with open(cache, "a") as stream:
+                        stream.write(json.dumps(row) + "\n")
+                    print(json.dumps(row), flush=True)
+    (args.output / "reference_robustness.md").write_text(table(rows, models, registry))
+    print(table(rows, models, registry))
+
+
+def table(rows: list[dict], models: list[str], registry: ModelRegistry) -> str:
+    """Per model and variant: the mean and worst PSNR change against no reference, without and with
+    registration, and how often the gate kept the reference."""
+    lines = ["| model | reference | Δ PSNR vs none, mean (worst) | gate kept | with --register-reference: Δ mean (worst) | gate kept |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name in models:
+        sha = registry.get(name).sha256
+        mine = [r for r in rows if r["model"] == name and r["sha256"] == sha]
+        baseline = {r["case"]: r["psnr"] for r in mine if r["variant"] == "none"}
+        for variant in dict.fromkeys(r["variant"] for r in mine if r["variant"] != "none"):
+            cells = []
+            for registered in (False, True):
+                chosen = [r for r in mine if r["variant"] == variant and r["registered"] == registered
+                          and r["case"] in baseline]
+                if not chosen:
+                    cells += ["", ""]
+                    continue
+                deltas = [r["psnr"] - baseline[r["case"]] for r in chosen]
+                kept = sum(r["reference"] == "used" for r in chosen)
+                cells += [f"{np.mean(deltas):+.2f} ({min(deltas):+.2f})", f"{kept}/{len(chosen)}"]
+            lines.append(f"| `{name}` | {variant} | " + " | ".join(cells) + " |")
+    cases = sorted({r["case"] for r in rows})
+    return ("\n".join(lines) + f"\n\nval/ cases: {', '.join(cases)}; 4× thick slices; network alone (no self-check "
+            "or adaptation); Δ < 0 means the reference cost PSNR.\n")
+
+
+if __name__ == "__main__":
+    main()
