@@ -244,3 +244,12 @@ def test_device_pack_round_trips_the_training_scans_to_eight_bits(tmp_path):
         assert np.abs(scan.truth - original.truth).max() <= span / 255 / 2 + 1e-6
         assert np.abs(scan.reference - original.reference).max() <= 0.51 / 255 * float(np.ptp(original.reference))
         assert scan.template.grid.same_as(original.template.grid) and scan.spec == original.spec
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "scripts" / "configs").glob("*.yaml")),
+                         ids=lambda path: path.stem)
+def test_every_shipped_training_config_reads(config):
+    from MRISuperResLib.training.config import TrainingConfig
+
+    loaded = TrainingConfig.from_yaml(config)
+    assert loaded.name == config.stem and loaded.train

@@ -27,18 +27,32 @@ def _mrisuperres(*arguments) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "MRISuperResLib.cli", *map(str, arguments)], capture_output=True, text=True)
 
 
+def _inputs_reaching(layer: SwinLayer, x: torch.Tensor, pixel: tuple[int, int, int]) -> torch.Tensor:
+    """Which input positions (B, H, W) one output pixel (b, row, column) depends on: where its gradient is
+    not zero (masked attention contributes exact zeros)."""
+    x = x.clone().requires_grad_(True)
+    layer(x)[pixel[0], :, pixel[1], pixel[2]].sum().backward()
+    return x.grad.abs().amax(dim=1) > 0
+
+
+def _window(shape, image: int, rows: slice, columns: slice) -> torch.Tensor:
+    window = torch.zeros(shape, dtype=torch.bool)
+    window[image, rows, columns] = True
+    return window
+
+
 def test_window_attention_stays_inside_windows_and_never_wraps_around():
     torch.manual_seed(0)
-    plain, shifted = SwinLayer(4, 2, window=4, shift=0).eval(), SwinLayer(4, 2, window=4, shift=2).eval()
-    x = torch.rand(1, 4, 10, 14)   # not whole windows: padding is masked out
-    changed = x.clone()
-    changed[..., 9, 13] += 5.0     # the bottom-right corner
-    with torch.no_grad():
-        # Unshifted: the top-left window does not see the corner.
-        assert torch.equal(plain(x)[..., :4, :4], plain(changed)[..., :4, :4])
-        # Shifted: the roll brings the corner next to the top-left pixels; the mask keeps them apart.
-        assert torch.equal(shifted(x)[..., :2, :2], shifted(changed)[..., :2, :2])
-        assert not torch.equal(shifted(x)[..., 9, 13], shifted(changed)[..., 9, 13])
+    plain, shifted = SwinLayer(4, 2, window=4, shift=0), SwinLayer(4, 2, window=4, shift=2)
+    x = torch.rand(2, 4, 12, 16)                     # whole windows, a batch of two
+    shape = (2, 12, 16)
+    # Exactly its own window, in its own image.
+    assert torch.equal(_inputs_reaching(plain, x, (0, 9, 13)), _window(shape, 0, slice(8, 12), slice(12, 16)))
+    # Shifted by 2, an inner window is the 4 × 4 block starting at (2, 2).
+    assert torch.equal(_inputs_reaching(shifted, x, (1, 3, 3)), _window(shape, 1, slice(2, 6), slice(2, 6)))
+    # The roll brings the top-left 2 × 2 and the bottom-right 2 × 2 into one window; the mask keeps them apart.
+    assert torch.equal(_inputs_reaching(shifted, x, (1, 0, 0)), _window(shape, 1, slice(0, 2), slice(0, 2)))
+    assert torch.equal(_inputs_reaching(shifted, x, (1, 11, 15)), _window(shape, 1, slice(10, 12), slice(14, 16)))
 
 
 @pytest.mark.parametrize("architecture", sorted(TINY))
@@ -49,8 +63,18 @@ def test_an_untrained_transformer_network_starts_as_cubic_and_keeps_any_slice_si
         with torch.no_grad():
             output = network(lr)
         assert output.shape == (2, 1, height, width)
-        torch.testing.assert_close(output, lr[:, :1])
+        torch.testing.assert_close(output, lr[:, :1])   # the last layer starts at zero
     assert network.macs_per_output_pixel > 0
+    # Trained (here: a random last layer), the padding and cropping keep the slice's own pixels in place: a
+    # slice and its first 32 rows give the same output away from the crop's edge and the padded border.
+    torch.manual_seed(2)
+    last = network.reconstruction[-1] if architecture == "transmrsr" else network.tail[-1]
+    torch.nn.init.normal_(last.weight, std=0.1)
+    lr = torch.rand((1, 3, 64, 64))
+    with torch.no_grad():
+        full, top = network(lr), network(lr[..., :32, :])
+    assert not torch.allclose(full, lr[:, :1]) and torch.isfinite(full).all()
+    assert top.shape == (1, 1, 32, 64)
 
 
 def test_truncation_pulls_each_latent_towards_its_nearest_centroid():
@@ -149,3 +173,21 @@ def test_a_stage_for_the_wrong_architecture_is_refused_with_one_sentence(tmp_pat
     refused = _mrisuperres("train", config, "--data", tmp_path / "data", "--runs", tmp_path / "runs")
     assert refused.returncode == 2 and "generative_prior needs a network with a generator decoder" in refused.stderr
     assert refused.stderr.strip().count("\n") == 0
+
+
+def test_transmrsr_trains_under_ddp_with_its_prior_made_once(tmp_path):
+    """Two gloo processes: the first runs the generative stage, the second loads it; the parts only the
+    generator uses are frozen, so DDP does not wait for their gradients."""
+    pair = _data(tmp_path / "data")
+    config = tmp_path / "ddp.yaml"
+    config.write_text("\n".join([
+        "name: ddp", "architecture: transmrsr", f"arguments: {json.dumps(TINY['transmrsr'])}", "factors: [4]",
+        "steps: 2", "batch_size: 2", "patch_size: 32", "pool_instances: 1", "patches_per_instance: 4",
+        "generative_prior: {steps: 2, critic_features: 4, latent_samples: 16}", f"train:\n  - {pair}"]))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "MRISuperResLib.training", str(config), "--data", str(tmp_path / "data"),
+                          "--runs", str(tmp_path / "runs"), "--threads", "1"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "runs" / "ddp" / "ddp.pt").is_file()
+    stages = [line for line in (tmp_path / "runs" / "ddp" / "log.jsonl").read_text().splitlines() if '"stage"' in line]
+    assert len(stages) == 1

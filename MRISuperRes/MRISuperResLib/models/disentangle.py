@@ -26,6 +26,8 @@ Choices where the paper is silent or our setting differs, and why:
   paper does; our input and output share one grid, so no centre-crop pairing is needed. The L1 loss on the
   truth is kept (the paper's SR objective is adversarial + the three cosine losses; we report PSNR).
 - z_t has 64 dimensions (the paper: 256) and the AE is trained on 64-pixel patches (the paper: 256).
+- The ViT attends over every patch of the tile it is given: training sees 16 tokens (64-pixel patches), a
+  256-pixel tile at inference 256, so its context depends on the tile size (tiles overlap by 16 pixels).
 """
 
 from __future__ import annotations

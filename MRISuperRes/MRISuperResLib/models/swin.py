@@ -76,8 +76,8 @@ class WindowAttention(nn.Module):
 
 class SwinLayer(nn.Module):
     """One transformer layer (attention and MLP, each pre-normalised with a residual) on windows shifted by
-    `shift`. With `style_dim`, the normalisations are adaptive (AdaIN, as StyleSwin's): their scale and
-    shift come from a style vector."""
+    `shift`. With `style_dim`, the normalisations are adaptive: their scale and shift come from a style
+    vector (each token normalised over its channels; StyleSwin's AdaIN normalises channels over positions)."""
 
     def __init__(self, channels: int, heads: int, window: int, shift: int, mlp_ratio: float = 2.0,
                  style_dim: int = 0) -> None:

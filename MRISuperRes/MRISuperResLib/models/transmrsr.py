@@ -29,6 +29,16 @@ Choices where the paper is silent or our setting differs, and why:
   ablation "without truncation" is the same weights run with `truncation: 1.0`).
 - 2.5D context (`context` neighbouring slices as extra input channels) as in our other families; no
   reference (TransMRSR is single-contrast).
+- The style modulation normalises each token over its channels (an adaptive layer norm, like the Swin
+  layers around it) where StyleSwin's AdaIN normalises each channel over positions; a decoder level runs a
+  window layer then a shifted-window layer (StyleSwin splits the heads of one layer between the two); one
+  latent vector drives every level (equation 4 gives each block its own; the per-level affine maps of the
+  style still differ).
+- The latent vector is the mean over the tile's deepest features, and training sees 64-pixel patches
+  whose two deepest grids (8 × 8, 4 × 4) are too small for a shifted window: at inference on 256-pixel
+  tiles those levels shift and use relative-position biases that short training barely touched, and the
+  latent depends on the tile (tiles overlap by 16 pixels). Both are the price of the CPU budget; a GPU run
+  on larger patches removes them.
 """
 
 from __future__ import annotations
@@ -120,6 +130,10 @@ class TransMRSR(nn.Module):
     @property
     def macs_per_output_pixel(self) -> int:
         return measured_macs_per_pixel(self, 1 + 2 * self.context)
+
+    def generation_only(self) -> list[nn.Module | nn.Parameter]:
+        """What only the generative stage uses: the mapping network, the learned constant, the image layer."""
+        return [self.mapping, self.decoder.constant, self.decoder.to_image]
 
     def truncate(self, latent: torch.Tensor) -> torch.Tensor:
         """Equation 5: the latent pulled towards its nearest centroid (unchanged until centroids exist)."""

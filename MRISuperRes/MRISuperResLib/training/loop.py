@@ -263,7 +263,6 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
         print(f"resumed at step {step}", flush=True)
     elif config.initialise_from:
         initialise_from(network, config.initialise_from, models_dir)
-    model = torch.nn.parallel.DistributedDataParallel(network) if distributed else network
 
     started = time.time()
     # Networks with several supervised levels (the progressive network) learn their first level from the
@@ -281,7 +280,15 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
         if bank.degradations.inplane_probability and val_scans else None
     print(f"bank ready in {time.time() - started:.0f} s; {sum(len(p) for p, _ in validation)} validation patches",
           flush=True)
-    extra_loss, stages_note = prepare(config, network, bank, torch_device, run_dir, fresh=step == 0)
+    # Pre-training stages run once, in the first process; the others wait, then load what it wrote. Before
+    # the DDP wrap, which copies the first process's weights to every process.
+    if distributed and rank != 0:
+        dist.barrier()
+    extra_loss, stages_note = prepare(config, network, bank, torch_device, run_dir,
+                                      fresh=step == 0 and not config.initialise_from)
+    if distributed and rank == 0:
+        dist.barrier()
+    model = torch.nn.parallel.DistributedDataParallel(network) if distributed else network
     loss_fn = CompositeLoss(**config.loss).to(torch_device)
     # Texture transfer: scattering features, matching and swapping per batch, as at inference.
     scattering = Scattering() if config.arguments.get("texture_transfer") else None

@@ -10,7 +10,17 @@
   features, are pulled towards the input's (cosine similarity, the paper's equations 7 and 8).
 
 Each stage writes its result to the run folder (`prior.pt`, `autoencoder.pt`) and is skipped when that file
-exists, so a resumed run does not repeat it.
+exists, so a resumed run does not repeat it (delete the file to redo a stage with new settings); a run that
+starts from other weights (`initialise_from`) keeps their decoder and centroids. Under DDP the first process
+runs the stages and the others load their results. `time_limit_minutes` counts super-resolution training
+only, not these stages.
+
+Departures from the papers' stages, and why: both adversarial games use the WGAN-GP critic of
+`training.adversarial` (StyleSwin trains with a non-saturating loss and R1; the disentanglement paper weights
+its adversarial and swap terms 0.7 with a log loss): one critic, already tested, for every stage, at 16–64
+filters for the CPU. The autoencoder's adversarial and swap terms weigh 0.01 next to L1 reconstruction (a
+short CPU run needs the codes to reconstruct first). The super-resolution stage of the disentanglement
+network drops the adversarial term (we report PSNR; the WGAN-GP option of the loop stays available).
 """
 
 from __future__ import annotations
@@ -213,4 +223,8 @@ def prepare(config, network, bank, device: torch.device, run_dir: Path, fresh: b
         extra = disentanglement_loss(autoencoder, network, settings)
         note += (f", swapped autoencoder {settings.autoencoder_steps} steps; losses structure {settings.structure:g}, "
                  f"texture {settings.texture:g}, ViT {settings.vit:g}")
+    # Parts that only generation uses (the mapping network, the learned constant, the image layer) get no
+    # gradient in super-resolution training: frozen, so that DDP does not wait for them.
+    for part in getattr(network, "generation_only", lambda: [])():
+        part.requires_grad_(False)
     return extra, note
