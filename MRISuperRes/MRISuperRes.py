@@ -59,8 +59,10 @@ See the <a href="https://github.com/mrisuperres/SlicerMRISuperRes">documentation
 The shipped models follow: SRCNN (Dong et al., 2014), VDSR (Kim et al., 2016), EDSR (Lim et al., 2017),
 RFDN (Liu et al., 2020) and RCAN (Zhang et al., 2018) as slice networks; reference-based MRI super-resolution
 by texture transfer with wavelet scattering features (rfdn-tt, edsr-tt); a progressive multi-contrast
-encoder-decoder network (progressive-mixed); and DAASR, channel-wise and spatial alignment transformers
-with index and confidence maps (daasr-mixed).
+encoder-decoder network (progressive-mixed); DAASR, channel-wise and spatial alignment transformers
+with index and confidence maps (daasr-mixed); TransMRSR, a Swin transformer U-shape with a GAN-pretrained
+StyleSwin decoder (transmrsr); and a CNN + ViT network trained with structure / texture disentanglement
+losses (cnn-vit).
 Models were trained on public data: spinalcordtoolbox sample data (MIT), open_ms_data (CC-BY), BraTS 2023
 and BRATS 2013 cases, ProstateX (TCIA, CC-BY).
 """
