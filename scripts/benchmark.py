@@ -10,7 +10,7 @@ T1 flipped and shifted away, self without a reference), and the texture stages a
 256 × 256 slice (scattering, matching, upsampling).
 
 `NAME` is timed with the self-check but without adaptation (`--no-adapt`); `NAME+adapt` as a user gets
-it by default: the self-check and the 60 s adaptation budget.
+it by default: the self-check and the default adaptation budget (`plan.DEFAULT_ADAPT_SECONDS`).
 
     python scripts/benchmark.py --threads 2 [--models cubic edsr-mixed edsr-mixed+adapt rfdn-tt:self] [--output bench.json]
 """

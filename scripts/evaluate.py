@@ -10,7 +10,7 @@ reference; the default also with a wrong reference: another subject's scan, plac
 coincides with the input's. Texture-transfer models have their own ablation (`evaluate_texture.py`).
 
 A model name may carry a suffix: `NAME` alone scores the network itself (no self-check, adaptation or
-fallback, as `--no-self-check`); `NAME+adapt` is what a user gets by default (self-check, 60 s of
+fallback, as `--no-self-check`); `NAME+adapt` is what a user gets by default (self-check, the default budget of
 adaptation on the scan's own planes, fallback). Rows of `+adapt` runs also hold the self-check's estimate,
 plotted against the true gain of the network alone (`self_check_vs_true_gain.png`).
 
