@@ -67,6 +67,19 @@ def measured_macs_per_pixel(network: nn.Module, in_channels: int, size: int = 12
     return total // size ** 2
 
 
+def check_context(lr: torch.Tensor, context: int) -> None:
+    """A 2.5D network's input must hold the slice and `context` neighbours on each side."""
+    if lr.shape[1] != 1 + 2 * context:
+        raise ValueError(f"this network takes the slice and {context} neighbours on each side "
+                         f"({1 + 2 * context} channels), not {lr.shape[1]}")
+
+
+def padded_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """`images` padded by replication at the bottom and right to whole multiples of `multiple` pixels."""
+    height, width = images.shape[-2:]
+    return nn.functional.pad(images, (0, -width % multiple, 0, -height % multiple), mode="replicate")
+
+
 def _conv(in_channels: int, out_channels: int, kernel: int) -> nn.Conv2d:
     # Replicate padding: slice borders are real anatomy edges of the field of view, not zero intensity.
     return nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, padding_mode="replicate")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architectures import _reference_input, register_architecture, unshuffled
+from .architectures import _reference_input, check_context, register_architecture, unshuffled
 
 
 class LayerNorm2d(nn.Module):
@@ -223,9 +223,7 @@ class DAASR(nn.Module):
         """The super-resolved slice; with `auxiliary` also {"structure": the CWT branch's own
         reconstruction}; with `confidence` also the similarity map C averaged over the groups, on the
         slice's pixels (0 where no reference was used). `factor`: the low-resolution factor along the rows."""
-        if lr.shape[1] != 1 + 2 * self.context:
-            raise ValueError(f"this network takes the slice and {self.context} neighbours on each side "
-                             f"({1 + 2 * self.context} channels), not {lr.shape[1]}")
+        check_context(lr, self.context)
         height, width = lr.shape[-2:]
         u = self.unshuffle
         down, up = unshuffled(height, width, u)

@@ -35,7 +35,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architectures import measured_macs_per_pixel, register_architecture, unshuffled
+from .architectures import (check_context, measured_macs_per_pixel, padded_to_multiple, register_architecture,
+                            unshuffled)
 from .edsr import ResidualBlock
 
 PATCH = 16   # pixels per ViT token side
@@ -106,8 +107,7 @@ class CNNViT(nn.Module):
         return measured_macs_per_pixel(self, 1 + 2 * self.context)
 
     def _padded(self, images: torch.Tensor) -> torch.Tensor:
-        height, width = images.shape[-2:]
-        return nn.functional.pad(images, (0, -width % PATCH, 0, -height % PATCH), mode="replicate")
+        return padded_to_multiple(images, PATCH)
 
     def vit_features(self, images: torch.Tensor, frozen: bool = False) -> torch.Tensor:
         """The pooled ViT token vector (B, vit_dim) of single-channel or context-stacked images; `frozen`:
@@ -122,9 +122,7 @@ class CNNViT(nn.Module):
 
     def forward(self, lr: torch.Tensor, reference: torch.Tensor | None = None,
                 reference_mask: torch.Tensor | None = None, texture: torch.Tensor | None = None) -> torch.Tensor:
-        if lr.shape[1] != 1 + 2 * self.context:
-            raise ValueError(f"this network takes the slice and {self.context} neighbours on each side "
-                             f"({1 + 2 * self.context} channels), not {lr.shape[1]}")
+        check_context(lr, self.context)
         height, width = lr.shape[-2:]
         padded = self._padded(lr)
         down, up = unshuffled(*padded.shape[-2:], self.unshuffle)

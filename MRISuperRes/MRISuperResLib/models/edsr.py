@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architectures import _reference_input, _texture_branch, register_architecture, unshuffled
+from .architectures import _reference_input, _texture_branch, check_context, register_architecture, unshuffled
 
 
 def _conv(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -60,9 +60,7 @@ class EDSR(nn.Module):
 
     def forward(self, lr: torch.Tensor, reference: torch.Tensor | None = None,
                 reference_mask: torch.Tensor | None = None, texture: torch.Tensor | None = None) -> torch.Tensor:
-        if lr.shape[1] != 1 + 2 * self.context:
-            raise ValueError(f"this network takes the slice and {self.context} neighbours on each side "
-                             f"({1 + 2 * self.context} channels), not {lr.shape[1]}")
+        check_context(lr, self.context)
         inputs = [lr]
         if self.use_reference:
             inputs.append(_reference_input(lr[:, :1], reference, reference_mask))

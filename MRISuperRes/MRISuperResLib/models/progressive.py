@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architectures import _reference_input, register_architecture, unshuffled
+from .architectures import _reference_input, check_context, register_architecture, unshuffled
 
 PAPER_WIDTHS = (32, 32, 64, 64, 128, 128, 256, 256)
 
@@ -131,9 +131,7 @@ class ProgressiveMultiContrast(nn.Module):
                 auxiliary: bool = False):
         """The super-resolved slice; with `auxiliary`, also {"halfway": the first level's output} (the
         two-level network's intermediate, supervised at half the factor in training)."""
-        if lr.shape[1] != 1 + 2 * self.context:
-            raise ValueError(f"this network takes the slice and {self.context} neighbours on each side "
-                             f"({1 + 2 * self.context} channels), not {lr.shape[1]}")
+        check_context(lr, self.context)
         # The unpadded encoder needs at least 17 feature pixels each way (8 layers take 2 each): smaller
         # slices or tiles are padded by replication up to that, and cropped back.
         down, up = unshuffled(*lr.shape[-2:], self.unshuffle, self.unshuffle * (2 * len(PAPER_WIDTHS) + 1))

@@ -46,7 +46,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architectures import measured_macs_per_pixel, register_architecture, unshuffled
+from .architectures import (check_context, measured_macs_per_pixel, padded_to_multiple, register_architecture,
+                            unshuffled)
 from .edsr import ResidualBlock
 from .swin import PatchMerging, ResidualSwinBlock, SwinBlock
 
@@ -150,11 +151,9 @@ class TransMRSR(nn.Module):
 
     def forward(self, lr: torch.Tensor, reference: torch.Tensor | None = None,
                 reference_mask: torch.Tensor | None = None, texture: torch.Tensor | None = None) -> torch.Tensor:
-        if lr.shape[1] != 1 + 2 * self.context:
-            raise ValueError(f"this network takes the slice and {self.context} neighbours on each side "
-                             f"({1 + 2 * self.context} channels), not {lr.shape[1]}")
+        check_context(lr, self.context)
         height, width = lr.shape[-2:]
-        padded = nn.functional.pad(lr, (0, -width % MULTIPLE, 0, -height % MULTIPLE), mode="replicate")
+        padded = padded_to_multiple(lr, MULTIPLE)
         down, up = unshuffled(*padded.shape[-2:], self.unshuffle)
         shallow = self.shallow(down(padded))
         encoded, x = [], shallow
