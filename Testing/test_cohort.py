@@ -165,7 +165,10 @@ def test_cases_take_turns_on_the_gpus():
 
 def test_ctrl_c_stops_the_batch_cleanly_and_reports_what_was_not_run(tmp_path, untrained_models_dir):
     command, environment, out = slow_batch(tmp_path, untrained_models_dir)
-    child = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A test run started in the background (nohup … &) inherits an ignored SIGINT, and Python then installs no
+    # KeyboardInterrupt handler: give the child the terminal's default, as a user's Ctrl-C finds it.
+    child = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (out / "batch_report.json").exists() and time.monotonic() < deadline:
         assert child.poll() is None, child.stderr.read()
