@@ -23,13 +23,6 @@ class AdversarialSettings:
     features: int = 32
     learning_rate: float = 1e-4
 
-    @classmethod
-    def from_config(cls, values: dict) -> "AdversarialSettings":
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown adversarial setting(s) {', '.join(sorted(unknown))}")
-        return cls(**values)
-
 
 class Critic(nn.Module):
     def __init__(self, features: int = 64) -> None:
@@ -58,3 +51,21 @@ def critic_loss(critic: Critic, real: torch.Tensor, fake: torch.Tensor, penalty:
 
 def generator_loss(critic: Critic, fake: torch.Tensor) -> torch.Tensor:
     return -critic(fake).mean()
+
+
+def critic_step(critic: Critic, optimiser: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor,
+                penalty: float) -> float:
+    """One optimiser step of the critic on `real` against (detached) `fake`; returns its loss."""
+    loss = critic_loss(critic, real, fake, penalty)
+    optimiser.zero_grad()
+    loss.backward()
+    optimiser.step()
+    return loss.item()
+
+
+def adversarial_term(critic: Critic, fake: torch.Tensor) -> torch.Tensor:
+    """The generator's adversarial loss, with the critic's weights left out of its gradient."""
+    critic.requires_grad_(False)
+    term = generator_loss(critic, fake)
+    critic.requires_grad_(True)
+    return term

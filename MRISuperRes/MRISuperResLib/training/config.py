@@ -18,6 +18,19 @@ from pathlib import Path
 from ..errors import MRISuperResError
 
 
+def settings_from(cls, values: dict, key: str):
+    """The settings dataclass `cls` from the config's `key:` mapping; unknown names are refused."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    if not isinstance(values, dict):
+        raise MRISuperResError(f"The {key} settings are wrong (not a mapping of names to values); use "
+                               f"{', '.join(names)}.")
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise MRISuperResError(f"The {key} settings are wrong (unknown setting(s) {', '.join(unknown)}); use "
+                               f"{', '.join(names)}.")
+    return cls(**values)
+
+
 @dataclass(frozen=True)
 class PairSpec:
     """One target contrast, its optional reference and mask, and the axes that are truly high resolution."""

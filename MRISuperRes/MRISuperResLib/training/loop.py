@@ -29,8 +29,8 @@ from ..errors import MRISuperResError
 from ..models.architectures import ARCHITECTURES, build_architecture, macs_per_pixel
 from ..models.registry import ModelRegistry, install_model, sha256_of
 from ..scattering import Scattering
-from .adversarial import AdversarialSettings, Critic, critic_loss, generator_loss
-from .config import TrainingConfig
+from .adversarial import AdversarialSettings, Critic, adversarial_term, critic_step
+from .config import TrainingConfig, settings_from
 from .losses import CompositeLoss
 from .pairs import Degradations, cut_patches, degrade_instance, load_scans
 from .priors import prepare
@@ -241,11 +241,7 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _learning_rate_schedule(config))
     critic = critic_optimizer = None
     if config.adversarial is not None:
-        try:
-            adversarial = AdversarialSettings.from_config(config.adversarial)
-        except (TypeError, ValueError) as error:
-            raise MRISuperResError(f"The adversarial settings are wrong ({error}); use weight, gradient_penalty, "
-                                   "features and learning_rate.") from None
+        adversarial = settings_from(AdversarialSettings, config.adversarial, "adversarial")
         critic = Critic(adversarial.features).to(torch_device)
         critic_optimizer = torch.optim.Adam(critic.parameters(), lr=adversarial.learning_rate, betas=(0.0, 0.9))
     rng = random.Random(seed)
@@ -319,15 +315,10 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
                 parts.update(extra_parts)
         if critic is not None:
             # One critic step per generator step, then the generator's adversarial term (equations 3 and 8).
-            critic_term = critic_loss(critic, truth, output, adversarial.gradient_penalty)
-            critic_optimizer.zero_grad()
-            critic_term.backward()
-            critic_optimizer.step()
-            critic.requires_grad_(False)
-            adversarial_term = generator_loss(critic, output)
-            critic.requires_grad_(True)
-            loss = loss + adversarial.weight * adversarial_term
-            parts.update(critic=critic_term.item(), adversarial=adversarial_term.item())
+            critic_value = critic_step(critic, critic_optimizer, truth, output, adversarial.gradient_penalty)
+            generator_term = adversarial_term(critic, output)
+            loss = loss + adversarial.weight * generator_term
+            parts.update(critic=critic_value, adversarial=generator_term.item())
         running_parts.append(parts)
         optimizer.zero_grad()
         loss.backward()

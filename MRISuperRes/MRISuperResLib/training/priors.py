@@ -25,7 +25,6 @@ network drops the adversarial term (we report PSNR; the WGAN-GP option of the lo
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -38,17 +37,10 @@ from tqdm import tqdm
 
 from ..errors import MRISuperResError
 from ..models.disentangle import SwappedAutoencoder
-from .adversarial import Critic, critic_loss, generator_loss
+from .adversarial import Critic, adversarial_term, critic_step
+from .config import settings_from
 
 ExtraLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
-
-
-def _settings(cls, values: dict | None, key: str):
-    try:
-        return cls(**(values or {}))
-    except TypeError:
-        raise MRISuperResError(f"The {key} settings are wrong ({sorted(values)}); use "
-                               f"{', '.join(f.name for f in dataclasses.fields(cls))}.") from None
 
 
 @dataclass(frozen=True)
@@ -82,21 +74,6 @@ def _log(run_dir: Path, record: dict) -> None:
         log.write(json.dumps(record) + "\n")
 
 
-def _critic_step(critic: nn.Module, optimiser, real: torch.Tensor, fake: torch.Tensor, penalty: float) -> float:
-    loss = critic_loss(critic, real, fake, penalty)
-    optimiser.zero_grad()
-    loss.backward()
-    optimiser.step()
-    return loss.item()
-
-
-def _adversarial(critic: nn.Module, fake: torch.Tensor) -> torch.Tensor:
-    critic.requires_grad_(False)
-    term = generator_loss(critic, fake)
-    critic.requires_grad_(True)
-    return term
-
-
 def kmeans(points: torch.Tensor, clusters: int, seed: int = 0) -> torch.Tensor:
     """Centroids of `points` (N, D): scipy's k-means with k-means++ initialisation, seeded."""
     from scipy.cluster.vq import kmeans2
@@ -124,8 +101,8 @@ def pretrain_generator(network, bank, settings: GenerativePriorSettings, patch_s
     for step in tqdm(range(settings.steps), desc="generative prior", unit="step", disable=None):
         real = _truth_patches(bank, batch_size, device)[..., :size, :size]
         fake = network.generate(torch.randn(batch_size, latent_dim, device=device), size, size)
-        critic_value = _critic_step(critic, critic_optimiser, real, fake, settings.gradient_penalty)
-        loss = _adversarial(critic, fake)
+        critic_value = critic_step(critic, critic_optimiser, real, fake, settings.gradient_penalty)
+        loss = adversarial_term(critic, fake)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -163,10 +140,10 @@ def pretrain_autoencoder(bank, settings: DisentanglementSettings, batch_size: in
         reconstructed = autoencoder.decode(structure, texture)
         swapped = autoencoder.decode(structure, texture.roll(1, dims=0))
         fake = torch.cat([reconstructed, swapped])
-        critic_value = _critic_step(critic, critic_optimiser, torch.cat([images, images]), fake,
+        critic_value = critic_step(critic, critic_optimiser, torch.cat([images, images]), fake,
                                     settings.gradient_penalty)
         reconstruction = nn.functional.l1_loss(reconstructed, images)
-        loss = reconstruction + settings.adversarial_weight * _adversarial(critic, fake)
+        loss = reconstruction + settings.adversarial_weight * adversarial_term(critic, fake)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -210,7 +187,7 @@ def prepare(config, network, bank, device: torch.device, run_dir: Path, fresh: b
         if not hasattr(network, "generate"):
             raise MRISuperResError(f"generative_prior needs a network with a generator decoder (transmrsr), "
                                    f"not {config.architecture}.")
-        settings = _settings(GenerativePriorSettings, config.generative_prior, "generative_prior")
+        settings = settings_from(GenerativePriorSettings, config.generative_prior, "generative_prior")
         if fresh:
             pretrain_generator(network, bank, settings, config.patch_size, config.batch_size, device, run_dir)
         note = f", decoder pretrained as a GAN for {settings.steps} steps (generative prior)"
@@ -218,7 +195,7 @@ def prepare(config, network, bank, device: torch.device, run_dir: Path, fresh: b
         if not hasattr(network, "vit_features"):
             raise MRISuperResError(f"disentanglement needs a network with a ViT branch (cnn-vit), "
                                    f"not {config.architecture}.")
-        settings = _settings(DisentanglementSettings, config.disentanglement, "disentanglement")
+        settings = settings_from(DisentanglementSettings, config.disentanglement, "disentanglement")
         autoencoder = pretrain_autoencoder(bank, settings, config.batch_size, device, run_dir)
         extra = disentanglement_loss(autoencoder, network, settings)
         note += (f", swapped autoencoder {settings.autoencoder_steps} steps; losses structure {settings.structure:g}, "
