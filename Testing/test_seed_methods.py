@@ -108,6 +108,32 @@ def test_daasr_confidence_is_zero_without_a_reference_and_within_0_1_with_one():
     assert structure.shape == (2, 1, 38, 45)
 
 
+def test_daasr_reference_at_head_starts_from_weights_trained_without_it_and_then_learns_from_the_reference(tmp_path):
+    from MRISuperResLib.training.loop import initialise_from
+    arguments = {"features": 8, "groups": 2, "heads": 2, "reference_features": 4}
+    torch.manual_seed(0)
+    plain = build_architecture("daasr", arguments).eval()
+    torch.nn.init.normal_(plain.tail.weight, std=0.1)   # a trained network is not the identity
+    weights = tmp_path / "plain.pt"
+    torch.save(plain.state_dict(), weights)
+    with_head = build_architecture("daasr", {**arguments, "reference_at_head": True})
+    initialise_from(with_head, str(weights))
+    lr, reference, mask = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(with_head.eval()(lr, reference, mask, factor=4.0),
+                                   plain(lr, reference, mask, factor=4.0), rtol=0, atol=1e-6)
+    # Once training moves the new convolution, the output depends on the reference through it too.
+    output = with_head.train()(lr, reference.requires_grad_(), mask, factor=4.0)
+    output.sum().backward()
+    assert float(with_head.reference_head.weight.grad.abs().sum()) > 0
+    # A weights file that lacks a part that is not zero-initialised is still refused.
+    state = plain.state_dict()
+    del state["head.weight"]
+    torch.save(state, weights)
+    with pytest.raises(Exception, match="do not fit this architecture"):
+        initialise_from(build_architecture("daasr", {**arguments, "reference_at_head": True}), str(weights))
+
+
 def test_the_blurred_reference_is_degraded_along_the_rows_only():
     image = torch.zeros((1, 1, 12, 12))
     image[0, 0, 6, :] = 1.0                                    # a line across the rows' direction

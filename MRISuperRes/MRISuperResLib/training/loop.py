@@ -170,8 +170,8 @@ def psnr_gain(network: torch.nn.Module, validation: list[tuple[torch.Tensor, int
 
 def initialise_from(network: torch.nn.Module, source: str, models_dir: str | None = None) -> None:
     """Start from a registered model's weights, or from a weights file (`*.pt`): a texture-transfer network
-    from its backbone (its texture branch starts at zero), or a run continued on another machine from the
-    weights it committed."""
+    from its backbone (its texture branch starts at zero; so do a network's `zero_initialised_parts`), or a
+    run continued on another machine from the weights it committed."""
     if source.endswith(".pt"):
         path = Path(source)
         if not path.is_file():
@@ -181,7 +181,8 @@ def initialise_from(network: torch.nn.Module, source: str, models_dir: str | Non
         path = registry.verified_weights(registry.get(source))
     state = torch.load(path, map_location="cpu", weights_only=True)
     missing, unexpected = network.load_state_dict(state, strict=False)
-    if unexpected or any(not key.startswith("texture.") for key in missing):
+    new_parts = ("texture.",) + tuple(getattr(network, "zero_initialised_parts", ()))
+    if unexpected or any(not key.startswith(new_parts) for key in missing):
         raise MRISuperResError(f"The weights of {source} do not fit this architecture "
                                f"(missing {missing}, unexpected {unexpected}); check initialise_from.")
     print(f"initialised from {source}" + (f"; new: {', '.join(missing)}" if missing else ""), flush=True)
