@@ -43,11 +43,12 @@ def test_a_misleading_reference_costs_nothing_with_the_gate_and_a_matching_one_h
                                       self_check=False))
     assert any(e.message.startswith("reference used") for e in events)
     events.clear()
+    # The gate alone: the shifted reference is not registered (that is tested below).
     gated_wrong = score(superresolve(thick, wrong, target_spacing=truth.spacing, progress=events.append,
-                                      self_check=False))
+                                      self_check=False, register_reference=False))
     assert any(e.message.startswith("reference ignored: its edges do not match") for e in events)
     ungated_wrong = score(superresolve(thick, wrong, target_spacing=truth.spacing, gate_reference=False,
-                                        self_check=False))
+                                        self_check=False, register_reference=False))
     assert with_paired > alone + 0.3
     assert gated_wrong == alone
     assert ungated_wrong < alone
@@ -65,8 +66,45 @@ def test_quiet_runs_print_only_what_changes_the_output(cli, tmp_path):
         return stderr.strip()
 
     assert quiet_run("--model", "vdsr-mixed", "--reference", paths["paired"]) == ""
-    assert quiet_run("--model", "vdsr-mixed", "--reference", paths["wrong"]).startswith(
+    assert quiet_run("--model", "vdsr-mixed", "--reference", paths["wrong"], "--no-register-reference").startswith(
         "reference: reference ignored: its edges do not match the input's")
     assert quiet_run("--model", "cubic", "--reference", paths["paired"]) == (
         "reference: reference not used: cubic interpolation takes none; choose a model that does "
         "(see `mrisuperres models`)")
+
+
+def test_a_reference_that_moved_is_registered_automatically_and_then_helps():
+    truth, thick, paired, wrong = cases()
+    score = lambda result: psnr(result.array, truth.array[:result.array.shape[0]])  # noqa: E731
+    run = dict(target_spacing=truth.spacing, self_check=False, model="vdsr-mixed")
+    alone = score(superresolve(thick, None, **run))
+    events, report = [], {}
+    registered = score(superresolve(thick, wrong, progress=events.append, report=report, **run))
+    assert any(e.message.startswith("reference registered (automatically") and e.warning for e in events)
+    registration = report["registration"]
+    assert registration["automatic"] and registration["kept"] and report["reference"] == "used"
+    assert registration["agreement_before"] < CONFIDENCE_THRESHOLD < registration["agreement_after"]
+    assert registered > alone + 0.3
+
+
+def test_a_registration_that_does_not_improve_the_match_is_not_kept(monkeypatch):
+    import SimpleITK as sitk
+
+    from MRISuperResLib import pipeline
+
+    def astray(fixed, moving, convergence=None):  # a registration that ended 8 mm off
+        transform = sitk.Euler3DTransform()
+        transform.SetTranslation((8.0, 0.0, 0.0))
+        convergence.update(metric=-0.1, iterations=3, stop="test")
+        return transform
+
+    truth, thick, paired, wrong = cases()
+    run = dict(target_spacing=truth.spacing, self_check=False, model="vdsr-mixed")
+    unregistered = superresolve(thick, paired, register_reference=False, **run)
+    monkeypatch.setattr(pipeline, "register_rigid", astray)
+    events, report = [], {}
+    result = superresolve(thick, paired, register_reference=True, progress=events.append, report=report, **run)
+    assert report["registration"]["kept"] is False and not report["registration"]["automatic"]
+    assert report["registration"]["agreement_after"] < report["registration"]["agreement_before"]
+    assert any(e.message.startswith("registration did not improve the match") for e in events)
+    np.testing.assert_array_equal(result.array, unregistered.array)

@@ -43,11 +43,14 @@ def test_run_with_registration_prints_the_transform(tmp_path, cli, untrained_mod
     from MRISuperResLib.degrade import thick_slices
 
     thick = write_volume(thick_slices(phantom["T2"], 2, 4), tmp_path / "thick.nii.gz")
-    reference = write_volume(phantom["T1"], tmp_path / "t1.nii.gz")
+    # The reference moved by 6 and 5 voxels in-plane: registration has something to find.
+    moved = phantom["T1"].with_array(np.roll(phantom["T1"].array, (6, 5), axis=(1, 2)))
+    reference = write_volume(moved, tmp_path / "t1.nii.gz")
     code, _, err = cli("run", thick, "--reference", reference, "--register-reference", "-o", tmp_path / "o.nii.gz",
-                       "--quiet", "--model", "tiny", "--models-dir", untrained_models_dir)
+                       "--quiet", "--model", "tiny", "--models-dir", untrained_models_dir, "--no-self-check")
     assert code == 0, err
-    assert "reference registered: rotation" in err and "translation" in err
+    assert "reference registered (edge agreement" in err and "mutual information" in err
+    assert "rotation" in err and "translation" in err
 
 
 def test_ctrl_c_stops_cleanly_and_writes_nothing(tmp_path, untrained_models_dir):
@@ -72,3 +75,18 @@ def test_ctrl_c_stops_cleanly_and_writes_nothing(tmp_path, untrained_models_dir)
     assert child.returncode == 130
     assert "cancelled; no output was written" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz", "models"]
+
+
+def test_registration_choice_reaches_the_child_and_the_batch_manifest():
+    from MRISuperResLib.cli import build_parser
+    from MRISuperResLib.cohort import _option_value
+    from MRISuperResLib.job import RunOptions
+
+    # Neither flag: the core registers only when the gate would drop the reference.
+    assert RunOptions().arguments() == ["--device", "auto"]
+    assert RunOptions(register_reference=True).arguments()[-1] == "--register-reference"
+    assert RunOptions(register_reference=False).arguments()[-1] == "--no-register-reference"
+    parse = lambda *flags: build_parser().parse_args(["run", "in.nii", "-o", "o.nii", *flags])  # noqa: E731
+    assert [parse(*f).register_reference for f in ((), ("--register-reference",), ("--no-register-reference",))] \
+        == [None, True, False]
+    assert [_option_value("register_reference", t) for t in ("yes", "0", "auto")] == [True, False, None]

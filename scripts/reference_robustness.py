@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Does a bad reference ever hurt? Score a model on val/ (4× thick) with references that are misaligned
 (shifted 2, 5, 10 mm; rotated 3, 6, 10°), of another subject, of another anatomy, or of a contrast relation
-no model saw (the reference's intensities inverted), each with and without `--register-reference`, against
-the same model without a reference. The gate and registration run as in a user's run; the self-check and
-adaptation are off, so the rows measure the reference alone.
+no model saw (the reference's intensities inverted), against the same model without a reference, in three
+registration modes: `never` (`--no-register-reference`: the gate alone), `auto` (the default: registered only
+when the gate would drop it) and `asked` (`--register-reference`: registered, kept if it then matches better).
+The gate and registration run as in a user's run; the self-check and adaptation are off, so the rows measure
+the reference alone.
 
 Rows are cached in `<output>/reference_robustness_rows.jsonl` (by model sha256); the table goes to
-`<output>/reference_robustness.md`.
+`<output>/reference_robustness.md`. Where the gate kept a reference in `never` mode, the `auto` run is the
+same computation (nothing to register) and its row is derived from it rather than run again. Rows from before
+the modes existed (`registered` true: registration always kept) are left in the file and out of the table.
 
     python scripts/reference_robustness.py --threads 2 --models edsr-large --output Resources
 """
@@ -66,6 +70,16 @@ def variants(case: Case, data: Path) -> dict[str, Volume | None]:
     return out
 
 
+MODES = {"never": False, "auto": None, "asked": True}  # register_reference for each registration mode
+
+
+def _with_mode(row: dict) -> dict:
+    """Rows written before the modes existed: `registered` false is today's `never`."""
+    if "mode" not in row:
+        row["mode"] = "never" if not row.get("registered") else "always (before the modes)"
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -73,31 +87,39 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", help="case names (default: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=REPO / "Resources")
+    parser.add_argument("--modes", nargs="+", choices=tuple(MODES), default=list(MODES))
     args = parser.parse_args()
     registry = ModelRegistry()
     models = args.models or [registry.default_name]
     cache = args.output / "reference_robustness_rows.jsonl"
-    rows = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
-    done = {(r["case"], r["model"], r["sha256"], r["variant"], r["registered"]) for r in rows}
+    rows = [_with_mode(json.loads(line)) for line in cache.read_text().splitlines()] if cache.exists() else []
+    done = {(r["case"], r["model"], r["sha256"], r["variant"], r["mode"]): r for r in rows}
     for spec in [c for c in CASES if not args.cases or c[0] in args.cases]:
         case = Case(args.data, spec)
         low = case.low("thick", 4)
         for name in models:
             sha = registry.get(name).sha256
             for variant, reference in variants(case, args.data).items():
-                for registered in ([False] if reference is None else [False, True]):
-                    if (case.name, name, sha, variant, registered) in done:
+                for mode in (["never"] if reference is None else args.modes):
+                    key = (case.name, name, sha, variant, mode)
+                    if key in done:
                         continue
-                    report: dict = {}
-                    started = time.perf_counter()
-                    result = superresolve(low, reference, model=name, target_spacing=case.truth.spacing,
-                                          threads=args.threads, register_reference=registered, self_check=False,
-                                          report=report)
-                    truth = crop_to(case.truth.array, result.array.shape)
-                    mask = None if case.mask is None else crop_to(case.mask, result.array.shape)
-                    row = {"case": case.name, "model": name, "sha256": sha, "variant": variant, "registered": registered,
-                           "reference": report.get("reference", "none"), "seconds": round(time.perf_counter() - started, 1),
-                           **score(result.array, truth, mask)}
+                    gate_only = done.get(key[:-1] + ("never",))
+                    if mode == "auto" and gate_only and gate_only["reference"] == "used":
+                        row = {**gate_only, "mode": "auto", "derived": True}
+                    else:
+                        report: dict = {}
+                        started = time.perf_counter()
+                        result = superresolve(low, reference, model=name, target_spacing=case.truth.spacing,
+                                              threads=args.threads, register_reference=MODES[mode], self_check=False,
+                                              report=report)
+                        truth = crop_to(case.truth.array, result.array.shape)
+                        mask = None if case.mask is None else crop_to(case.mask, result.array.shape)
+                        row = {"case": case.name, "model": name, "sha256": sha, "variant": variant, "mode": mode,
+                               "reference": report.get("reference", "none"),
+                               "registration": report.get("registration"),
+                               "seconds": round(time.perf_counter() - started, 1), **score(result.array, truth, mask)}
+                    done[key] = row
                     rows.append(row)
                     with open(cache, "a") as stream:
                         stream.write(json.dumps(row) + "\n")
@@ -109,17 +131,18 @@ def main() -> None:
 def table(rows: list[dict], models: list[str], registry: ModelRegistry) -> str:
     """Per model and variant: the mean and worst PSNR change against no reference, without and with
     registration, and how often the gate kept the reference."""
-    lines = ["| model | reference | Δ PSNR vs none, mean (worst) | gate kept | with --register-reference: Δ mean (worst) | gate kept |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| model | reference | gate only (`--no-register-reference`): Δ PSNR vs none, mean (worst) | gate kept "
+             "| default (registered when the gate would drop it): Δ mean (worst) | gate kept "
+             "| `--register-reference`: Δ mean (worst) | gate kept |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name in models:
         sha = registry.get(name).sha256
-        mine = [r for r in rows if r["model"] == name and r["sha256"] == sha]
+        mine = [r for r in rows if r["model"] == name and r["sha256"] == sha and r["mode"] in MODES]
         baseline = {r["case"]: r["psnr"] for r in mine if r["variant"] == "none"}
         for variant in dict.fromkeys(r["variant"] for r in mine if r["variant"] != "none"):
             cells = []
-            for registered in (False, True):
-                chosen = [r for r in mine if r["variant"] == variant and r["registered"] == registered
-                          and r["case"] in baseline]
+            for mode in MODES:
+                chosen = [r for r in mine if r["variant"] == variant and r["mode"] == mode and r["case"] in baseline]
                 if not chosen:
                     cells += ["", ""]
                     continue
@@ -127,7 +150,7 @@ def table(rows: list[dict], models: list[str], registry: ModelRegistry) -> str:
                 kept = sum(r["reference"] == "used" for r in chosen)
                 cells += [f"{np.mean(deltas):+.2f} ({min(deltas):+.2f})", f"{kept}/{len(chosen)}"]
             lines.append(f"| `{name}` | {variant} | " + " | ".join(cells) + " |")
-    cases = sorted({r["case"] for r in rows})
+    cases = sorted({r["case"] for r in rows if r["mode"] in MODES})
     return ("\n".join(lines) + f"\n\nval/ cases: {', '.join(cases)}; 4× thick slices; network alone (no self-check "
             "or adaptation); Δ < 0 means the reference cost PSNR.\n")
 

@@ -263,6 +263,16 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", help="models folder to install into and to initialise from")
 
 
+def _add_registration_arguments(parser: argparse.ArgumentParser, which: str) -> None:
+    """--register-reference / --no-register-reference; neither: register only when the gate would drop it."""
+    registration = parser.add_mutually_exclusive_group()
+    registration.add_argument("--register-reference", dest="register_reference", action="store_const", const=True,
+                              default=None, help=f"rigidly register {which} first (kept only if it then matches "
+                                                 "the input better); by default only when its edges do not match")
+    registration.add_argument("--no-register-reference", dest="register_reference", action="store_const",
+                              const=False, help=f"never register {which}, not even when its edges do not match")
+
+
 def _add_check_arguments(parser: argparse.ArgumentParser) -> None:
     """The self-check and adaptation options, shared by `run` and `plan` (whose time estimate counts them)."""
     adapt = parser.add_mutually_exclusive_group()
@@ -288,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="texture-transfer and DAASR models: also write the confidence of the reference or "
                           "texture matches (0-1) here")
     run.add_argument("--overwrite", action="store_true", help="replace the output (and confidence) files if they exist")
-    run.add_argument("--register-reference", action="store_true", help="rigidly register the reference first")
+    _add_registration_arguments(run, "the reference")
     run.add_argument("--no-reference-gate", action="store_true",
                      help="use the reference everywhere, even where its edges do not match the input's")
     run.add_argument("--force", action="store_true", help="run even when the memory estimate exceeds what is free")
@@ -314,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--scheduler", metavar="ADDRESS",
                        help="submit the cases to a running Dask scheduler (e.g. tcp://host:8786) instead")
     batch.add_argument("--force", action="store_true", help="redo cases that are already done")
-    batch.add_argument("--register-reference", action="store_true", help="rigidly register each reference first")
+    _add_registration_arguments(batch, "each reference")
     batch.add_argument("--progress-json", action="store_true", help="one JSON object per finished case on stdout")
     batch.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_check_arguments(batch)

@@ -83,8 +83,9 @@ def _option_value(name: str, text: str):
         return float(text)
     if name == "threads":
         return int(text)
-    if name == "register_reference":
-        return text.lower() in ("1", "true", "yes")
+    if name == "register_reference":  # empty or "auto": only when the gate would drop the reference
+        lowered = text.lower()
+        return True if lowered in ("1", "true", "yes") else False if lowered in ("0", "false", "no") else None
     return text
 
 

@@ -10,8 +10,9 @@ from .volume import Volume
 SAMPLING_SEED = 20261121  # fixed so that the same pair always registers the same way
 
 
-def register_rigid(fixed: Volume, moving: Volume) -> sitk.Euler3DTransform:
-    """The rigid transform mapping points of `fixed` (the input) into `moving` (the reference).
+def register_rigid(fixed: Volume, moving: Volume, convergence: dict | None = None) -> sitk.Euler3DTransform:
+    """The rigid transform mapping points of `fixed` (the input) into `moving` (the reference); `convergence`,
+    when given, receives the final metric value, the iterations of the last level and why the optimiser stopped.
 
     Mutual information copes with different contrasts; three resolution levels, geometric centring first.
     """
@@ -32,6 +33,9 @@ def register_rigid(fixed: Volume, moving: Volume) -> sitk.Euler3DTransform:
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(initial, inPlace=False)
     result = method.Execute(fixed_image, moving_image)
+    if convergence is not None:
+        convergence.update(metric=float(method.GetMetricValue()), iterations=int(method.GetOptimizerIteration()),
+                           stop=method.GetOptimizerStopConditionDescription())
     # Execute wraps the optimised Euler transform in a composite; unwrap it for printing and reuse.
     return sitk.Euler3DTransform(sitk.CompositeTransform(result).GetNthTransform(0))
 
