@@ -79,7 +79,7 @@ class MRISuperResParameterNode:
     targetMode: str = "isotropic"
     targetValues: str = "1,1,1"
     device: str = "auto"
-    registerReference: bool = False
+    registerReference: bool = True
     referenceMode: str = ""
     confidenceMap: bool = False
     adaptToScan: bool = True
@@ -285,7 +285,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._run = self.logic.process(
                 parameters.inputVolume, parameters.referenceVolume, parameters.outputVolume,
                 model=parameters.model or None, device=parameters.device,
-                registerReference=parameters.registerReference or None, planes=parameters.planes.split() or None,
+                registerReference=parameters.registerReference, planes=parameters.planes.split() or None,
                 batchSize=parameters.batchSize, waitForCompletion=False, **self.targetArguments(),
                 adapt=None if parameters.adaptToScan else 0, force=force,
                 **self.textureArguments())
@@ -367,16 +367,15 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
         return found
 
     def process(self, inputVolume, referenceVolume=None, outputVolume=None, model=None, targetSpacing=None,
-                device="auto", registerReference=None, waitForCompletion=True, progressCallback=None, scale=None,
+                device="auto", registerReference=True, waitForCompletion=True, progressCallback=None, scale=None,
                 planes=None, batchSize=None, installDependencies=True, referenceMode=None, confidenceMap=False,
                 adapt=None, force=False):
         """Super-resolve `inputVolume` and return the output node (a new `<input>_SR` unless given).
 
         Texture-transfer models take `referenceMode` (paired, unpaired or self; None: paired with a
         reference, self without) and, with `confidenceMap=True`, also create `<input>_SR_confidence`,
-        which is then `self.lastConfidenceNode`. `registerReference`: True registers the reference rigidly
-        first (kept only if it then matches the input better); None, the default, only when its edges do not
-        match the input's; False never.
+        which is then `self.lastConfidenceNode`. `registerReference`: the reference is registered rigidly
+        first and moved only when its edges then match the input's better; False uses it as it lies.
 
         Every run scores the model against interpolation on the scan's own sharp planes (the estimate shows
         in the progress messages) and fine-tunes it there first: `adapt` seconds of work (None: the default

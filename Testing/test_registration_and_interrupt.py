@@ -82,11 +82,9 @@ def test_registration_choice_reaches_the_child_and_the_batch_manifest():
     from MRISuperResLib.cohort import _option_value
     from MRISuperResLib.job import RunOptions
 
-    # Neither flag: the core registers only when the gate would drop the reference.
-    assert RunOptions().arguments() == ["--device", "auto"]
-    assert RunOptions(register_reference=True).arguments()[-1] == "--register-reference"
+    assert RunOptions().arguments() == ["--device", "auto"]   # registered by default
     assert RunOptions(register_reference=False).arguments()[-1] == "--no-register-reference"
     parse = lambda *flags: build_parser().parse_args(["run", "in.nii", "-o", "o.nii", *flags])  # noqa: E731
     assert [parse(*f).register_reference for f in ((), ("--register-reference",), ("--no-register-reference",))] \
-        == [None, True, False]
-    assert [_option_value("register_reference", t) for t in ("yes", "0", "auto")] == [True, False, None]
+        == [True, True, False]
+    assert [_option_value("register_reference", t) for t in ("yes", "0", "no", "true")] == [True, False, False, True]

@@ -1,16 +1,14 @@
 #!/usr/bin/env python3
 """Does a bad reference ever hurt? Score a model on val/ (4× thick) with references that are misaligned
 (shifted 2, 5, 10 mm; rotated 3, 6, 10°), of another subject, of another anatomy, or of a contrast relation
-no model saw (the reference's intensities inverted), against the same model without a reference, in three
-registration modes: `never` (`--no-register-reference`: the gate alone), `auto` (the default: registered only
-when the gate would drop it) and `asked` (`--register-reference`: registered, kept if it then matches better).
-The gate and registration run as in a user's run; the self-check and adaptation are off, so the rows measure
-the reference alone.
+no model saw (the reference's intensities inverted), against the same model without a reference, in two
+registration modes: `never` (`--no-register-reference`: the gate alone) and `default` (a user's run: registered,
+and moved only when its edges then match the input's better). The self-check and adaptation are off, so the
+rows measure the reference alone.
 
 Rows are cached in `<output>/reference_robustness_rows.jsonl` (by model sha256); the table goes to
-`<output>/reference_robustness.md`. Where the gate kept a reference in `never` mode, the `auto` run is the
-same computation (nothing to register) and its row is derived from it rather than run again. Rows from before
-the modes existed (`registered` true: registration always kept) are left in the file and out of the table.
+`<output>/reference_robustness.md`. Rows from before the modes existed (`registered` true: a registration that
+was always kept) are left in the file and out of the table.
 
     python scripts/reference_robustness.py --threads 2 --models edsr-large --output Resources
 """
@@ -70,7 +68,7 @@ def variants(case: Case, data: Path) -> dict[str, Volume | None]:
     return out
 
 
-MODES = {"never": False, "auto": None, "asked": True}  # register_reference for each registration mode
+MODES = {"never": False, "default": True}  # register_reference for each registration mode
 
 
 def _with_mode(row: dict) -> dict:
@@ -104,21 +102,16 @@ def main() -> None:
                     key = (case.name, name, sha, variant, mode)
                     if key in done:
                         continue
-                    gate_only = done.get(key[:-1] + ("never",))
-                    if mode == "auto" and gate_only and gate_only["reference"] == "used":
-                        row = {**gate_only, "mode": "auto", "derived": True}
-                    else:
-                        report: dict = {}
-                        started = time.perf_counter()
-                        result = superresolve(low, reference, model=name, target_spacing=case.truth.spacing,
-                                              threads=args.threads, register_reference=MODES[mode], self_check=False,
-                                              report=report)
-                        truth = crop_to(case.truth.array, result.array.shape)
-                        mask = None if case.mask is None else crop_to(case.mask, result.array.shape)
-                        row = {"case": case.name, "model": name, "sha256": sha, "variant": variant, "mode": mode,
-                               "reference": report.get("reference", "none"),
-                               "registration": report.get("registration"),
-                               "seconds": round(time.perf_counter() - started, 1), **score(result.array, truth, mask)}
+                    report: dict = {}
+                    started = time.perf_counter()
+                    result = superresolve(low, reference, model=name, target_spacing=case.truth.spacing,
+                                          threads=args.threads, register_reference=MODES[mode], self_check=False,
+                                          report=report)
+                    truth = crop_to(case.truth.array, result.array.shape)
+                    mask = None if case.mask is None else crop_to(case.mask, result.array.shape)
+                    row = {"case": case.name, "model": name, "sha256": sha, "variant": variant, "mode": mode,
+                           "reference": report.get("reference", "none"), "registration": report.get("registration"),
+                           "seconds": round(time.perf_counter() - started, 1), **score(result.array, truth, mask)}
                     done[key] = row
                     rows.append(row)
                     with open(cache, "a") as stream:
@@ -132,9 +125,8 @@ def table(rows: list[dict], models: list[str], registry: ModelRegistry) -> str:
     """Per model and variant: the mean and worst PSNR change against no reference, without and with
     registration, and how often the gate kept the reference."""
     lines = ["| model | reference | gate only (`--no-register-reference`): Δ PSNR vs none, mean (worst) | gate kept "
-             "| default (registered when the gate would drop it): Δ mean (worst) | gate kept "
-             "| `--register-reference`: Δ mean (worst) | gate kept |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| default (registered, moved when that matches better): Δ mean (worst) | gate kept | registration kept |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for name in models:
         sha = registry.get(name).sha256
         mine = [r for r in rows if r["model"] == name and r["sha256"] == sha and r["mode"] in MODES]
@@ -144,11 +136,14 @@ def table(rows: list[dict], models: list[str], registry: ModelRegistry) -> str:
             for mode in MODES:
                 chosen = [r for r in mine if r["variant"] == variant and r["mode"] == mode and r["case"] in baseline]
                 if not chosen:
-                    cells += ["", ""]
+                    cells += ["", ""] + ([""] if mode == "default" else [])
                     continue
                 deltas = [r["psnr"] - baseline[r["case"]] for r in chosen]
                 kept = sum(r["reference"] == "used" for r in chosen)
                 cells += [f"{np.mean(deltas):+.2f} ({min(deltas):+.2f})", f"{kept}/{len(chosen)}"]
+                if mode == "default":
+                    moved = sum(bool((r.get("registration") or {}).get("kept")) for r in chosen)
+                    cells.append(f"{moved}/{len(chosen)}")
             lines.append(f"| `{name}` | {variant} | " + " | ".join(cells) + " |")
     cases = sorted({r["case"] for r in rows if r["mode"] in MODES})
     return ("\n".join(lines) + f"\n\nval/ cases: {', '.join(cases)}; 4× thick slices; network alone (no self-check "

@@ -264,13 +264,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_registration_arguments(parser: argparse.ArgumentParser, which: str) -> None:
-    """--register-reference / --no-register-reference; neither: register only when the gate would drop it."""
     registration = parser.add_mutually_exclusive_group()
-    registration.add_argument("--register-reference", dest="register_reference", action="store_const", const=True,
-                              default=None, help=f"rigidly register {which} first (kept only if it then matches "
-                                                 "the input better); by default only when its edges do not match")
-    registration.add_argument("--no-register-reference", dest="register_reference", action="store_const",
-                              const=False, help=f"never register {which}, not even when its edges do not match")
+    registration.add_argument("--no-register-reference", dest="register_reference", action="store_false",
+                              default=True, help=f"use {which} as it lies; by default it is rigidly registered "
+                                                 "and moved only when its edges then match the input's better")
+    # Registration is the default now; the flag stays so that existing scripts keep working.
+    registration.add_argument("--register-reference", dest="register_reference", action="store_true",
+                              help="the default (kept for older scripts)")
 
 
 def _add_check_arguments(parser: argparse.ArgumentParser) -> None:

@@ -83,9 +83,8 @@ def _option_value(name: str, text: str):
         return float(text)
     if name == "threads":
         return int(text)
-    if name == "register_reference":  # empty or "auto": only when the gate would drop the reference
-        lowered = text.lower()
-        return True if lowered in ("1", "true", "yes") else False if lowered in ("0", "false", "no") else None
+    if name == "register_reference":  # registered unless the column says no
+        return text.lower() not in ("0", "false", "no")
     return text
 
 

@@ -38,7 +38,7 @@ class RunOptions:
     device: str = "auto"
     threads: int | None = None
     batch_size: int | None = None
-    register_reference: bool | None = None  # None: only when the gate would drop the reference
+    register_reference: bool = True  # moved only when that improves the match
     models_dir: str | None = None
     reference_mode: str | None = None
     adapt: float | None = None  # seconds of per-scan fine-tuning; None: the default budget; 0: never
@@ -56,8 +56,8 @@ class RunOptions:
                              ("--planes", self.planes)):
             if values:
                 args += [flag, *(str(v) for v in values)]
-        if self.register_reference is not None:
-            args.append("--register-reference" if self.register_reference else "--no-register-reference")
+        if not self.register_reference:
+            args.append("--no-register-reference")
         if self.adapt is not None:
             args += ["--adapt", str(self.adapt)] if self.adapt > 0 else ["--no-adapt"]
         if not self.self_check:
