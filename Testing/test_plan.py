@@ -107,3 +107,18 @@ def test_the_time_estimate_counts_the_self_check_and_adaptation(cli, tmp_path):
                               (("--no-self-check",), 0.0)):
         code, out, _ = cli("plan", tmp_path / "thick.nii.gz", "--json", "--threads", "2", *options)
         assert code == 0 and json.loads(out)["check_seconds"] == pytest.approx(expected, abs=0.1)
+
+
+def test_the_time_estimate_counts_the_registration_of_a_paired_reference():
+    from MRISuperResLib.plan import REGISTRATION_SECONDS_PER_INPUT_VOXEL_THREAD
+
+    volume = smooth_volume(shape_kji=(24, 64, 64), spacing=(1.0, 1.0, 4.0))
+    reference = smooth_volume(shape_kji=(96, 64, 64), spacing=(1.0, 1.0, 1.0))
+    registered = plan_run(volume, reference, model="edsr-mixed", threads=2, self_check=False)
+    unregistered = plan_run(volume, reference, model="edsr-mixed", threads=2, self_check=False,
+                            register_reference=False)
+    expected = volume.grid.voxel_count * REGISTRATION_SECONDS_PER_INPUT_VOXEL_THREAD / 2
+    assert registered.seconds - unregistered.seconds == pytest.approx(expected)
+    # Nothing to register: no reference, or a model that takes none.
+    assert plan_run(volume, model="edsr-mixed", threads=2, self_check=False).seconds == pytest.approx(unregistered.seconds)
+    assert plan_run(volume, reference, model="cubic").seconds == plan_run(volume, model="cubic").seconds

@@ -88,3 +88,18 @@ def test_registration_choice_reaches_the_child_and_the_batch_manifest():
     assert [parse(*f).register_reference for f in ((), ("--register-reference",), ("--no-register-reference",))] \
         == [True, True, False]
     assert [_option_value("register_reference", t) for t in ("yes", "0", "no", "true")] == [True, False, False, True]
+
+
+def test_the_thread_count_limits_itk_too():
+    import SimpleITK as sitk
+    import torch
+
+    from MRISuperResLib.devices import set_threads
+
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), torch.get_num_threads()
+    try:
+        set_threads(1)
+        assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 1 and torch.get_num_threads() == 1
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[0])
+        torch.set_num_threads(before[1])

@@ -10,7 +10,9 @@ T1 flipped and shifted away, self without a reference), and the texture stages a
 256 × 256 slice (scattering, matching, upsampling).
 
 `NAME` is timed with the self-check but without adaptation (`--no-adapt`); `NAME+adapt` as a user gets
-it by default: the self-check and the default adaptation budget (`plan.DEFAULT_ADAPT_SECONDS`).
+it by default: the self-check and the default adaptation budget (`plan.DEFAULT_ADAPT_SECONDS`). The
+reference is registered as in a user's run; `+unregistered` (e.g. `edsr-large+adapt+unregistered`) times the
+same run with `--no-register-reference`.
 
     python scripts/benchmark.py --threads 2 [--models cubic edsr-mixed edsr-mixed+adapt rfdn-tt:self] [--output bench.json]
 """
@@ -62,23 +64,24 @@ def peak_rss_mb() -> float:
 
 def run_child(folder: Path, model_and_mode: str, threads: int, device: str) -> dict:
     model_and_adapt, _, mode = model_and_mode.partition(":")
-    model, _, adapt = model_and_adapt.partition("+")
+    model, *options = model_and_adapt.split("+")
     mode = mode or None
+    register = "unregistered" not in options
     volume, reference = read_volume(folder / "input.nii"), read_volume(folder / "reference.nii")
     card = ModelRegistry().get(model)
     if mode == "unpaired":  # another orientation and place: only its texture can be used
         reference = Volume(np.flip(reference.array, 0).copy(), reference.spacing,
                            tuple(o + 300.0 for o in reference.origin), reference.direction)
     reference = reference if card.uses_reference and mode != "self" else None
-    seconds_of_adaptation = DEFAULT_ADAPT_SECONDS if adapt == "adapt" else 0.0
+    seconds_of_adaptation = DEFAULT_ADAPT_SECONDS if "adapt" in options else 0.0
     # The plan's time estimate counts the same self-check and adaptation as the timed run.
     plan = plan_run(volume, reference, model=model, threads=threads, device=device, reference_mode=mode,
-                    adapt=seconds_of_adaptation)
+                    adapt=seconds_of_adaptation, register_reference=register)
     rss_before = peak_rss_mb()
     started = time.perf_counter()
     report: dict = {}
     result = superresolve(volume, reference, model=model, threads=threads, device=device, reference_mode=mode,
-                          adapt=seconds_of_adaptation, report=report)
+                          adapt=seconds_of_adaptation, register_reference=register, report=report)
     seconds = time.perf_counter() - started
     return {"model": model_and_adapt, "reference_mode": plan.reference_mode, "report": report, "uses_reference": reference is not None,
             "device": plan.device, "threads": threads,

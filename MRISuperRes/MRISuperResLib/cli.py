@@ -145,7 +145,7 @@ def command_plan(args: argparse.Namespace) -> int:
     volume = read_volume(args.input, "input")
     reference = read_volume(args.reference, "reference") if args.reference else None
     plan = plan_run(volume, reference, adapt=0.0 if args.no_adapt else args.adapt,
-                    self_check=not args.no_self_check, **_target(args))
+                    self_check=not args.no_self_check, register_reference=args.register_reference, **_target(args))
     print(json.dumps(plan.to_json(), indent=2, ensure_ascii=False) if args.json else plan.summary())
     return 0
 
@@ -335,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("input")
     plan.add_argument("--reference")
     plan.add_argument("--json", action="store_true")
+    _add_registration_arguments(plan, "the reference")
     _add_check_arguments(plan)
     _add_target_arguments(plan)
     plan.set_defaults(handler=command_plan)

@@ -27,3 +27,6 @@ def set_threads(threads: int | None) -> None:
         if threads < 1:
             raise MRISuperResError(f"The thread count must be at least 1, not {threads}.")
         torch.set_num_threads(threads)
+        # ITK (resampling, registration) would otherwise take every core whatever --threads says.
+        import SimpleITK as sitk
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)

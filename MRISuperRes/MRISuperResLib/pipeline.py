@@ -33,9 +33,10 @@ def plan_run(volume: Volume, reference: Volume | None = None, model: str | None 
              target_spacing=None, scale=None, planes: list[str] | None = None, device: str = "auto",
              threads: int | None = None, batch_size: int = 8, tile: int = DEFAULT_TILE,
              models_dir: str | None = None, registry: ModelRegistry | None = None,
-             reference_mode: str | None = None, adapt: float | None = None, self_check: bool = True) -> Plan:
-    """Validate the inputs and make the plan of a run, without running it (`adapt`, `self_check`: as
-    `superresolve` takes them, for the time estimate)."""
+             reference_mode: str | None = None, adapt: float | None = None, self_check: bool = True,
+             register_reference: bool = True) -> Plan:
+    """Validate the inputs and make the plan of a run, without running it (`adapt`, `self_check`,
+    `register_reference`: as `superresolve` takes them, for the time estimate)."""
     check_scalar_volume(volume, "input")
     registry = registry or ModelRegistry(models_dir)
     card = registry.get(model)
@@ -47,7 +48,7 @@ def plan_run(volume: Volume, reference: Volume | None = None, model: str | None 
                                   [c.name for c in registry.cards.values() if c.texture_transfer])
     plan = make_plan(volume.grid, card, target_spacing, scale, planes, reference is not None,
                      resolve_device(device).type, threads or torch.get_num_threads(), batch_size, tile, mode,
-                     self_check, DEFAULT_ADAPT_SECONDS if adapt is None else adapt)
+                     self_check, DEFAULT_ADAPT_SECONDS if adapt is None else adapt, register_reference)
     if mode == "self":
         acquired_planes(plan.upsampled)
     if reference is not None:
@@ -111,7 +112,8 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
     set_threads(threads)
     registry = ModelRegistry(models_dir)
     plan = plan_run(volume, reference, model, target_spacing, scale, planes, device, threads, batch_size, tile,
-                    registry=registry, reference_mode=reference_mode, adapt=adapt, self_check=self_check)
+                    registry=registry, reference_mode=reference_mode, adapt=adapt, self_check=self_check,
+                    register_reference=register_reference)
     check_memory(plan, force)
     log.info("plan:\n%s", plan.summary())
     torch_device = resolve_device(device)

@@ -62,6 +62,10 @@ ADAPT_BATCH = 8
 # hundred 64² patches, twice when adaptation runs; measured 2-4 s on the benchmark volume, 2 threads.
 SELF_CHECK_SECONDS = 4.0
 TILE_OVERLAP = 16
+# Registering a paired reference (the default; ITK, on the CPU whatever the device), resampling it a second
+# time and scoring the edge agreement of both placements, per input voxel and thread: calibrated on
+# scripts/benchmark.py with and without --no-register-reference.
+REGISTRATION_SECONDS_PER_INPUT_VOXEL_THREAD = 12e-6
 # Texture transfer, per slice pixel of every planned plane and CPU thread, by reference mode: paired mode
 # scatters three images per slice (input, sharp and blurred reference) and matches in a window; the bank
 # modes scatter one and match against the bank. Calibrated on scripts/benchmark.py (edsr-tt against
@@ -211,7 +215,8 @@ def available_memory_bytes() -> int:
 def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, planes: list[str] | None = None,
               has_reference: bool = False, device: str = "cpu", threads: int | None = None,
               batch_size: int = 8, tile: int = DEFAULT_TILE, reference_mode: str | None = None,
-              self_check: bool = True, adapt_seconds: float = DEFAULT_ADAPT_SECONDS) -> Plan:
+              self_check: bool = True, adapt_seconds: float = DEFAULT_ADAPT_SECONDS,
+              register_reference: bool = True) -> Plan:
     """Decide the target grid, planes and costs of a run; refuse a target with nothing to upsample.
 
     `reference_mode` (texture-transfer models only) is paired, unpaired or self; an unpaired reference
@@ -265,6 +270,8 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
         check_seconds = SELF_CHECK_SECONDS + steps * adaptation_step_seconds(model.architecture, model.macs_per_pixel,
                                                                             device, threads)
     uses_reference = has_reference and model.uses_reference and reference_mode in (None, "paired")
+    if uses_reference and register_reference:
+        seconds += source.voxel_count * REGISTRATION_SECONDS_PER_INPUT_VOXEL_THREAD / threads
     return Plan(source, target, factors, upsampled, chosen, model, uses_reference, reference_mode,
                 device, threads, batch_size, tile, int(memory), float(seconds + check_seconds), notes, check_seconds,
                 steps, warnings)
