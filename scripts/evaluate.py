@@ -337,6 +337,38 @@ def _update(manifest: dict, rows: list[dict], degradations, variants) -> None:
         card["validation"] = validation
 
 
+def variants_of(registry, models: list[str], wrong: list[str], product_models: list[str]) -> list[tuple[str, str]]:
+    """(model, reference) pairs to score: each reference-guided model with and without its reference (and with a
+    wrong one for `wrong`), the others alone, and the product path (+adapt) of `product_models`."""
+    variants = [("cubic", "none")]
+    for name in models:
+        if registry.get(name).uses_reference:
+            variants += [(name, "paired"), (name, "none")] + ([(name, "wrong")] if name in wrong else [])
+        else:
+            variants.append((name, "none"))
+    for name in product_models:
+        variants += [(f"{name}+adapt", "paired"), (f"{name}+adapt", "none")]
+    return variants
+
+
+def table_scope(registry, cache: Path, asked) -> tuple[list[tuple[str, str]], list[tuple[str, int]]]:
+    """Every variant and degradation the cache holds for a model the registry still has, in the order a full run
+    scores them; degradations in the order DEGRADATIONS lists them, then the others the cache holds."""
+    rows = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
+    known = set(registry.names())
+    held = {(r["model"], r["reference"]) for r in rows if r["model"].partition("+")[0] in known}
+    default = registry.default_name
+    wrong = {m for m, ref in held if ref == "wrong"}
+    models = sorted([m for m in registry.names() if m != "cubic" and not registry.get(m).texture_transfer
+                     and any(model == m for model, _ in held)], key=lambda name: (name not in wrong, name != default))
+    product = [m for m in registry.names() if (f"{m}+adapt", "none") in held or (f"{m}+adapt", "paired") in held]
+    variants = [v for v in variants_of(registry, models, sorted(wrong), product) if v in held or v[0] == "cubic"]
+    held_degradations = {(r["degradation"], r["factor"]) for r in rows}
+    degradations = [parse_degradation(d) for d in DEGRADATIONS]
+    degradations += sorted(d for d in held_degradations | set(asked) if d not in degradations)
+    return variants, [d for d in degradations if d in held_degradations]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -361,15 +393,7 @@ def main() -> None:
     models = args.models or [n for n in registry.names() if n != "cubic" and not registry.get(n).texture_transfer]
     wrong = args.wrong_reference_models or [default]
     models = sorted(models, key=lambda name: (name not in wrong, name != default))
-    variants = [("cubic", "none")]
-    for name in models:
-        if registry.get(name).uses_reference:
-            variants += [(name, "paired"), (name, "none")] + ([(name, "wrong")] if name in wrong else [])
-        else:
-            variants.append((name, "none"))
-
-    for name in args.product_models:
-        variants += [(f"{name}+adapt", "paired"), (f"{name}+adapt", "none")]
+    variants = variants_of(registry, models, wrong, args.product_models)
 
     def weights_sha(name: str) -> str | None:
         return registry.get(name.partition("+")[0]).sha256
@@ -377,8 +401,13 @@ def main() -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     chosen = [c for c in CASES if not args.cases or c[0] in args.cases]
     cases = [] if args.tables_only else [Case(args.data, c) for c in chosen]
-    rows = sweep(cases, args.degradations, variants, args.threads, args.output / "evaluation_rows.jsonl", weights_sha,
-                 compute=not args.tables_only)
+    cache = args.output / "evaluation_rows.jsonl"
+    sweep(cases, args.degradations, variants, args.threads, cache, weights_sha, compute=not args.tables_only)
+    # The tables always cover every model and degradation the cache holds, so scoring a subset (one new model,
+    # one degradation) adds to them instead of replacing them.
+    variants, degradations = table_scope(registry, cache, args.degradations)
+    args.degradations = degradations
+    rows = sweep([], degradations, variants, args.threads, cache, weights_sha, compute=False)
     if args.update_cards:
         update_cards(rows, args.degradations, variants)
     text = [f"Mean PSNR gain over cubic (dB) on the {len(CASES)} val/ cases; default model: `{default}`.\n\n",
