@@ -20,7 +20,7 @@ from MRISuperResLib.errors import CancelledError, MRISuperResError
 from MRISuperResLib.job import RunOptions
 from MRISuperResLib.models.registry import ModelRegistry
 from MRISuperResLib.plan import DEFAULT_ADAPT_SECONDS, REFERENCE_MODES, make_plan, resolve_reference_mode
-from MRISuperResSlicer import dependencies
+from MRISuperResSlicer import dependencies, log_panel, sample_data, views
 from MRISuperResSlicer.nodes import grid_from_node
 from MRISuperResSlicer.parameters import fallback_message, stale_parameters
 from MRISuperResSlicer.wording import in_gui_words
@@ -66,6 +66,9 @@ losses (cnn-vit).
 Models were trained on public data: spinalcordtoolbox sample data (MIT), open_ms_data (CC-BY), BraTS 2023
 and BRATS 2013 cases, ProstateX (TCIA, CC-BY).
 """
+        # The demo phantom in Sample Data, once the application (and so the Sample Data module) is up.
+        icon = os.path.join(os.path.dirname(__file__), "Resources", "Icons", "MRISuperRes.png")
+        slicer.app.connect("startupCompleted()", lambda: sample_data.register(icon))
 
 
 @parameterNodeWrapper
@@ -97,6 +100,9 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._run = None
         self._timer = None
         self._lastCheck = ""
+        self._logHandler = None
+        self._previousLayout = None
+        self._lastRun = None  # (input, result, confidence) of the last run, for Compare
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -110,6 +116,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelComboBox.addItem(card.title, card.name)
             self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, card.description, qt.Qt.ToolTipRole)
         self.ui.progressBar.hide()
+        self._logHandler = log_panel.attach(self.ui.logTextEdit.appendPlainText)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -119,10 +126,17 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.referenceModeComboBox.connect("currentIndexChanged(int)", self.onManualWidgetChanged)
         self.ui.targetValuesWidget.connect("coordinatesChanged(double*)", self.onManualWidgetChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.sampleDataButton.connect("clicked(bool)", self.onSampleDataButton)
+        self.ui.compareButton.connect("toggled(bool)", self.onCompareToggled)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.updateSampleDataButton)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.updateSampleDataButton)
+        self.updateSampleDataButton()
         self.initializeParameterNode()
 
     def cleanup(self):
         self.removeObservers()
+        if self._logHandler is not None:
+            log_panel.detach(self._logHandler)
         if self._run is not None:
             self._run.cancel()
 
@@ -141,7 +155,41 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._run.cancel()
             self.stopPolling()
             self.ui.statusLabel.text = "Cancelled: the scene was closed."
+        self._lastRun = None
+        self._previousLayout = None
+        self.ui.compareButton.blockSignals(True)
+        self.ui.compareButton.checked = False
+        self.ui.compareButton.blockSignals(False)
+        self.ui.compareButton.enabled = False
         self.setParameterNode(None)
+
+    def updateSampleDataButton(self, caller=None, event=None):
+        # Offered only to an empty scene: the first-time user's two clicks.
+        empty = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode") is None
+        self.ui.sampleDataButton.visible = empty
+
+    def onSampleDataButton(self, *unused):
+        try:
+            inputNode, referenceNode = sample_data.load_phantom()
+        except ImportError:
+            if not dependencies.install_missing(True):
+                slicer.util.errorDisplay("The phantom is made by MRISuperRes's Python packages, which are not "
+                                         "installed; click again and accept the installation.")
+                return
+            inputNode, referenceNode = sample_data.load_phantom()
+        self._parameterNode.inputVolume = inputNode
+        self._parameterNode.referenceVolume = referenceNode
+        slicer.util.setSliceViewerLayers(background=inputNode, fit=True)
+        self.ui.statusLabel.text = ("Sample data loaded: a T2 in 4 mm slices and its 1 mm T1 as reference. "
+                                    "Click Apply.")
+
+    def onCompareToggled(self, checked):
+        if checked and self._lastRun is not None:
+            self._previousLayout = views.show_comparison(slicer.mrmlScene, *self._lastRun)
+        else:
+            views.restore_layout(slicer.mrmlScene, self._previousLayout)
+            if self._lastRun is not None:
+                self.logic.showResult(self._lastRun[1])
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
@@ -277,7 +325,9 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if memory and slicer.util.confirmYesNoDisplay(text + " Try anyway?", windowTitle="MRISuperRes: memory"):
             self.startRun(force=True)
             return
-        slicer.util.errorDisplay(text)
+        slicer.util.errorDisplay(text + " The Log panel below Apply shows every line of the run.")
+        self.ui.logTextEdit.appendPlainText("Error: " + text)
+        self.ui.logCollapsibleButton.collapsed = False
 
     def startRun(self, force=False):
         parameters = self._parameterNode
@@ -318,6 +368,12 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.reportFailure(error)
             return
         self.logic.showResult(node)
+        self._lastRun = (self._parameterNode.inputVolume, node, run.confidence_node)
+        self.ui.compareButton.enabled = True
+        if self.ui.compareButton.checked:
+            self.onCompareToggled(True)
+        else:
+            self.ui.compareButton.checked = True  # the side-by-side view after every run; one click swaps back
         self.ui.statusLabel.text = f"Done: {node.GetName()}" + (
             f" and {run.confidence_node.GetName()}." if run.confidence_node else ".") + (
             f" Self-check: {self._lastCheck}" if self._lastCheck else "")
@@ -329,7 +385,10 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         eta = f", about {event.eta:.0f} s left" if event.eta else ""
         if event.stage == "check" and event.message:
             self._lastCheck = event.message  # the estimated gain on this scan: kept for the final status line
-        self.ui.statusLabel.text = event.message or f"{event.stage}: {event.done}/{event.total}{eta}"
+        text = event.message or f"{event.stage}: {event.done}/{event.total}{eta}"
+        if event.message and event.message != self.ui.statusLabel.text:
+            self.ui.logTextEdit.appendPlainText(event.message)  # each message once, not each progress tick
+        self.ui.statusLabel.text = text
 
     def stopPolling(self):
         if self._timer is not None:

@@ -14,6 +14,7 @@ def test_gui_side_imports_need_neither_torch_nor_scipy():
         "import sys\n"
         "import MRISuperResLib, MRISuperResLib.models.registry, MRISuperResLib.plan, MRISuperResLib.job\n"
         "import MRISuperResLib.io, MRISuperResSlicer.nodes, MRISuperResSlicer.runner, MRISuperResSlicer.dependencies\n"
+        "import MRISuperResSlicer.sample_data, MRISuperResSlicer.views, MRISuperResSlicer.log_panel\n"
         "from MRISuperResLib.models.registry import ModelRegistry\n"
         "ModelRegistry().names()\n"
         "heavy = sorted(m for m in ('torch', 'scipy', 'tqdm') if m in sys.modules)\n"

@@ -8,22 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .degrade import thick_slices
 from .io import write_volume
 from .metrics import foreground_mask, score
 from .models.registry import ModelRegistry
-from .phantom import make_phantom
+from .phantom import DEMO_FACTOR, demo_volumes
 from .pipeline import superresolve
 from .figures import save_panels
-
-DEMO_FACTOR = 4
 
 
 def run_demo(output_dir: Path, model: str | None = None, threads: int | None = None, progress=None) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
-    phantom = make_phantom()
-    truth, reference = phantom["T2"], phantom["T1"]
-    thick = thick_slices(truth, axis=2, factor=DEMO_FACTOR, profile="box")
+    volumes = demo_volumes()
+    thick, reference, truth = volumes["input"], volumes["reference"], volumes["truth"]
     card = ModelRegistry().get(model)
     write_volume(thick, output_dir / "input_T2_thick.nii.gz")
     write_volume(reference, output_dir / "reference_T1.nii.gz")

@@ -97,3 +97,17 @@ def place_lesions(labels: np.ndarray, diameters_mm, spacing_mm: float = 10.0) ->
         masks.append(ball)
         occupied |= sum((coords[a] - centre[a]) ** 2 for a in range(3)) <= (radius + spacing_mm) ** 2
     return labels, masks
+
+
+DEMO_FACTOR = 4
+
+
+def demo_volumes() -> dict[str, Volume]:
+    """The demo's volumes: 'input' (the phantom's T2 in 4 mm slices), 'reference' (its 1 mm T1) and 'truth'
+    (its 1 mm T2). Made, not downloaded, so the demo and Slicer's sample data work offline."""
+    from .degrade import thick_slices
+
+    phantom = make_phantom()
+    truth = phantom["T2"]
+    return {"input": thick_slices(truth, axis=2, factor=DEMO_FACTOR, profile="box"), "reference": phantom["T1"],
+            "truth": truth}
