@@ -169,25 +169,21 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.sampleDataButton.visible = empty
 
     def onSampleDataButton(self, *unused):
-        try:
-            inputNode, referenceNode = sample_data.load_phantom()
-        except ImportError:
-            if not dependencies.install_missing(True):
-                slicer.util.errorDisplay("The phantom is made by MRISuperRes's Python packages, which are not "
-                                         "installed; click again and accept the installation.")
-                return
-            inputNode, referenceNode = sample_data.load_phantom()
-        self._parameterNode.inputVolume = inputNode
-        self._parameterNode.referenceVolume = referenceNode
-        slicer.util.setSliceViewerLayers(background=inputNode, fit=True)
+        nodes = sample_data.load_after_install()
+        if not nodes:
+            return
+        self._parameterNode.inputVolume, self._parameterNode.referenceVolume = nodes
         self.ui.statusLabel.text = ("Sample data loaded: a T2 in 4 mm slices and its 1 mm T1 as reference. "
                                     "Click Apply.")
 
     def onCompareToggled(self, checked):
         if checked and self._lastRun is not None:
-            self._previousLayout = views.show_comparison(slicer.mrmlScene, *self._lastRun)
+            previous = views.show_comparison(slicer.mrmlScene, *self._lastRun)
+            if self._previousLayout is None:  # a second run while comparing keeps the layout to return to
+                self._previousLayout = previous
         else:
             views.restore_layout(slicer.mrmlScene, self._previousLayout)
+            self._previousLayout = None
             if self._lastRun is not None:
                 self.logic.showResult(self._lastRun[1])
 

@@ -34,8 +34,9 @@ def load_phantom(scene=None) -> tuple:
     return tuple(nodes)
 
 
-def _download(source=None):
-    """Sample Data's button calls this with its source: the nodes, with the input shown."""
+def load_after_install(source=None) -> list:
+    """Sample Data's button (with its source) and the module's button: install what the phantom needs if
+    asked, then the nodes, with the input shown; [] when the user declines."""
     from MRISuperResSlicer import dependencies
 
     if dependencies.needed_packages() and not dependencies.install_missing(True):
@@ -56,6 +57,6 @@ def register(thumbnail: str | None = None) -> None:
         return
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category=CATEGORY, sampleName=SAMPLE_NAME, uris=[], fileNames=[], nodeNames=[],
-        thumbnailFileName=thumbnail, customDownloader=_download)
+        thumbnailFileName=thumbnail, customDownloader=load_after_install)
 
 
