@@ -5,6 +5,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from typing import Annotated
 
 import qt
@@ -16,6 +17,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+from MRISuperResLib.advice import device_advice
+from MRISuperResLib.devices import DEVICES, installed_torch
 from MRISuperResLib.errors import CancelledError, MRISuperResError
 from MRISuperResLib.job import RunOptions
 from MRISuperResLib.models.registry import ModelRegistry
@@ -24,10 +27,10 @@ from MRISuperResSlicer import dependencies, log_panel, sample_data, views
 from MRISuperResSlicer.nodes import grid_from_node
 from MRISuperResSlicer.parameters import fallback_message, stale_parameters
 from MRISuperResSlicer.wording import in_gui_words
+from MRISuperResSlicer.run_queue import QueuedVolume, RunQueue, queued_volumes
 from MRISuperResSlicer.runner import SuperResolutionRunner
 
 TARGET_MODES = ("isotropic", "scale", "spacing")
-DEVICES = ("auto", "cpu", "cuda")
 REFERENCE_MODE_CHOICES = ("", *REFERENCE_MODES)  # "": automatic
 POLL_MILLISECONDS = 200
 
@@ -238,6 +241,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.referenceModeComboBox.enabled = card.texture_transfer
         self.ui.confidenceMapCheckBox.enabled = card.maps_confidence
         self.ui.planLabel.text = self.planLine()
+        self.ui.deviceInfoLabel.text = self.deviceLine()
         if self._run is None:
             self.ui.applyButton.enabled = parameters.inputVolume is not None
             self.ui.applyButton.text = "Apply"
@@ -299,7 +303,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             mode = resolve_reference_mode(card, hasReference, parameters.referenceMode or None)
             plan = make_plan(grid, card, planes=parameters.planes.split() or None, has_reference=hasReference,
                              reference_mode=mode, adapt_seconds=DEFAULT_ADAPT_SECONDS if parameters.adaptToScan else 0.0,
-                             device=parameters.device if parameters.device in ("cpu", "cuda") else dependencies.auto_device(),
+                             device=parameters.device if parameters.device != "auto" else installed_torch().auto_device,
                              threads=os.cpu_count(),
                              batch_size=parameters.batchSize, target_spacing=target["targetSpacing"],
                              scale=target["scale"])
@@ -307,11 +311,29 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except (MRISuperResError, ValueError) as error:
             return str(error)
 
+    def deviceLine(self):
+        """The installed PyTorch and the device "auto" runs on; on a CPU, the default's and the fast model's
+        time on this input, so that the user can choose before waiting."""
+        parameters = self._parameterNode
+        try:
+            grid = grid_from_node(parameters.inputVolume, "input") if parameters.inputVolume else None
+            target = self.targetArguments()
+        except (MRISuperResError, ValueError):
+            grid, target = None, {"targetSpacing": None, "scale": None}
+        return device_advice(installed_torch(), self.logic.registry, grid,
+                             has_reference=parameters.referenceVolume is not None, threads=os.cpu_count() or 1,
+                             adapt_seconds=None if parameters.adaptToScan else 0.0,
+                             target_spacing=target["targetSpacing"], scale=target["scale"])
+
     def onApplyButton(self, *unused):
         if self._run is not None:
-            self._run.cancel()
-            self.ui.statusLabel.text = "Cancelled; the scene is unchanged."
+            queue = self._run
+            queue.cancel()
             self.stopPolling()
+            if len(queue.items) > 1:
+                self.showResults(queue)  # the volumes finished before Cancel keep their results
+            else:
+                self.ui.statusLabel.text = "Cancelled; the scene is unchanged."
             return
         self.startRun()
 
@@ -325,54 +347,85 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logTextEdit.appendPlainText("Error: " + text)
         self.ui.logCollapsibleButton.collapsed = False
 
+    def selectedInputs(self):
+        """The input volume, then the volumes checked in "Also process" (the input itself once)."""
+        parameters = self._parameterNode
+        more = [node for node in self.ui.moreInputsSelector.checkedNodes() if node is not parameters.inputVolume]
+        return [parameters.inputVolume, *more]
+
     def startRun(self, force=False):
         parameters = self._parameterNode
+        settings = dict(model=parameters.model or None, device=parameters.device,
+                        registerReference=parameters.registerReference, planes=parameters.planes.split() or None,
+                        batchSize=parameters.batchSize, **self.targetArguments(),
+                        adapt=None if parameters.adaptToScan else 0, force=force, **self.textureArguments())
+        inputs = self.selectedInputs()
         try:
-            self._run = self.logic.process(
-                parameters.inputVolume, parameters.referenceVolume, parameters.outputVolume,
-                model=parameters.model or None, device=parameters.device,
-                registerReference=parameters.registerReference, planes=parameters.planes.split() or None,
-                batchSize=parameters.batchSize, waitForCompletion=False, **self.targetArguments(),
-                adapt=None if parameters.adaptToScan else 0, force=force,
-                **self.textureArguments())
+            if len(inputs) == 1:
+                run = self.logic.process(parameters.inputVolume, parameters.referenceVolume, parameters.outputVolume,
+                                         waitForCompletion=False, **settings)
+                item = QueuedVolume(parameters.inputVolume, parameters.referenceVolume, parameters.outputVolume)
+                self._run = RunQueue([item], lambda item: run).begin()
+            else:
+                outputs = [parameters.outputVolume] + [None] * (len(inputs) - 1)
+                self._run = self.logic.processVolumes(inputs, parameters.referenceVolume, outputVolumes=outputs,
+                                                      waitForCompletion=False, **settings)
         except Exception as error:  # a bad input (MRISuperResError) or a failed dependency install
             self.reportFailure(error)
             return
         self.ui.applyButton.text = "Cancel"
         self.ui.progressBar.show()
         self.ui.progressBar.value = 0
-        self.ui.statusLabel.text = "Starting…"
+        self.ui.statusLabel.text = "Starting…" if len(inputs) == 1 else f"Starting 1 of {len(inputs)} volumes…"
         self._lastCheck = ""
         self._timer = qt.QTimer()
         self._timer.timeout.connect(self.poll)
         self._timer.start(POLL_MILLISECONDS)
 
     def poll(self):
-        for event in self._run.pending_events():
+        for event in self._run.poll():
             self.showProgress(event)
         if self._run.running:
             return
-        run = self._run
+        queue = self._run
         self.stopPolling()
-        try:
-            node = run.finish(self.showProgress)
-        except CancelledError:
+        if len(queue.items) > 1:
+            self.showResults(queue)
+            return
+        if queue.cancelled:
             self.ui.statusLabel.text = "Cancelled; the scene is unchanged."
             return
-        except MRISuperResError as error:
+        if queue.failures:
             self.ui.statusLabel.text = "Failed; the scene is unchanged."
-            self.reportFailure(error)
+            self.reportFailure(queue.failures[0].error)
             return
-        self.logic.showResult(node)
-        self._lastRun = (self._parameterNode.inputVolume, node, run.confidence_node)
+        finished = queue.results[0]
+        self.showComparison(finished)
+        self.ui.statusLabel.text = f"Done: {finished.output_node.GetName()}" + (
+            f" and {finished.confidence_node.GetName()}." if finished.confidence_node else ".") + (
+            f" Self-check: {self._lastCheck}" if self._lastCheck else "")
+
+    def showResults(self, queue):
+        """After several volumes: each result shown, the first compared with its input, one summary line."""
+        for finished in queue.results:
+            self.logic.showResult(finished.output_node)
+        if queue.results:
+            self.showComparison(queue.results[0])
+        summary = queue.summary()
+        self.ui.statusLabel.text = summary
+        self.ui.logTextEdit.appendPlainText(summary)
+        if queue.failures:
+            slicer.util.errorDisplay(summary + " The Log panel below Apply shows every line of the runs.")
+            self.ui.logCollapsibleButton.collapsed = False
+
+    def showComparison(self, finished):
+        self.logic.showResult(finished.output_node)
+        self._lastRun = (finished.item.input_node, finished.output_node, finished.confidence_node)
         self.ui.compareButton.enabled = True
         if self.ui.compareButton.checked:
             self.onCompareToggled(True)
         else:
             self.ui.compareButton.checked = True  # the side-by-side view after every run; one click swaps back
-        self.ui.statusLabel.text = f"Done: {node.GetName()}" + (
-            f" and {run.confidence_node.GetName()}." if run.confidence_node else ".") + (
-            f" Self-check: {self._lastCheck}" if self._lastCheck else "")
 
     def showProgress(self, event):
         if event.total:
@@ -443,21 +496,10 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
         the Python packages the core needs, if any are missing) a declined or incomplete installation.
         """
         self.lastConfidenceNode = None
-        runner = SuperResolutionRunner(self.pythonExecutable(), slicer.util.startupEnvironment())
-        runner.check_inputs(inputVolume, referenceVolume, outputVolume)
-        if installDependencies and dependencies.needed_packages():
-            missing = dependencies.describe_needed()
-            if not dependencies.install_missing(True):
-                raise MRISuperResError(f"MRISuperRes needs Python packages that are not installed or too old ({missing}) "
-                                       "and nothing was run; click Apply again and accept the installation.")
-            still = dependencies.needed_packages()
-            if still:
-                raise MRISuperResError(f"The installation left {', '.join(still)} missing or too old; see the Python "
-                                       "console for pip's messages, then restart Slicer and try again.")
-        options = RunOptions(model=model, target_spacing=tuple(targetSpacing) if targetSpacing else None,
-                             scale=tuple(scale) if scale else None, planes=tuple(planes) if planes else None,
-                             device=device, batch_size=batchSize, register_reference=registerReference,
-                             reference_mode=referenceMode, adapt=adapt, force=force)
+        runner = self._readyRunner([QueuedVolume(inputVolume, referenceVolume, outputVolume)], installDependencies)
+        options = self._runOptions(model=model, targetSpacing=targetSpacing, scale=scale, planes=planes, device=device,
+                                   batchSize=batchSize, registerReference=registerReference,
+                                   referenceMode=referenceMode, adapt=adapt, force=force)
         run = runner.start(slicer.mrmlScene, inputVolume, referenceVolume, outputVolume, options, confidenceMap)
         if not waitForCompletion:
             return run
@@ -471,6 +513,64 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
         self.lastConfidenceNode = run.confidence_node
         self.showResult(node)
         return node
+
+    def processVolumes(self, inputVolumes, referenceVolumes=None, waitForCompletion=True, progressCallback=None,
+                       installDependencies=True, confidenceMap=False, outputVolumes=None, **settings):
+        """Super-resolve several volumes in turn, one child process at a time; returns their output nodes.
+
+        `referenceVolumes`: None, one node for every input, or a list with one node (or None) per input;
+        `settings`: the keywords of `process` (model, targetSpacing, device, adapt, ...). Every input is checked
+        before the first starts. A volume that fails does not stop the others; at the end an `MRISuperResError`
+        names each failed volume and why (the others' results are then in the scene). With
+        `waitForCompletion=False` it returns the running `RunQueue` (`poll()`, `running`, `cancel()`,
+        `finished`, `summary()`)."""
+        items = queued_volumes(inputVolumes, referenceVolumes, outputVolumes)
+        runner = self._readyRunner(items, installDependencies)
+        options = self._runOptions(**settings)
+        queue = RunQueue(items, lambda item: runner.start(slicer.mrmlScene, item.input_node, item.reference_node,
+                                                          item.output_node, options, confidenceMap)).begin()
+        if not waitForCompletion:
+            return queue
+        try:
+            while queue.running:
+                for event in queue.poll():
+                    if progressCallback:
+                        progressCallback(event)
+                slicer.app.processEvents()
+                time.sleep(0.05)
+        except BaseException:
+            queue.cancel()
+            raise
+        if queue.failures:
+            raise MRISuperResError(queue.summary())
+        for finished in queue.results:
+            self.showResult(finished.output_node)
+        return [finished.output_node for finished in queue.results]
+
+    def _readyRunner(self, items, installDependencies):
+        """A runner for Slicer's Python, after checking every item's nodes and then (when asked) installing the
+        Python packages the core needs."""
+        runner = SuperResolutionRunner(self.pythonExecutable(), slicer.util.startupEnvironment())
+        for item in items:
+            runner.check_inputs(item.input_node, item.reference_node, item.output_node)
+        if installDependencies and dependencies.needed_packages():
+            missing = dependencies.describe_needed()
+            if not dependencies.install_missing(True):
+                raise MRISuperResError(f"MRISuperRes needs Python packages that are not installed or too old ({missing}) "
+                                       "and nothing was run; click Apply again and accept the installation.")
+            still = dependencies.needed_packages()
+            if still:
+                raise MRISuperResError(f"The installation left {', '.join(still)} missing or too old; see the Python "
+                                       "console for pip's messages, then restart Slicer and try again.")
+        return runner
+
+    @staticmethod
+    def _runOptions(model=None, targetSpacing=None, scale=None, planes=None, device="auto", batchSize=None,
+                    registerReference=True, referenceMode=None, adapt=None, force=False):
+        return RunOptions(model=model, target_spacing=tuple(targetSpacing) if targetSpacing else None,
+                          scale=tuple(scale) if scale else None, planes=tuple(planes) if planes else None,
+                          device=device, batch_size=batchSize, register_reference=registerReference,
+                          reference_mode=referenceMode, adapt=adapt, force=force)
 
     @staticmethod
     def showResult(node):

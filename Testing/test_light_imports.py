@@ -15,6 +15,7 @@ def test_gui_side_imports_need_neither_torch_nor_scipy():
         "import MRISuperResLib, MRISuperResLib.models.registry, MRISuperResLib.plan, MRISuperResLib.job\n"
         "import MRISuperResLib.io, MRISuperResSlicer.nodes, MRISuperResSlicer.runner, MRISuperResSlicer.dependencies\n"
         "import MRISuperResSlicer.sample_data, MRISuperResSlicer.views, MRISuperResSlicer.log_panel\n"
+        "import MRISuperResLib.devices, MRISuperResLib.advice\n"
         "from MRISuperResLib.models.registry import ModelRegistry\n"
         "ModelRegistry().names()\n"
         "heavy = sorted(m for m in ('torch', 'scipy', 'tqdm') if m in sys.modules)\n"
@@ -27,6 +28,9 @@ def test_gui_side_imports_need_neither_torch_nor_scipy():
 def test_the_auto_device_is_what_torch_sees():
     import torch
 
-    from MRISuperResSlicer.dependencies import auto_device
+    from MRISuperResLib.devices import installed_torch, resolve_device
 
-    assert auto_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    build = installed_torch()
+    assert build.version == torch.__version__ and build.cuda == torch.version.cuda
+    assert build.auto_device == resolve_device("auto").type
+    assert build.auto_device == ("cuda" if torch.cuda.is_available() else "mps" if build.mps else "cpu")

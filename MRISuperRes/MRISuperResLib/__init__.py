@@ -11,7 +11,12 @@ before those are installed.
 >>> write_volume(sharp, "t2_sr.nii.gz")                                   # doctest: +SKIP
 """
 
+import os
 from importlib import import_module
+
+# Apple's MPS backend lacks some operations; with this set PyTorch runs those on the CPU instead of failing.
+# It has to be in the environment before torch starts, hence here, before any module of the package.
+os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 
 __version__ = "0.1.0"
 _EXPORTS = {

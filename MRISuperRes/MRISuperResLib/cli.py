@@ -1,4 +1,4 @@
-"""The `mrisuperres` command: run, plan, models, degrade, evaluate, demo, train.
+"""The `mrisuperres` command: run, plan, models, devices, degrade, evaluate, demo, train.
 
 Every failure ends with one sentence on stderr naming the problem and the fix, and a non-zero exit
 code (2: bad input, 130: cancelled); an output file exists only when its command succeeded.
@@ -15,6 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
+from .devices import DEVICES
 from .errors import MRISuperResError
 from .io import check_new_output, read_volume, write_volume
 from .plan import DEFAULT_ADAPT_SECONDS, DEFAULT_TILE, PLANES, REFERENCE_MODES
@@ -37,7 +38,8 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
                              "unpaired (any high-resolution scan, not aligned) or self (no reference: the input's "
                              "own high-resolution planes); default paired with --reference, self without")
     parser.add_argument("--models-dir", help="folder with models.json and weights (or set MRISUPERRES_MODELS_DIR)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=DEVICES,
+                        help="auto: an NVIDIA GPU (CUDA), else a Mac's GPU (MPS), else the CPU")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--batch-size", type=int, default=8, help="slices (tiles) per network call")
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help="largest tile side in pixels")
@@ -170,6 +172,23 @@ def command_models(args: argparse.Namespace) -> int:
         print(f"{mark} {card.name:<14} {card.title} [{reference}{trained}; {card.parameters} parameters]")
     print("(* = default)")
     return 0
+
+
+def command_devices(args: argparse.Namespace) -> int:
+    from .advice import device_advice
+    from .devices import installed_torch
+    from .models.registry import ModelRegistry
+    grid = read_volume(args.input, "input").grid if args.input else None
+    threads = args.threads or _torch_threads()
+    print(device_advice(installed_torch(), ModelRegistry(args.models_dir), grid, has_reference=args.reference,
+                        threads=threads))
+    return 0
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def command_degrade(args: argparse.Namespace) -> int:
@@ -344,6 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--models-dir")
     models.add_argument("--json", action="store_true")
     models.set_defaults(handler=command_models)
+
+    devices = commands.add_parser("devices", help="what PyTorch runs on here and, on a CPU, how long the "
+                                                  "default and the fast model take")
+    devices.add_argument("input", nargs="?", help="a scan to estimate the times on (default: the benchmark volume)")
+    devices.add_argument("--reference", action="store_true", help="estimate with a reference")
+    devices.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    devices.add_argument("--models-dir")
+    devices.set_defaults(handler=command_devices)
 
     degrade = commands.add_parser("degrade", help="simulate a low-resolution acquisition")
     degrade.add_argument("input")

@@ -1,22 +1,44 @@
-"""Choosing the torch device and thread count."""
+"""Choosing the torch device and thread count, and saying what the installed PyTorch can run on.
+
+torch is imported inside the functions, so that the device names and `installed_torch` serve the Slicer GUI
+before PyTorch is installed.
+"""
 
 from __future__ import annotations
 
-import torch
+import functools
+import importlib.util
+from dataclasses import dataclass
 
 from .errors import MRISuperResError
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' takes CUDA when there is a GPU, else the CPU; 'cuda' without a GPU is an error."""
+
+def _mps_available(torch) -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(name: str = "auto"):
+    """'auto' takes CUDA when there is an NVIDIA GPU, else Apple's MPS on a Mac that has it, else the CPU;
+    asking for a device that is not there is an error."""
+    import torch
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available(torch) else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise MRISuperResError("CUDA was requested but no GPU is available to PyTorch; use --device cpu or auto.")
         return torch.device(name)
+    if name == "mps":
+        if not _mps_available(torch):
+            raise MRISuperResError("Apple's MPS was requested but this PyTorch cannot use it (it needs a Mac with "
+                                   "Apple silicon and macOS 12.3 or later); use --device cpu or auto.")
+        return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
     raise MRISuperResError(f"Unknown device '{name}'; use one of {', '.join(DEVICES)}.")
@@ -26,7 +48,54 @@ def set_threads(threads: int | None) -> None:
     if threads is not None:
         if threads < 1:
             raise MRISuperResError(f"The thread count must be at least 1, not {threads}.")
+        import torch
+
         torch.set_num_threads(threads)
         # ITK (resampling, registration) would otherwise take every core whatever --threads says.
         import SimpleITK as sitk
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+@dataclass(frozen=True)
+class TorchBuild:
+    """The installed PyTorch as far as devices go: `version` None when torch is not installed; `cuda` the CUDA
+    version the build was made for (None: a CPU-only or macOS build); `gpus` the CUDA GPUs it sees."""
+
+    version: str | None
+    cuda: str | None = None
+    gpus: tuple[str, ...] = ()
+    mps: bool = False
+
+    @property
+    def auto_device(self) -> str:
+        """The device that "auto" runs on."""
+        return "cuda" if self.gpus else "mps" if self.mps else "cpu"
+
+    def describe(self) -> str:
+        """One sentence: the build and the device "auto" will use, e.g. 'PyTorch 2.5.1+cu121 (built for CUDA 12.1)
+        runs on NVIDIA H100 (CUDA).'"""
+        if self.version is None:
+            return ("PyTorch is not installed yet; the first run installs it, with CUDA where there is an NVIDIA GPU.")
+        build = f"built for CUDA {self.cuda}" if self.cuda else "a CPU-only build" if not self.mps else "with Apple MPS"
+        head = f"PyTorch {self.version} ({build})"
+        if self.gpus:
+            more = f" and {len(self.gpus) - 1} more" if len(self.gpus) > 1 else ""
+            return f"{head} runs on {self.gpus[0]}{more} (CUDA)."
+        if self.mps:
+            return f"{head} runs on the Mac's GPU (MPS)."
+        if self.cuda:
+            return (f"{head} sees no GPU (no NVIDIA driver, or one older than CUDA {self.cuda} needs), "
+                    "so it runs on the CPU.")
+        return f"{head} runs on the CPU."
+
+
+@functools.lru_cache(maxsize=1)
+def installed_torch() -> TorchBuild:
+    """What the installed PyTorch can run on (torch is imported only when it is installed, and once)."""
+    if importlib.util.find_spec("torch") is None:
+        return TorchBuild(version=None)
+    import torch
+
+    gpus = tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) \
+        if torch.cuda.is_available() else ()
+    return TorchBuild(version=torch.__version__, cuda=torch.version.cuda, gpus=gpus, mps=_mps_available(torch))

@@ -34,6 +34,9 @@ CPU_MACS_PER_SECOND_PER_THREAD = 6e9
 CPU_MACS_PER_SECOND_PER_THREAD_BY_ARCHITECTURE = {"edsr": 30e9, "progressive": 39e9, "daasr": 8.2e9,
                                                   "transmrsr": 5e9, "cnn-vit": 20e9}
 CUDA_MACS_PER_SECOND = 2e12
+# Apple's MPS: not measured here (no Mac); a first guess from public M-series convolution benchmarks, about a
+# tenth of a data-centre GPU. The plan multiplies every GPU rate by it and divides every GPU time by it.
+MPS_SHARE_OF_CUDA = 0.1
 CUBIC_SECONDS_PER_VOXEL = 1e-8
 # Float32 values alive at once per tile pixel inside a slice network (feature maps and the convolutions'
 # unfolded inputs), and the resident size of Python with torch loaded; both measured with
@@ -127,7 +130,7 @@ class Plan:
                 return f"{values[0]:.3g} mm isotropic"
             return " × ".join(f"{v:.3g}" for v in values) + " mm"
         size = lambda grid: " × ".join(str(n) for n in grid.size)  # noqa: E731
-        device = "GPU" if self.device.startswith("cuda") else "CPU"
+        device = "Apple GPU" if self.device == "mps" else "GPU" if on_gpu(self.device) else "CPU"
         return (f"{spacing(self.source.spacing)}, {size(self.source)} → {spacing(self.target.spacing)}, "
                 f"{size(self.target)}, about {format_bytes(self.memory_bytes)}, "
                 f"about {format_seconds(self.seconds)} on {device}")
@@ -254,15 +257,15 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
         seconds = voxels * CUBIC_SECONDS_PER_VOXEL
     else:
         per_thread = CPU_MACS_PER_SECOND_PER_THREAD_BY_ARCHITECTURE.get(model.architecture, CPU_MACS_PER_SECOND_PER_THREAD)
-        rate = CUDA_MACS_PER_SECOND if device.startswith("cuda") else per_thread * threads
+        rate = CUDA_MACS_PER_SECOND * gpu_share(device) if on_gpu(device) else per_thread * threads
         seconds = voxels * CUBIC_SECONDS_PER_VOXEL + voxels * len(chosen) * model.macs_per_pixel / rate
     if reference_mode:
         # The texture inputs of one slice group and of one batch of tiles, and the confidence volume.
         slice_pixels = max(target.size[a] * target.size[b] for a in range(3) for b in range(a + 1, 3))
         memory += (TEXTURE_CHANNELS_IN_FLIGHT * 4 * batch_size * (slice_pixels + tile_pixels)
                    + 4 * voxels + TEXTURE_WORKING_BYTES)
-        seconds += voxels * len(chosen) * (TEXTURE_CUDA_SECONDS_PER_PIXEL[reference_mode] if device.startswith("cuda")
-                                           else TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD[reference_mode] / threads)
+        seconds += voxels * len(chosen) * (TEXTURE_CUDA_SECONDS_PER_PIXEL[reference_mode] / gpu_share(device)
+                                           if on_gpu(device) else TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD[reference_mode] / threads)
     check_seconds, steps = 0.0, 0
     if self_check and not model.is_interpolation and not model.texture_transfer:
         steps = adaptation_steps(adapt_seconds, model.architecture, model.macs_per_pixel, device, threads) \
@@ -277,10 +280,19 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
                 steps, warnings)
 
 
+def on_gpu(device: str) -> bool:
+    return device.startswith(("cuda", "mps"))
+
+
+def gpu_share(device: str) -> float:
+    """The device's speed as a share of the CUDA rates above."""
+    return MPS_SHARE_OF_CUDA if device == "mps" else 1.0
+
+
 def adaptation_step_seconds(architecture: str, macs_per_pixel: int, device: str, threads: int) -> float:
     """Estimated seconds of one fine-tuning step of `ADAPT_BATCH` patches of `ADAPT_PATCH`²."""
     per_thread = TRAINING_MACS_PER_SECOND_PER_THREAD.get(architecture, THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD)
-    rate = CUDA_TRAINING_MACS_PER_SECOND if device.startswith("cuda") else per_thread * threads
+    rate = CUDA_TRAINING_MACS_PER_SECOND * gpu_share(device) if on_gpu(device) else per_thread * threads
     return STEP_OVERHEAD_SECONDS + max(1, macs_per_pixel) * ADAPT_BATCH * ADAPT_PATCH ** 2 / rate
 
 

@@ -7,7 +7,6 @@ reinstalled. Nothing is installed at import time.
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import importlib.util
 import re
@@ -90,14 +89,3 @@ def install_missing(ask_confirmation: bool = True) -> bool:
     if requirements:
         slicer.util.pip_install(["--upgrade", *requirements])
     return not needed_packages()
-
-
-@functools.lru_cache(maxsize=1)
-def auto_device() -> str:
-    """What the device choice "auto" will run on: CUDA when the installed torch sees a GPU, else the CPU
-    (torch is imported only when it is installed, and once)."""
-    if importlib.util.find_spec("torch") is None:
-        return "cpu"
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

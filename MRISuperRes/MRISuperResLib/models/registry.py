@@ -100,6 +100,8 @@ class ModelRegistry:
         manifest = self.folder / "models.json"
         self.cards: dict[str, ModelCard] = {INTERPOLATION: CUBIC_CARD}
         self.default_name = INTERPOLATION
+        # The model to suggest where the default is slow (a CPU): models.json's "fast", when it has one.
+        self.fast_name: str | None = None
         if not manifest.is_file():
             if folder is not None or os.environ.get(MODELS_DIR_VARIABLE):
                 raise MRISuperResError(f"The models folder '{self.folder}' has no models.json; point --models-dir at a folder that has one.")
@@ -112,6 +114,7 @@ class ModelRegistry:
         except (ValueError, KeyError, TypeError) as error:
             raise MRISuperResError(f"The model list '{manifest}' is malformed ({error}); restore it from the release.") from None
         self.default_name = content.get("default", INTERPOLATION)
+        self.fast_name = content.get("fast") if content.get("fast") in self.cards else None
 
     @property
     def default(self) -> ModelCard:

@@ -1,0 +1,100 @@
+"""Devices: what "auto" picks, how the installed PyTorch is described, and the advice shown on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from MRISuperResLib import MRISuperResError
+from MRISuperResLib.advice import EXAMPLE_GRID, SLOW_SECONDS, device_advice
+from MRISuperResLib.devices import TorchBuild, installed_torch, resolve_device
+from MRISuperResLib.models.registry import ModelRegistry
+from MRISuperResLib.plan import format_seconds, make_plan
+from MRISuperResLib.volume import Grid
+
+CPU_ONLY = TorchBuild(version="2.12.0+cpu")
+CUDA_NO_DRIVER = TorchBuild(version="2.12.0+cu121", cuda="12.1")
+ONE_GPU = TorchBuild(version="2.12.0+cu121", cuda="12.1", gpus=("NVIDIA H200",))
+MAC = TorchBuild(version="2.12.0", mps=True)
+
+
+def test_auto_takes_cuda_then_mps_then_the_cpu():
+    assert ONE_GPU.auto_device == "cuda"
+    assert TorchBuild(version="2.12.0", cuda="12.1", gpus=("A", "B"), mps=True).auto_device == "cuda"
+    assert MAC.auto_device == "mps"
+    assert CPU_ONLY.auto_device == CUDA_NO_DRIVER.auto_device == "cpu"
+    assert TorchBuild(version=None).auto_device == "cpu"
+
+
+def test_each_build_is_described_in_one_sentence_with_its_version_and_device():
+    assert ONE_GPU.describe() == "PyTorch 2.12.0+cu121 (built for CUDA 12.1) runs on NVIDIA H200 (CUDA)."
+    assert "and 1 more" in TorchBuild(version="2.5", cuda="12.1", gpus=("A", "B")).describe()
+    assert MAC.describe() == "PyTorch 2.12.0 (with Apple MPS) runs on the Mac's GPU (MPS)."
+    assert CPU_ONLY.describe() == "PyTorch 2.12.0+cpu (a CPU-only build) runs on the CPU."
+    # A CUDA build that sees no GPU is the case a user most needs told: the driver is the usual cause.
+    assert "sees no GPU" in CUDA_NO_DRIVER.describe() and "driver" in CUDA_NO_DRIVER.describe()
+    assert "not installed" in TorchBuild(version=None).describe()
+    for build in (ONE_GPU, MAC, CPU_ONLY, CUDA_NO_DRIVER):
+        assert build.describe().count(". ") == 0 and build.describe().endswith(".")
+
+
+def test_asking_for_a_device_that_is_not_there_names_the_fix():
+    build = installed_torch()
+    if not build.gpus:
+        with pytest.raises(MRISuperResError, match="use --device cpu or auto"):
+            resolve_device("cuda")
+    if not build.mps:
+        with pytest.raises(MRISuperResError, match="MPS.*use --device cpu or auto"):
+            resolve_device("mps")
+    with pytest.raises(MRISuperResError, match="Unknown device 'tpu'; use one of auto, cpu, cuda, mps"):
+        resolve_device("tpu")
+    assert resolve_device("cpu").type == "cpu"
+
+
+def test_the_registry_names_its_fast_model():
+    registry = ModelRegistry()
+    assert registry.fast_name in registry.cards and registry.fast_name != registry.default_name
+
+
+def test_on_a_cpu_the_advice_gives_the_plans_times_for_the_default_and_the_fast_model():
+    registry = ModelRegistry()
+    grid = Grid((256, 256, 48), (0.9, 0.9, 4.0), (0.0, 0.0, 0.0))
+    default = make_plan(grid, registry.default, has_reference=True, device="cpu", threads=2).seconds
+    fast = make_plan(grid, registry.get(registry.fast_name), has_reference=True, device="cpu", threads=2,
+                     adapt_seconds=0.0).seconds
+    assert default > SLOW_SECONDS > fast  # else this test would not see the advice it checks
+    text = device_advice(CPU_ONLY, registry, grid, has_reference=True, threads=2)
+    assert text.startswith(CPU_ONLY.describe())
+    assert f"the default {registry.default_name} takes about {format_seconds(default)}" in text
+    assert f"the fast {registry.fast_name} with adaptation off about {format_seconds(fast)}" in text
+    assert "on this scan" in text and "2 threads" in text
+    # Without a scan the times are those of the benchmark volume.
+    example = make_plan(EXAMPLE_GRID, registry.default, device="cpu", threads=2).seconds
+    assert f"about {format_seconds(example)}" in device_advice(CPU_ONLY, registry, threads=2)
+
+
+def test_a_quick_default_or_a_gpu_gets_no_model_advice():
+    registry = ModelRegistry()
+    small = Grid((64, 64, 16), (0.9, 0.9, 4.0), (0.0, 0.0, 0.0))
+    text = device_advice(CPU_ONLY, registry, small, threads=16)
+    assert f"The default {registry.default_name} takes about" in text and registry.fast_name not in text
+    assert device_advice(ONE_GPU, registry, small) == ONE_GPU.describe()
+    assert device_advice(MAC, registry, small) == MAC.describe()
+    # A target that cannot be planned leaves the advice to the build's sentence (the plan line says why).
+    assert device_advice(CPU_ONLY, registry, small, target_spacing=(5.0, 5.0, 5.0)) == CPU_ONLY.describe()
+
+
+def test_the_plan_counts_a_macs_gpu_between_a_cuda_gpu_and_the_cpu():
+    registry = ModelRegistry()
+    plans = {device: make_plan(EXAMPLE_GRID, registry.default, device=device, threads=2, adapt_seconds=0.0)
+             for device in ("cuda", "mps", "cpu")}
+    assert plans["cuda"].seconds < plans["mps"].seconds < plans["cpu"].seconds
+    assert plans["mps"].one_line().endswith("on Apple GPU") and plans["cuda"].one_line().endswith("on GPU")
+
+
+def test_the_devices_command_prints_the_build_and_exits_0(cli, thick_file):
+    code, out, err = cli("devices", "--threads", "2")
+    assert code == 0 and out.startswith(installed_torch().describe()), err
+    code, out, err = cli("devices", thick_file, "--reference")
+    assert code == 0 and "this scan" in out or installed_torch().auto_device != "cpu", (out, err)
+    code, out, err = cli("devices", thick_file.parent / "missing.nii.gz")
+    assert code != 0 and "missing.nii.gz" in err and out == ""
