@@ -355,12 +355,12 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def startRun(self, force=False):
         parameters = self._parameterNode
-        settings = dict(model=parameters.model or None, device=parameters.device,
-                        registerReference=parameters.registerReference, planes=parameters.planes.split() or None,
-                        batchSize=parameters.batchSize, **self.targetArguments(),
-                        adapt=None if parameters.adaptToScan else 0, force=force, **self.textureArguments())
         inputs = self.selectedInputs()
         try:
+            settings = dict(model=parameters.model or None, device=parameters.device,
+                            registerReference=parameters.registerReference, planes=parameters.planes.split() or None,
+                            batchSize=parameters.batchSize, **self.targetArguments(),
+                            adapt=None if parameters.adaptToScan else 0, force=force, **self.textureArguments())
             if len(inputs) == 1:
                 run = self.logic.process(parameters.inputVolume, parameters.referenceVolume, parameters.outputVolume,
                                          waitForCompletion=False, **settings)
