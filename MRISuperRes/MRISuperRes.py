@@ -599,6 +599,8 @@ class MRISuperResTest(ScriptedLoadableModuleTest):
         self.test_cancel_leaves_the_scene_unchanged()
         self.setUp()
         self.test_texture_transfer_self_mode_adds_a_confidence_node()
+        self.setUp()
+        self.test_several_volumes_in_one_call()
 
     def _obliqueThickVolume(self):
         import numpy as np
@@ -652,6 +654,16 @@ class MRISuperResTest(ScriptedLoadableModuleTest):
         with self.assertRaises(CancelledError):
             run.finish()
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
+        self.delayDisplay("Test passed")
+
+    def test_several_volumes_in_one_call(self):
+        self.delayDisplay("Two volumes in one call")
+        first, second = self._obliqueThickVolume(), self._obliqueThickVolume()
+        logic = MRISuperResLogic()
+        outputs = logic.processVolumes([first, second], model="cubic")
+        self.assertEqual([node.GetName() for node in outputs], [first.GetName() + "_SR", second.GetName() + "_SR"])
+        with self.assertRaises(MRISuperResError):
+            logic.processVolumes([first, first], model="cubic")
         self.delayDisplay("Test passed")
 
     def test_texture_transfer_self_mode_adds_a_confidence_node(self):
