@@ -34,8 +34,8 @@ CPU_MACS_PER_SECOND_PER_THREAD = 6e9
 CPU_MACS_PER_SECOND_PER_THREAD_BY_ARCHITECTURE = {"edsr": 30e9, "progressive": 39e9, "daasr": 8.2e9,
                                                   "transmrsr": 5e9, "cnn-vit": 20e9}
 CUDA_MACS_PER_SECOND = 2e12
-# Apple's MPS: not measured here (no Mac); a first guess from public M-series convolution benchmarks, about a
-# tenth of a data-centre GPU. The plan multiplies every GPU rate by it and divides every GPU time by it.
+# Apple's MPS: not measured (no Mac has been at hand); a first guess of about a tenth of a data-centre GPU,
+# to be calibrated with scripts/benchmark.py --device mps. The plan multiplies every GPU rate by it and divides every GPU time by it.
 MPS_SHARE_OF_CUDA = 0.1
 CUBIC_SECONDS_PER_VOXEL = 1e-8
 # Float32 values alive at once per tile pixel inside a slice network (feature maps and the convolutions'
