@@ -361,15 +361,9 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                             registerReference=parameters.registerReference, planes=parameters.planes.split() or None,
                             batchSize=parameters.batchSize, **self.targetArguments(),
                             adapt=None if parameters.adaptToScan else 0, force=force, **self.textureArguments())
-            if len(inputs) == 1:
-                run = self.logic.process(parameters.inputVolume, parameters.referenceVolume, parameters.outputVolume,
-                                         waitForCompletion=False, **settings)
-                item = QueuedVolume(parameters.inputVolume, parameters.referenceVolume, parameters.outputVolume)
-                self._run = RunQueue([item], lambda item: run).begin()
-            else:
-                outputs = [parameters.outputVolume] + [None] * (len(inputs) - 1)
-                self._run = self.logic.processVolumes(inputs, parameters.referenceVolume, outputVolumes=outputs,
-                                                      waitForCompletion=False, **settings)
+            outputs = [parameters.outputVolume] + [None] * (len(inputs) - 1)
+            self._run = self.logic.processVolumes(inputs, parameters.referenceVolume, outputVolumes=outputs,
+                                                  waitForCompletion=False, **settings)
         except Exception as error:  # a bad input (MRISuperResError) or a failed dependency install
             self.reportFailure(error)
             return
@@ -524,6 +518,7 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
         names each failed volume and why (the others' results are then in the scene). With
         `waitForCompletion=False` it returns the running `RunQueue` (`poll()`, `running`, `cancel()`,
         `finished`, `summary()`)."""
+        self.lastConfidenceNode = None
         items = queued_volumes(inputVolumes, referenceVolumes, outputVolumes)
         runner = self._readyRunner(items, installDependencies)
         options = self._runOptions(**settings)

@@ -75,10 +75,6 @@ class RunQueue:
         return self._run is not None
 
     @property
-    def current(self) -> QueuedVolume | None:
-        return self.items[self._index] if self._run is not None else None
-
-    @property
     def results(self) -> list[Finished]:
         return [f for f in self.finished if f.error is None]
 
