@@ -16,7 +16,7 @@ from conftest import rotation
 from MRISuperResLib import Volume
 from MRISuperResLib.io import write_volume
 from MRISuperResLib.phantom import make_phantom
-from MRISuperResLib.registration import register_rigid
+from MRISuperResLib.registration import MAX_SAMPLES, SAMPLING_SHARE, register_rigid, sampling_shares
 from MRISuperResLib.resample import resample_to_grid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +36,14 @@ def test_registration_recovers_a_known_rigid_misplacement():
     expected = np.array([truth.TransformPoint(tuple(p)) for p in points])
     recovered = np.array([found.TransformPoint(tuple(p)) for p in points])
     assert np.abs(recovered - expected).max() < 1.0  # within a voxel
+
+
+def test_the_metric_samples_at_most_a_fixed_number_of_voxels_per_level():
+    small = sampling_shares((48, 64, 56))  # 172 k voxels: 20 % at every level
+    assert small == [SAMPLING_SHARE] * 3
+    large = sampling_shares((256, 256, 64))  # the benchmark input: 4.2 M voxels
+    assert large[0] == SAMPLING_SHARE and large[-1] < SAMPLING_SHARE
+    assert abs(large[-1] * 256 * 256 * 64 - MAX_SAMPLES) < 1
 
 
 def test_run_with_registration_prints_the_transform(tmp_path, cli, untrained_models_dir):

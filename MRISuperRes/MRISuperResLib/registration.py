@@ -8,6 +8,22 @@ import SimpleITK as sitk
 from .volume import Volume
 
 SAMPLING_SEED = 20261121  # fixed so that the same pair always registers the same way
+SHRINK_FACTORS = (4, 2, 1)
+SMOOTHING_MM = (2.0, 1.0, 0.0)
+SAMPLING_SHARE = 0.2
+# Mutual information over 32 bins is estimated as well from 200 k random samples as from more: on val/ pairs
+# moved by 10 mm or 10 degrees the found placement was as close with 20 % of a 2 M-voxel input, while on a
+# 4 M-voxel input the finest level's 840 k samples per iteration made registration a fifth of a run.
+MAX_SAMPLES = 200_000
+
+
+def sampling_shares(size: tuple[int, ...]) -> list[float]:
+    """The share of each level's voxels that the metric samples: `SAMPLING_SHARE`, capped at `MAX_SAMPLES`."""
+    shares = []
+    for shrink in SHRINK_FACTORS:
+        voxels = float(np.prod([max(1, n // shrink) for n in size]))
+        shares.append(min(SAMPLING_SHARE, MAX_SAMPLES / voxels))
+    return shares
 
 
 def register_rigid(fixed: Volume, moving: Volume, convergence: dict | None = None) -> sitk.Euler3DTransform:
@@ -23,13 +39,13 @@ def register_rigid(fixed: Volume, moving: Volume, convergence: dict | None = Non
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.2, SAMPLING_SEED)
+    method.SetMetricSamplingPercentagePerLevel(sampling_shares(fixed_image.GetSize()), SAMPLING_SEED)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=200,
                                                     relaxationFactor=0.5)
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([4, 2, 1])
-    method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
+    method.SetShrinkFactorsPerLevel(list(SHRINK_FACTORS))
+    method.SetSmoothingSigmasPerLevel(list(SMOOTHING_MM))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(initial, inPlace=False)
     result = method.Execute(fixed_image, moving_image)
