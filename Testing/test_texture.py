@@ -234,3 +234,18 @@ def test_texture_source_banks_are_built_once_per_blur():
     assert source.bank((4.0, 1.0)) is first and 0 < first.size <= 256
     texture, margin = source.features(lr[:2], (4.0, 1.0))
     assert texture.shape == (2, 82) + source.scattering.output_shape(40, 48)
+
+
+def test_a_slice_stride_matches_the_middle_slice_of_each_run_and_shares_its_texture():
+    slices = np.stack([textured((40, 48), seed=s).numpy() for s in range(6)])
+    reference = np.stack([textured((40, 48), seed=10 + s).numpy() for s in range(6)])
+    mask = np.ones_like(reference)
+    source = TextureSource.paired()
+    middles = [2, 5]
+    alone = source.features(slices[middles], (4.0, 1.0), reference[middles], mask[middles])
+    shared = source.features(slices, (4.0, 1.0), reference, mask, slice_stride=4)
+    # Slices 0-3 take slice 2's texture, slices 4-5 slice 5's (the last of a shorter run).
+    for index, served_by in enumerate((0, 0, 0, 0, 1, 1)):
+        for matched, strided in zip(alone, shared):
+            torch.testing.assert_close(strided[index], matched[served_by])
+    assert not torch.allclose(alone[0][0], alone[0][1])  # the slices differ, so sharing is visible

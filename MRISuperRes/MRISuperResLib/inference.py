@@ -133,7 +133,8 @@ def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, referen
                 factors = plane_factors(plan, axes)
                 features, margins = texture.features(
                     group["lr"][:, 0], factors,
-                    group["reference"][:, 0] if paired else None, group["reference_mask"][:, 0] if paired else None)
+                    group["reference"][:, 0] if paired else None, group["reference_mask"][:, 0] if paired else None,
+                    slice_stride=texture.settings.slice_stride)
                 group["texture"], confidence[first:first + plan.batch_size] = texture.place(
                     features, margins, factors, (height, width), network.texture.project)
                 del features, margins

@@ -80,6 +80,8 @@ REGISTRATION_SECONDS_PER_INPUT_VOXEL_THREAD = 12e-6
 TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD = {"paired": 6.1e-6, "unpaired": 4.1e-6, "self": 4.3e-6}
 TEXTURE_CUDA_SECONDS_PER_PIXEL = {"paired": 3.2e-7, "unpaired": 7e-8, "self": 7e-8}
 TEXTURE_WORKING_BYTES = 320 * 2 ** 20
+# One slice in this many of a plane is matched at inference (texture.MatchSettings.slice_stride).
+TEXTURE_SLICE_STRIDE = 4
 # Per slice pixel in flight: the network's 16 projected channels placed on the pixels (per slice group and
 # per batch of tiles), the 82 matched channels living on the ¼-resolution grid (82 / 16 per pixel), rounded up.
 TEXTURE_CHANNELS_IN_FLIGHT = 22
@@ -265,7 +267,8 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
         memory += (TEXTURE_CHANNELS_IN_FLIGHT * 4 * batch_size * (slice_pixels + tile_pixels)
                    + 4 * voxels + TEXTURE_WORKING_BYTES)
         seconds += voxels * len(chosen) * (TEXTURE_CUDA_SECONDS_PER_PIXEL[reference_mode] / gpu_share(device)
-                                           if on_gpu(device) else TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD[reference_mode] / threads)
+                                           if on_gpu(device) else TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD[reference_mode] / threads
+                                           ) / TEXTURE_SLICE_STRIDE
     check_seconds, steps = 0.0, 0
     if self_check and not model.is_interpolation and not model.texture_transfer:
         steps = adaptation_steps(adapt_seconds, model.architecture, model.macs_per_pixel, device, threads) \

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import MRISuperResError
+from .plan import TEXTURE_SLICE_STRIDE
 from .scattering import Scattering
 TEXTURE_CHANNELS = 81
 # Feature positions whose low-pass (order-0) coefficient is below this, in normalised intensity, are
@@ -73,6 +74,11 @@ class MatchSettings:
     bank_size: int = 1024
     bank_slices: int = 6
     memory_bytes: int = 64 << 20
+    # At inference, one slice in `slice_stride` of a plane is scattered and matched and its texture serves the
+    # slices around it: the features describe 4 × 4 pixels in the slice, so this samples them as coarsely
+    # across slices (the swapped features of neighbours 0.9 mm apart hardly differ). Training matches every
+    # patch (its batches hold unrelated slices).
+    slice_stride: int = TEXTURE_SLICE_STRIDE
 
 
 def _piecewise_linear(values: torch.Tensor, knots) -> torch.Tensor:
@@ -354,13 +360,25 @@ class TextureSource:
                 self.bank(pair)
 
     def features(self, lr_slices: np.ndarray, factors: tuple[float, float],
-                 reference_slices: np.ndarray | None = None, mask_slices: np.ndarray | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 reference_slices: np.ndarray | None = None, mask_slices: np.ndarray | None = None,
+                 slice_stride: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Texture inputs (G, 82, h, w) on the scattering grid (¼ resolution) of pre-interpolated slices
         (G, H, W) blurred by `factors` (rows, columns): swapped features and raw match score; and the
         matches' margins (G, 1, h, w), which the confidence map is calibrated from. Paired mode also takes
         the reference and its mask on the same slices. The networks project the inputs on this grid, before
-        they are placed on pixels (`place`), so that 82 full-resolution channels never exist."""
+        they are placed on pixels (`place`), so that 82 full-resolution channels never exist.
+
+        `slice_stride` > 1: the slices are consecutive slices of a plane; each run of `slice_stride` of them
+        takes the texture of its middle slice, which alone is matched."""
+        if slice_stride > 1 and lr_slices.shape[0] > 1:
+            count = lr_slices.shape[0]
+            middle = np.minimum(np.arange(count) // slice_stride * slice_stride + slice_stride // 2, count - 1)
+            chosen, serves = np.unique(middle, return_inverse=True)
+            texture, margin = self.features(lr_slices[chosen], factors,
+                                            None if reference_slices is None else reference_slices[chosen],
+                                            None if mask_slices is None else mask_slices[chosen])
+            serves = torch.from_numpy(serves).to(texture.device)
+            return texture[serves], margin[serves]
         lr = torch.from_numpy(np.ascontiguousarray(lr_slices, dtype=np.float32)).to(self.device)
         height, width = self.scattering.output_shape(*lr.shape[-2:])
         texture = lr.new_zeros((lr.shape[0], TEXTURE_CHANNELS + 1, height, width))
