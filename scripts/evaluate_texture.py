@@ -173,10 +173,12 @@ def markdown(rows: list[dict], pairs) -> str:
 
 def update_cards(rows: list[dict], pairs, cases) -> None:
     """Put each texture model's val/ means per reference mode into its card in models.json."""
-    from MRISuperResLib.models.registry import DEFAULT_MODELS_DIR
+    from MRISuperResLib.models.registry import DEFAULT_MODELS_DIR, update_manifest
 
-    path = DEFAULT_MODELS_DIR / "models.json"
-    manifest = json.loads(path.read_text())
+    update_manifest(DEFAULT_MODELS_DIR, lambda manifest: _update(manifest, rows, pairs, cases))
+
+
+def _update(manifest: dict, rows: list[dict], pairs, cases) -> None:
     cubic = [r for r in rows if r["model"] == "cubic"]
     for card in manifest["models"]:
         pair = next((p for p in pairs if p[1] == card["name"]), None)
@@ -194,7 +196,6 @@ def update_cards(rows: list[dict], pairs, cases) -> None:
             "mean_ssim": {k: round(float(np.mean([r["ssim"] for r in v])), 4) for k, v in means.items()},
             "patch_psnr_db": card["validation"].get("patch_psnr_db", {}),
         }
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def main() -> None:
