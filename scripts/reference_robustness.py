@@ -35,21 +35,27 @@ ROTATIONS_DEGREES = (3, 6, 10)
 OTHER_ANATOMY = {"brain": "val/spine_sct_sub05/MToff.nii.gz", "spine": "val/brain_openms_p26/T1.nii.gz"}
 
 
+ROTATION_AXIS = (2 ** -0.5, 2 ** -0.5, 0.0)
+
+
+def rigidly_moved(volume: Volume, shift_mm: float = 0.0, degrees: float = 0.0, axis=ROTATION_AXIS
+                  ) -> tuple[sitk.VersorRigid3DTransform, Volume]:
+    """The transform T (shift along the (1, 1, 1) diagonal by `shift_mm`, rotation by `degrees` about `axis`
+    through the centre) and `volume`'s content moved by it on its own grid: its value at p is `volume`'s at T(p)."""
+    image = volume.to_sitk()
+    transform = sitk.VersorRigid3DTransform()
+    transform.SetCenter(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
+    transform.SetTranslation(tuple(np.full(3, shift_mm / np.sqrt(3))))
+    if degrees:
+        transform.SetRotation(axis, float(np.deg2rad(degrees)))
+    resampled = sitk.Resample(image, image, transform, sitk.sitkLinear, float(volume.array.min()))
+    return transform, Volume.from_sitk(resampled)
+
+
 def moved(volume: Volume, shift_mm: float = 0.0, degrees: float = 0.0) -> Volume:
     """`volume`'s content moved rigidly on its own grid: shifted along the (1, 1, 1) diagonal by `shift_mm`,
     or rotated by `degrees` about the axis (1, 1, 0) through its centre."""
-    image = volume.to_sitk()
-    transform = sitk.Euler3DTransform()
-    transform.SetCenter(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
-    if shift_mm:
-        transform.SetTranslation(tuple(np.full(3, shift_mm / np.sqrt(3))))
-    if degrees:
-        versor = sitk.VersorRigid3DTransform()
-        versor.SetCenter(transform.GetCenter())
-        versor.SetRotation((2 ** -0.5, 2 ** -0.5, 0.0), float(np.deg2rad(degrees)))
-        transform = versor
-    resampled = sitk.Resample(image, image, transform, sitk.sitkLinear, float(volume.array.min()))
-    return Volume.from_sitk(resampled)
+    return rigidly_moved(volume, shift_mm, degrees)[1]
 
 
 def inverted(volume: Volume) -> Volume:

@@ -22,27 +22,16 @@ from evaluate import CASES, degrade
 from MRISuperResLib import read_volume
 from MRISuperResLib.registration import register_rigid
 from MRISuperResLib.volume import Volume
+from reference_robustness import ROTATION_AXIS, rigidly_moved
 
 REPO = Path(__file__).resolve().parents[1]
-DIAGONAL = (2 ** -0.5, 2 ** -0.5, 0.0)
-MOVES = {"as it is": (0.0, 0.0, DIAGONAL), "10 mm": (10.0, 0.0, DIAGONAL), "6°": (0.0, 6.0, DIAGONAL),
-         "10°": (0.0, 10.0, DIAGONAL), "8° + 5 mm": (5.0, 8.0, (0.0, 0.6, 0.8))}
-
-
-def moved(volume: Volume, shift_mm: float, degrees: float, axis) -> tuple[sitk.Transform, Volume]:
-    """The transform T and the volume whose content at p is `volume`'s at T(p)."""
-    image = volume.to_sitk()
-    transform = sitk.VersorRigid3DTransform()
-    transform.SetCenter(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
-    transform.SetTranslation(tuple(np.full(3, shift_mm / np.sqrt(3))))
-    if degrees:
-        transform.SetRotation(axis, float(np.deg2rad(degrees)))
-    resampled = sitk.Resample(image, image, transform, sitk.sitkLinear, float(volume.array.min()))
-    return transform, Volume.from_sitk(resampled)
+MOVES = {"as it is": (0.0, 0.0, ROTATION_AXIS), "10 mm": (10.0, 0.0, ROTATION_AXIS), "6°": (0.0, 6.0, ROTATION_AXIS),
+         "10°": (0.0, 10.0, ROTATION_AXIS), "8° + 5 mm": (5.0, 8.0, (0.0, 0.6, 0.8))}
 
 
 def spread_points(volume: Volume) -> list[tuple[float, ...]]:
-    image, size = volume.to_sitk(), volume.to_sitk().GetSize()
+    image = volume.to_sitk()
+    size = image.GetSize()
     return [image.TransformContinuousIndexToPhysicalPoint([f * (size[0] - 1), g * (size[1] - 1), h * (size[2] - 1)])
             for f in (0.2, 0.5, 0.8) for g in (0.2, 0.5, 0.8) for h in (0.2, 0.5, 0.8)]
 
@@ -60,7 +49,7 @@ def main() -> None:
         points = spread_points(fixed)
         cells = []
         for shift, degrees, axis in MOVES.values():
-            true, misplaced = moved(reference, shift, degrees, axis)
+            true, misplaced = rigidly_moved(reference, shift, degrees, axis)
             started = time.perf_counter()
             found = register_rigid(fixed, misplaced)
             seconds = time.perf_counter() - started
