@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .foreground import group_boxes, signal_mask
 from .plan import TILE_OVERLAP, Plan
 from .progress import CancelFlag, ProgressCallback, StageReporter
 from .texture import TextureSource
@@ -36,16 +37,26 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts + [length - tile]
 
 
-def _core(start: int, tile: int, length: int, overlap: int) -> tuple[int, int]:
-    """The part of a tile whose prediction is kept: all but the overlap margins, except at the borders."""
-    return (0 if start == 0 else start + overlap), (length if start + tile >= length else start + tile - overlap)
+def _core(start: int, tile: int, low: int, high: int, overlap: int) -> tuple[int, int]:
+    """The part of a tile (within low:high) whose prediction is kept: all but the overlap margins, except at
+    the borders of low:high."""
+    return (low if start == low else start + overlap), (high if start + tile >= high else start + tile - overlap)
 
 
-def _tiles(n_slices: int, height: int, width: int, tile: int) -> Iterator[tuple[int, int, int]]:
+def _tiles(n_slices: int, box: tuple[int, int, int, int], tile: int) -> Iterator[tuple[int, int, int]]:
+    """(slice, row, column) starts of the tiles covering rows r0:r1 and columns c0:c1 of every slice."""
+    r0, r1, c0, c1 = box
     for s in range(n_slices):
-        for r in tile_starts(height, tile, TILE_OVERLAP):
-            for c in tile_starts(width, tile, TILE_OVERLAP):
-                yield s, r, c
+        for r in tile_starts(r1 - r0, tile, TILE_OVERLAP):
+            for c in tile_starts(c1 - c0, tile, TILE_OVERLAP):
+                yield s, r0 + r, c0 + c
+
+
+def _tile_count(box: tuple[int, int, int, int] | None, n_slices: int, tile: int) -> int:
+    if box is None:
+        return 0
+    r0, r1, c0, c1 = box
+    return n_slices * len(tile_starts(r1 - r0, tile, TILE_OVERLAP)) * len(tile_starts(c1 - c0, tile, TILE_OVERLAP))
 
 
 def _batched(items: Iterator, size: int) -> Iterator[list]:
@@ -57,14 +68,6 @@ def _batched(items: Iterator, size: int) -> Iterator[list]:
             batch = []
     if batch:
         yield batch
-
-
-def count_tiles(plan: Plan) -> int:
-    total = 0
-    for plane in plan.planes:
-        n, h, w = (plan.target.shape_kji[a] for a in plane_axes(plane, plan.upsampled))
-        total += n * len(tile_starts(h, plan.tile, TILE_OVERLAP)) * len(tile_starts(w, plan.tile, TILE_OVERLAP))
-    return total
 
 
 def plane_factors(plan: Plan, axes: tuple[int, int, int]) -> tuple[float, float]:
@@ -95,15 +98,28 @@ def with_neighbours(slices: np.ndarray, first: int, count: int, context: int) ->
 def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, reference: np.ndarray | None,
                    reference_mask: np.ndarray | None, device: torch.device,
                    progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
-                   texture: TextureSource | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                   texture: TextureSource | None = None,
+                   crop_to_signal: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Average over the planned planes of the network's slice-by-slice prediction on the target grid, and
     (with texture transfer) of the texture matches' confidence.
 
     Slices go through in groups of `plan.batch_size`: texture inputs exist only for the group in flight,
     as 82 channels on the scattering grid and, once the network projected them there, as its few hidden
-    channels on the pixels.
+    channels on the pixels. With `crop_to_signal`, each group of slices runs only over the box holding
+    signal (`foreground`), the air around it keeping the interpolated input.
     """
-    reporter = StageReporter("model", count_tiles(plan), progress, cancel)
+    # Where the scan holds signal; outside each slice group's box the output is the interpolated input.
+    signal = signal_mask(lr) if crop_to_signal else None
+    boxes, tiles = {}, 0
+    for plane in plan.planes:
+        axes = plane_axes(plane, plan.upsampled)
+        n, height, width = (lr.shape[a] for a in axes)
+        boxes[plane] = group_boxes(None if signal is None else np.transpose(signal, axes), height, width, n,
+                                   plan.batch_size, getattr(network, "context", 0))
+        tiles += sum(_tile_count(box, min(plan.batch_size, n - first), plan.tile)
+                     for first, box in zip(range(0, n, plan.batch_size), boxes[plane]))
+    del signal
+    reporter = StageReporter("model", tiles, progress, cancel)
     fused = np.zeros(lr.shape, dtype=np.float32)
     # Confidence: of the texture matches, or of a network's own reference matches (DAASR's similarity map).
     network_confidence = texture is None and getattr(network, "gives_confidence", False)
@@ -117,13 +133,16 @@ def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, referen
             oriented["reference"] = np.transpose(reference, axes)
             oriented["reference_mask"] = np.transpose(reference_mask, axes)
         n, height, width = oriented["lr"].shape
-        tile_h, tile_w = min(plan.tile, height), min(plan.tile, width)
-        prediction = np.empty((n, height, width), dtype=np.float32)
-        confidence = None if fused_confidence is None else np.empty((n, height, width), dtype=np.float32)
+        prediction = np.array(oriented["lr"], dtype=np.float32)
+        confidence = None if fused_confidence is None else np.zeros((n, height, width), dtype=np.float32)
         arguments = factor_argument(network, plane_factors(plan, axes)[0])
         if network_confidence:
             arguments["confidence"] = True
-        for first in range(0, n, plan.batch_size):
+        for first, box in zip(range(0, n, plan.batch_size), boxes[plane]):
+            if box is None:
+                continue
+            r_lo, r_hi, c_lo, c_hi = box
+            tile_h, tile_w = min(plan.tile, r_hi - r_lo), min(plan.tile, c_hi - c_lo)
             group = {name: np.ascontiguousarray(x[first:first + plan.batch_size])[:, None]
                      for name, x in oriented.items()}
             if context:
@@ -139,7 +158,7 @@ def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, referen
                     features, margins, factors, (height, width), network.texture.project)
                 del features, margins
             count = group["lr"].shape[0]
-            for batch in _batched(_tiles(count, height, width, plan.tile), plan.batch_size):
+            for batch in _batched(_tiles(count, box, plan.tile), plan.batch_size):
                 tensors = {name: torch.from_numpy(np.stack([x[s, :, r:r + tile_h, c:c + tile_w] for s, r, c in batch]))
                            .to(device=device, dtype=torch.float32) for name, x in group.items()}
                 with torch.inference_mode():
@@ -149,8 +168,8 @@ def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, referen
                 else:
                     output = output[:, 0].float().cpu().numpy()
                 for index, ((s, r, c), tile_out) in enumerate(zip(batch, output)):
-                    r0, r1 = _core(r, tile_h, height, TILE_OVERLAP)
-                    c0, c1 = _core(c, tile_w, width, TILE_OVERLAP)
+                    r0, r1 = _core(r, tile_h, r_lo, r_hi, TILE_OVERLAP)
+                    c0, c1 = _core(c, tile_w, c_lo, c_hi, TILE_OVERLAP)
                     prediction[first + s, r0:r1, c0:c1] = tile_out[r0 - r:r1 - r, c0 - c:c1 - c]
                     if network_confidence:
                         confidence[first + s, r0:r1, c0:c1] = tile_confidence[index, r0 - r:r1 - r, c0 - c:c1 - c]

@@ -10,6 +10,7 @@ from . import adapt as scan_adaptation
 from .confidence import CONFIDENCE_THRESHOLD, REGISTRATION_MARGIN, reference_agreement
 from .devices import resolve_device, set_threads
 from .errors import MRISuperResError
+from .foreground import signal_shares
 from .geometry import overlap_fraction, resampled_grid
 from .inference import plane_axes, plane_factors, predict_planes
 from .intensity import IntensityScale
@@ -46,9 +47,11 @@ def plan_run(volume: Volume, reference: Volume | None = None, model: str | None 
         raise MRISuperResError(f"The tile size must be at least {4 * TILE_OVERLAP} pixels, not {tile}.")
     mode = resolve_reference_mode(card, reference is not None, reference_mode,
                                   [c.name for c in registry.cards.values() if c.texture_transfer])
+    shares = None if card.is_interpolation else signal_shares(IntensityScale.fit(volume.array).normalise(volume.array),
+                                                              batch_size)
     plan = make_plan(volume.grid, card, target_spacing, scale, planes, reference is not None,
                      resolve_device(device).type, threads or torch.get_num_threads(), batch_size, tile, mode,
-                     self_check, DEFAULT_ADAPT_SECONDS if adapt is None else adapt, register_reference)
+                     self_check, DEFAULT_ADAPT_SECONDS if adapt is None else adapt, register_reference, shares)
     if mode == "self":
         acquired_planes(plan.upsampled)
     if reference is not None:

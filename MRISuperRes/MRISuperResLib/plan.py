@@ -222,8 +222,11 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
               has_reference: bool = False, device: str = "cpu", threads: int | None = None,
               batch_size: int = 8, tile: int = DEFAULT_TILE, reference_mode: str | None = None,
               self_check: bool = True, adapt_seconds: float = DEFAULT_ADAPT_SECONDS,
-              register_reference: bool = True) -> Plan:
+              register_reference: bool = True, signal_shares: dict[int, float] | None = None) -> Plan:
     """Decide the target grid, planes and costs of a run; refuse a target with nothing to upsample.
+
+    `signal_shares` (numpy axis normal to a plane's slices -> share of their pixels in the boxes that hold
+    signal, `foreground.signal_shares`) scales the network's time: it does not run over the air.
 
     `reference_mode` (texture-transfer models only) is paired, unpaired or self; an unpaired reference
     feeds only the texture, not the reference branch. The time includes the self-check and up to
@@ -261,7 +264,8 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
     else:
         per_thread = CPU_MACS_PER_SECOND_PER_THREAD_BY_ARCHITECTURE.get(model.architecture, CPU_MACS_PER_SECOND_PER_THREAD)
         rate = CUDA_MACS_PER_SECOND * gpu_share(device) if on_gpu(device) else per_thread * threads
-        seconds = voxels * CUBIC_SECONDS_PER_VOXEL + voxels * len(chosen) * model.macs_per_pixel / rate
+        shares = [(signal_shares or {}).get(2 - AXIS_NAMES.index(normal_axis_name(p)), 1.0) for p in chosen]
+        seconds = voxels * CUBIC_SECONDS_PER_VOXEL + voxels * sum(shares) * model.macs_per_pixel / rate
     if reference_mode:
         # The texture inputs of one slice group and of one batch of tiles, and the confidence volume.
         slice_pixels = max(target.size[a] * target.size[b] for a in range(3) for b in range(a + 1, 3))
@@ -282,6 +286,11 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
     return Plan(source, target, factors, upsampled, chosen, model, uses_reference, reference_mode,
                 device, threads, batch_size, tile, int(memory), float(seconds + check_seconds), notes, check_seconds,
                 steps, warnings)
+
+
+def normal_axis_name(plane: str) -> str:
+    """The axis ('i', 'j' or 'k') normal to a plane's slices, e.g. 'k' for 'ij'."""
+    return next(a for a in AXIS_NAMES if a not in plane)
 
 
 def on_gpu(device: str) -> bool:
