@@ -116,3 +116,25 @@ def test_slab_average_matches_thick_slices_of_the_same_volume():
     ramp = fine.with_array(np.broadcast_to(k[:, None, None], (40, 24, 20)).copy())
     np.testing.assert_allclose(slab_average(ramp, thick.grid).array[inner], thick_slices(ramp, 2, 4).array[inner],
                                atol=1e-4)
+
+
+def test_the_self_check_drops_a_reference_that_does_not_help_on_the_scan_and_keeps_one_that_does():
+    from MRISuperResLib.degrade import thick_slices
+    from MRISuperResLib.phantom import make_phantom
+
+    phantom = make_phantom((96, 96, 96))
+    low = thick_slices(phantom["T2"], axis=2, factor=4, profile="box")
+    t1 = phantom["T1"]
+    misplaced = t1.with_array(t1.array)
+    misplaced.origin = tuple(np.asarray(t1.origin) + np.array([6.0, -6.0, 5.0]))  # about 10 mm off
+    options = dict(model="edsr-large", adapt=0, threads=2, register_reference=False, gate_reference=False)
+    aligned_report, misplaced_report, events = {}, {}, []
+    superresolve(low, t1, report=aligned_report, **options)
+    result = superresolve(low, misplaced, report=misplaced_report, progress=events.append, **options)
+    without = superresolve(low, None, **options)
+
+    assert aligned_report["reference"] == "used" and aligned_report["reference_gain_db"] > 0.5
+    assert misplaced_report["reference"] == "dropped by the self-check"
+    assert misplaced_report["reference_gain_db"] <= 0
+    assert any("reference not used: on this scan's own planes" in e.message and e.warning for e in events)
+    np.testing.assert_array_equal(result.array, without.array)

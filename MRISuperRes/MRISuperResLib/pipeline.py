@@ -150,10 +150,14 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
         if reference_array is None and mode == "paired":
             mode = _fallback_mode(plan)
     if self_check and not card.texture_transfer:
-        network, use_cubic = _check_and_adapt(network, volume, input_scale, reference_native, plan, torch_device,
-                                              fallback, progress, cancel, report)
+        network, use_cubic, reference_helps = _check_and_adapt(
+            network, volume, input_scale, reference_native, plan, torch_device, fallback, progress, cancel, report)
         if use_cubic:
             return interpolated, None
+        if not reference_helps:
+            reference_array = reference_mask = None
+            if mode == "paired":
+                mode = _fallback_mode(plan)
     elif card.texture_transfer:
         report["self_check"] = "not available for texture-transfer models"
     del interpolated
@@ -230,17 +234,37 @@ def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, registe
 
 def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, reference_native, plan: Plan,
                      device: torch.device, fallback: bool, progress, cancel, report: dict):
-    """The self-check, adaptation for the plan's steps (none with `adapt=0`) and the fallback decision:
-    (network, use cubic)."""
+    """The self-check, the reference check, adaptation for the plan's steps (none with `adapt=0`) and the
+    fallback decision: (network, use cubic, keep the reference).
+
+    The reference check scores the model on the scan's own held-out pairs with the reference and without it
+    (blank, as the networks see "none"), and drops the reference unless it helps there: a reference that is
+    a few mm or degrees off, or of a contrast relation the model never saw, passes the edge gate but costs
+    PSNR (measured on val/: README, *A reference that does not fit*)."""
     stage = StageReporter("check", 1, progress, cancel)
     pairs, why = scan_adaptation.scan_pairs(input_scale.normalise(volume.array), volume, plan.upsampled,
                                             max(plan.factors), reference_native, getattr(network, "context", 0))
     if pairs is None:
         report["self_check"] = f"skipped: {why}"
         stage.finish(f"self-check skipped: {why}")
-        return network, False
+        return network, False, True
     held_out = pairs.subset(pairs.holdout)
     model_psnr, cubic_psnr = scan_adaptation.score(network, held_out, device)
+    reference_helps = True
+    if reference_native is not None:
+        without_psnr, _ = scan_adaptation.score(network, held_out.without_reference(), device)
+        reference_helps = bool(model_psnr > without_psnr + scan_adaptation.REFERENCE_MARGIN_DB)
+        report["reference_gain_db"] = round(float(model_psnr - without_psnr), 3)
+        if not reference_helps:
+            pairs, held_out, model_psnr = pairs.without_reference(), held_out.without_reference(), without_psnr
+            report["reference"] = "dropped by the self-check"
+            StageReporter("check", 1, progress, cancel).finish(
+                f"reference not used: on this scan's own planes the model does {report['reference_gain_db']:+.2f} dB "
+                "with it against without it (a reference a few mm or degrees off, or a contrast relation the model "
+                "was not trained on); "
+                + ("check that it is the same patient and session" if "registration" in report else
+                   "let it be registered (without --no-register-reference), or check that it is the same session"),
+                warning=True)
     gain = float(model_psnr - cubic_psnr)
     report.update(self_check="done", estimated_gain_db=round(gain, 3), self_check_pairs=len(held_out))
     message = f"estimated gain over cubic on this scan's own acquired planes: {gain:+.2f} dB"
@@ -264,7 +288,7 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
         StageReporter("check", 1, progress, cancel).finish(
             f"the model does worse than cubic interpolation on this scan ({gain:+.2f} dB): the output is cubic "
             "interpolation (turn this off with --no-fallback)", warning=True)
-    return network, use_cubic
+    return network, use_cubic, reference_helps
 
 
 def _fallback_mode(plan: Plan) -> str | None:
