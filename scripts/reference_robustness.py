@@ -4,7 +4,9 @@
 no model saw (the reference's intensities inverted), against the same model without a reference, in two
 registration modes: `never` (`--no-register-reference`: the gate alone) and `default` (a user's run: registered,
 and moved only when its edges then match the input's better). The self-check and adaptation are off, so the
-rows measure the reference alone.
+rows measure the reference alone; the modes `never+check` and `default+check` add the self-check (without
+adaptation), whose reference check drops a reference that does not help on the scan's own planes, as in a
+user's run (a second table).
 
 Rows are cached in `<output>/reference_robustness_rows.jsonl` (by model sha256); the table goes to
 `<output>/reference_robustness.md`. Rows from before the modes existed (`registered` true: a registration that
@@ -74,7 +76,8 @@ def variants(case: Case, data: Path) -> dict[str, Volume | None]:
     return out
 
 
-MODES = {"never": False, "default": True}  # register_reference for each registration mode
+# (register_reference, self_check) for each mode
+MODES = {"never": (False, False), "default": (True, False), "never+check": (False, True), "default+check": (True, True)}
 
 
 def _with_mode(row: dict) -> dict:
@@ -91,7 +94,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", help="case names (default: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=REPO / "Resources")
-    parser.add_argument("--modes", nargs="+", choices=tuple(MODES), default=list(MODES))
+    parser.add_argument("--modes", nargs="+", choices=tuple(MODES), default=["never", "default"])
     args = parser.parse_args()
     registry = ModelRegistry()
     models = args.models or [registry.default_name]
@@ -111,8 +114,8 @@ def main() -> None:
                     report: dict = {}
                     started = time.perf_counter()
                     result = superresolve(low, reference, model=name, target_spacing=case.truth.spacing,
-                                          threads=args.threads, register_reference=MODES[mode], self_check=False,
-                                          report=report)
+                                          threads=args.threads, register_reference=MODES[mode][0],
+                                          self_check=MODES[mode][1], adapt=0, report=report)
                     truth = crop_to(case.truth.array, result.array.shape)
                     mask = None if case.mask is None else crop_to(case.mask, result.array.shape)
                     row = {"case": case.name, "model": name, "sha256": sha, "variant": variant, "mode": mode,
@@ -123,37 +126,44 @@ def main() -> None:
                     with open(cache, "a") as stream:
                         stream.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)
-    (args.output / "reference_robustness.md").write_text(table(rows, models, registry))
-    print(table(rows, models, registry))
+    text = table(rows, models, registry) + "\n" + table(rows, models, registry, checked=True)
+    (args.output / "reference_robustness.md").write_text(text)
+    print(text)
 
 
-def table(rows: list[dict], models: list[str], registry: ModelRegistry) -> str:
+def table(rows: list[dict], models: list[str], registry: ModelRegistry, checked: bool = False) -> str:
     """Per model and variant: the mean and worst PSNR change against no reference, without and with
-    registration, and how often the gate kept the reference."""
-    lines = ["| model | reference | gate only (`--no-register-reference`): Δ PSNR vs none, mean (worst) | gate kept "
-             "| default (registered, moved when that matches better): Δ mean (worst) | gate kept | registration kept |",
+    registration, and how often the reference was kept (by the gate; `checked`: by the gate and the
+    self-check's reference check)."""
+    modes = ("never+check", "default+check") if checked else ("never", "default")
+    kept_by = "gate and self-check kept" if checked else "gate kept"
+    lines = [f"| model | reference | {'gate and self-check' if checked else 'gate only'} (`--no-register-reference`): "
+             f"Δ PSNR vs none, mean (worst) | {kept_by} | default (registered, moved when that matches better"
+             f"{', then the self-check' if checked else ''}): Δ mean (worst) | {kept_by} | registration kept |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name in models:
         sha = registry.get(name).sha256
         mine = [r for r in rows if r["model"] == name and r["sha256"] == sha and r["mode"] in MODES]
         baseline = {r["case"]: r["psnr"] for r in mine if r["variant"] == "none"}
-        for variant in dict.fromkeys(r["variant"] for r in mine if r["variant"] != "none"):
+        for variant in dict.fromkeys(r["variant"] for r in mine if r["variant"] != "none" and r["mode"] in modes):
             cells = []
-            for mode in MODES:
+            for mode in modes:
                 chosen = [r for r in mine if r["variant"] == variant and r["mode"] == mode and r["case"] in baseline]
                 if not chosen:
-                    cells += ["", ""] + ([""] if mode == "default" else [])
+                    cells += ["", ""] + ([""] if mode == modes[1] else [])
                     continue
                 deltas = [r["psnr"] - baseline[r["case"]] for r in chosen]
                 kept = sum(r["reference"] == "used" for r in chosen)
                 cells += [f"{np.mean(deltas):+.2f} ({min(deltas):+.2f})", f"{kept}/{len(chosen)}"]
-                if mode == "default":
+                if mode == modes[1]:
                     moved = sum(bool((r.get("registration") or {}).get("kept")) for r in chosen)
                     cells.append(f"{moved}/{len(chosen)}")
             lines.append(f"| `{name}` | {variant} | " + " | ".join(cells) + " |")
-    cases = sorted({r["case"] for r in rows if r["mode"] in MODES})
-    return ("\n".join(lines) + f"\n\nval/ cases: {', '.join(cases)}; 4× thick slices; network alone (no self-check "
-            "or adaptation); Δ < 0 means the reference cost PSNR.\n")
+    cases = sorted({r["case"] for r in rows if r["mode"] in modes})
+    run = ("the self-check without adaptation (its reference check may drop the reference)" if checked else
+           "network alone (no self-check or adaptation)")
+    return ("\n".join(lines) + f"\n\nval/ cases: {', '.join(cases)}; 4× thick slices; {run}; the baseline is the "
+            "network alone without a reference; Δ < 0 means the reference cost PSNR.\n")
 
 
 if __name__ == "__main__":
