@@ -120,6 +120,7 @@ def main() -> None:
                     mask = None if case.mask is None else crop_to(case.mask, result.array.shape)
                     row = {"case": case.name, "model": name, "sha256": sha, "variant": variant, "mode": mode,
                            "reference": report.get("reference", "none"), "registration": report.get("registration"),
+                           "reference_gain_db": report.get("reference_gain_db"),
                            "seconds": round(time.perf_counter() - started, 1), **score(result.array, truth, mask)}
                     done[key] = row
                     rows.append(row)
