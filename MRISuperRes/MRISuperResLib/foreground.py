@@ -56,14 +56,12 @@ def group_boxes(mask: np.ndarray | None, height: int, width: int, n_slices: int,
     """For each group of `group` consecutive slices of an oriented (slices, rows, columns) `mask`: the rows
     r0:r1 and columns c0:c1 holding signal in those slices or their `context` neighbours, widened by
     `MARGIN`; None for a group without signal. Without a mask every box is the whole slice."""
+    firsts = range(0, n_slices, group)
+    if mask is None:
+        return [(0, height, 0, width)] * len(firsts)
+    rows_with_signal, columns_with_signal = mask.any(axis=2), mask.any(axis=1)
     boxes: list[Box | None] = []
-    if mask is not None:
-        rows_with_signal = mask.any(axis=2)
-        columns_with_signal = mask.any(axis=1)
-    for first in range(0, n_slices, group):
-        if mask is None:
-            boxes.append((0, height, 0, width))
-            continue
+    for first in firsts:
         span = slice(max(0, first - context), min(n_slices, first + group + context))
         rows = np.flatnonzero(rows_with_signal[span].any(axis=0))
         columns = np.flatnonzero(columns_with_signal[span].any(axis=0))
@@ -77,8 +75,8 @@ def group_boxes(mask: np.ndarray | None, height: int, width: int, n_slices: int,
 
 def box_share(boxes: list[Box | None], height: int, width: int, n_slices: int, group: int) -> float:
     """The share of the slices' pixels that lie in their group's box."""
-    covered = sum((r1 - r0) * (c1 - c0) * min(group, n_slices - index * group)
-                  for index, box in enumerate(boxes) if box is not None for r0, r1, c0, c1 in [box])
+    covered = sum((box[1] - box[0]) * (box[3] - box[2]) * min(group, n_slices - first)
+                  for first, box in zip(range(0, n_slices, group), boxes) if box is not None)
     return covered / max(1, n_slices * height * width)
 
 

@@ -156,8 +156,6 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
             return interpolated, None
         if not reference_helps:
             reference_array = reference_mask = None
-            if mode == "paired":
-                mode = _fallback_mode(plan)
     elif card.texture_transfer:
         report["self_check"] = "not available for texture-transfer models"
     del interpolated
