@@ -21,18 +21,22 @@ PLANES = ("ij", "ik", "jk")
 # Float32 volumes on the target grid alive at the peak: pre-interpolated input, reference, reference
 # mask, the current plane's prediction, the fused sum, and the de-normalised result.
 TARGET_GRID_COPIES = 6
-# Multiply-adds per second per CPU thread reached by the slice networks (measured by
-# scripts/benchmark.py on the development machine; see README), and on a CUDA device.
-CPU_MACS_PER_SECOND_PER_THREAD = 6e9
+# Multiply-adds per second per CPU thread reached by the thin full-resolution slice networks, and on a CUDA
+# device. Calibrated on scripts/benchmark.py (Resources/benchmark_crop.json: vdsr-mixed unregistered took
+# 21.5 s, of which about 18 s network, where 6e9 planned 29 s; since the networks run only inside the signal's
+# boxes, their many small tiles of thin layers go faster per multiply-add than the full slices measured before).
+CPU_MACS_PER_SECOND_PER_THREAD = 9.5e9
 # The wide half-resolution EDSR runs its convolutions far more efficiently (channels_last, 64 channels):
 # 8 tiles of 256² in 0.88 s at 123 k MAC/px on 2 threads, about 29e9 per thread; benchmark runs of
 # edsr-mixed took 66-74 s on the benchmark volume (2 threads), for which 30e9 plans 73 s.
 # The progressive network and DAASR (channel attention, layer norms and windowed matching: memory-bound),
 # calibrated on scripts/benchmark.py (2 threads, idle machine: 46.8 s and 165.9 s without adaptation).
-# The transformer families: TransMRSR's window partitions, rolls and masks are memory-bound (8 tiles of 256²
-# in about 6 s on one thread); the CNN + ViT network is mostly convolutions at half resolution.
+# The transformer families: TransMRSR's window partitions, rolls and masks are memory-bound; the CNN + ViT
+# network is mostly convolutions at half resolution. First guesses (5e9, 20e9) planned them 52 % and 46 % over
+# the measurement (Resources/benchmark_default.json), where edsr-large was planned 21 % over in the same run;
+# scaled by the ratio of the two.
 CPU_MACS_PER_SECOND_PER_THREAD_BY_ARCHITECTURE = {"edsr": 30e9, "progressive": 39e9, "daasr": 8.2e9,
-                                                  "transmrsr": 5e9, "cnn-vit": 20e9}
+                                                  "transmrsr": 6.3e9, "cnn-vit": 24e9}
 CUDA_MACS_PER_SECOND = 2e12
 # Apple's MPS: not measured (no Mac has been at hand); a first guess of about a tenth of a data-centre GPU,
 # to be calibrated with scripts/benchmark.py --device mps. The plan multiplies every GPU rate by it and divides every GPU time by it.
@@ -68,8 +72,8 @@ TILE_OVERLAP = 16
 # Registering a paired reference (the default; ITK, on the CPU whatever the device), resampling it a second
 # time and scoring the edge agreement of both placements, per input voxel and thread: calibrated on
 # scripts/benchmark.py with and without --no-register-reference (14.3 s on the 4.2 M-voxel input, 2 threads,
-# since the metric samples at most 200 k voxels per level).
-REGISTRATION_SECONDS_PER_INPUT_VOXEL_THREAD = 7e-6
+# since the metric samples at most 200 k voxels per level; 13-17 s in Resources/benchmark_crop.json).
+REGISTRATION_SECONDS_PER_INPUT_VOXEL_THREAD = 7.5e-6
 # Texture transfer, per slice pixel of every planned plane and CPU thread, by reference mode: paired mode
 # scatters three images per slice (input, sharp and blurred reference) and matches in a window; the bank
 # modes scatter one and match against the bank. Calibrated on scripts/benchmark.py (edsr-tt against
