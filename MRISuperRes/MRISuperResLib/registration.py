@@ -41,6 +41,11 @@ def register_rigid(fixed: Volume, moving: Volume, convergence: dict | None = Non
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentagePerLevel(sampling_shares(fixed_image.GetSize()), SAMPLING_SEED)
     method.SetInterpolator(sitk.sitkLinear)
+    # By default the metric first computes a gradient image of the whole (smoothed) moving and fixed image at
+    # every level; we sample at most 200 k points, so gradients at those points alone are far cheaper: the
+    # benchmark pair registers in 9.6 s instead of 21.6 s (one thread) to the same metric value.
+    method.SetMetricUseMovingImageGradientFilter(False)
+    method.SetMetricUseFixedImageGradientFilter(False)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=200,
                                                     relaxationFactor=0.5)
     method.SetOptimizerScalesFromPhysicalShift()
