@@ -109,3 +109,40 @@ def test_a_registration_that_does_not_improve_the_match_is_not_kept(monkeypatch)
     assert any(e.message.startswith("reference left where it was: registration did not improve the match")
                and not e.warning for e in events)
     np.testing.assert_array_equal(result.array, unregistered.array)
+
+
+def test_a_registration_that_barely_moves_the_reference_leaves_it_unscored_and_in_place(monkeypatch):
+    import SimpleITK as sitk
+
+    from MRISuperResLib import pipeline
+
+    def nudge(fixed, moving, convergence=None):  # a tenth of a millimetre: "already aligned"
+        transform = sitk.Euler3DTransform()
+        transform.SetTranslation((0.1, 0.0, 0.0))
+        convergence.update(metric=-0.5, iterations=4, stop="test")
+        return transform
+
+    truth, thick, paired, wrong = cases()
+    run = dict(target_spacing=truth.spacing, self_check=False, model="vdsr-mixed")
+    unregistered = superresolve(thick, paired, register_reference=False, **run)
+    monkeypatch.setattr(pipeline, "register_rigid", nudge)
+    monkeypatch.setattr(pipeline, "reference_agreement",
+                        counted := CountingCalls(pipeline.reference_agreement))
+    events, report = [], {}
+    result = superresolve(thick, paired, progress=events.append, report=report, **run)
+    assert report["registration"]["kept"] is False
+    assert report["registration"]["moved_mm"] == 0.1
+    assert "agreement_after" not in report["registration"]
+    assert counted.calls == 1  # only the reference as it was is scored
+    assert any(e.message.startswith("reference left where it was: registration moved it by at most 0.10 mm")
+               for e in events)
+    np.testing.assert_array_equal(result.array, unregistered.array)
+
+
+class CountingCalls:
+    def __init__(self, function):
+        self.function, self.calls = function, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.function(*args, **kwargs)

@@ -18,7 +18,7 @@ from .models.registry import ModelRegistry, load_network
 from .plan import (DEFAULT_ADAPT_SECONDS, DEFAULT_TILE, TILE_OVERLAP, Plan, check_memory, make_plan,
                    resolve_reference_mode)
 from .progress import CancelFlag, ProgressCallback, StageReporter
-from .registration import describe_transform, register_rigid
+from .registration import BARELY_MOVED_VOXELS, describe_transform, largest_displacement_mm, register_rigid
 from .resample import preinterpolate, resample_to_grid, slab_average
 from .texture import TextureSource, acquired_planes
 from .validation import check_reference_is_not_input, check_scalar_volume
@@ -193,20 +193,33 @@ def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, registe
         registration = StageReporter("register", 1, progress, cancel)
         convergence: dict = {}
         transform = register_rigid(volume, reference, convergence)
-        registered_array, registered_mask = on_target_grid(transform)
-        registered_agreement = agreement_of(registered_array, registered_mask)
-        kept = registered_agreement >= agreement + REGISTRATION_MARGIN
-        report["registration"] = {"kept": kept, "agreement_before": round(agreement, 3),
-                                  "agreement_after": round(registered_agreement, 3), **convergence}
-        change = (f"edge agreement {agreement:.2f} -> {registered_agreement:.2f}; mutual information "
-                  f"{convergence['metric']:.3f} after {convergence['iterations']} iterations at the finest level")
-        if kept:
-            reference_array, reference_mask, agreement = registered_array, registered_mask, registered_agreement
-            # Shown even with --quiet: it moved the reference.
-            registration.finish(f"reference registered ({change}): {describe_transform(transform)}", warning=True)
+        moved_mm = largest_displacement_mm(transform, volume)
+        fitted = (f"mutual information {convergence['metric']:.3f} after {convergence['iterations']} "
+                  f"iterations at the finest level")
+        if moved_mm < BARELY_MOVED_VOXELS * min(volume.spacing):
+            # Resampling and scoring the registered copy would cost as much as registering, for a move
+            # that cannot change the match (on val/ no aligned pair's registration was ever kept).
+            report["registration"] = {"kept": False, "moved_mm": round(moved_mm, 3),
+                                      "agreement_before": round(agreement, 3), **convergence}
+            registration.finish(f"reference left where it was: registration moved it by at most "
+                                f"{moved_mm:.2f} mm, under half a voxel ({fitted})")
         else:
-            registration.finish(f"reference left where it was: registration did not improve the match ({change})")
-        del registered_array, registered_mask
+            registered_array, registered_mask = on_target_grid(transform)
+            registered_agreement = agreement_of(registered_array, registered_mask)
+            kept = registered_agreement >= agreement + REGISTRATION_MARGIN
+            report["registration"] = {"kept": kept, "moved_mm": round(moved_mm, 3),
+                                      "agreement_before": round(agreement, 3),
+                                      "agreement_after": round(registered_agreement, 3), **convergence}
+            change = f"edge agreement {agreement:.2f} -> {registered_agreement:.2f}; {fitted}"
+            if kept:
+                reference_array, reference_mask, agreement = registered_array, registered_mask, registered_agreement
+                # Shown even with --quiet: it moved the reference.
+                registration.finish(f"reference registered ({change}): {describe_transform(transform)}",
+                                    warning=True)
+            else:
+                registration.finish(f"reference left where it was: registration did not improve the match "
+                                    f"({change})")
+            del registered_array, registered_mask
     message, ignored = "", False
     if gate_reference:
         report["reference_agreement"] = round(agreement, 3)

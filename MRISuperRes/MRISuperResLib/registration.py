@@ -15,6 +15,9 @@ SAMPLING_SHARE = 0.2
 # moved by 10 mm or 10 degrees the found placement was as close with 20 % of a 2 M-voxel input, while on a
 # 4 M-voxel input the finest level's 840 k samples per iteration made registration a fifth of a run.
 MAX_SAMPLES = 200_000
+# A registration that moves no corner of the input's field of view by half a voxel (of its finest spacing)
+# is treated as "already aligned": the reference stays where it was without resampling and scoring the copy.
+BARELY_MOVED_VOXELS = 0.5
 
 
 def sampling_shares(size: tuple[int, ...]) -> list[float]:
@@ -59,6 +62,16 @@ def register_rigid(fixed: Volume, moving: Volume, convergence: dict | None = Non
                            stop=method.GetOptimizerStopConditionDescription())
     # Execute wraps the optimised Euler transform in a composite; unwrap it for printing and reuse.
     return sitk.Euler3DTransform(sitk.CompositeTransform(result).GetNthTransform(0))
+
+
+def largest_displacement_mm(transform: sitk.Transform, volume: Volume) -> float:
+    """How far `transform` moves any corner of `volume`'s field of view (mm); for a rigid transform no point
+    inside moves farther than the farthest corner."""
+    image = volume.to_sitk()
+    size = image.GetSize()
+    corners = [image.TransformContinuousIndexToPhysicalPoint([c * (n - 1) for c, n in zip(choice, size)])
+               for choice in np.ndindex(2, 2, 2)]
+    return max(float(np.linalg.norm(np.subtract(transform.TransformPoint(p), p))) for p in corners)
 
 
 def describe_transform(transform: sitk.Euler3DTransform) -> str:
