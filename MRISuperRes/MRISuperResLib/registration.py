@@ -67,11 +67,8 @@ def register_rigid(fixed: Volume, moving: Volume, convergence: dict | None = Non
 def largest_displacement_mm(transform: sitk.Transform, volume: Volume) -> float:
     """How far `transform` moves any corner of `volume`'s field of view (mm); for a rigid transform no point
     inside moves farther than the farthest corner."""
-    image = volume.to_sitk()
-    size = image.GetSize()
-    corners = [image.TransformContinuousIndexToPhysicalPoint([c * (n - 1) for c, n in zip(choice, size)])
-               for choice in np.ndindex(2, 2, 2)]
-    return max(float(np.linalg.norm(np.subtract(transform.TransformPoint(p), p))) for p in corners)
+    return max(float(np.linalg.norm(np.subtract(transform.TransformPoint(tuple(map(float, p))), p)))
+               for p in volume.grid.corners())
 
 
 def describe_transform(transform: sitk.Euler3DTransform) -> str:
