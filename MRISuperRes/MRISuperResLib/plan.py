@@ -24,8 +24,10 @@ TARGET_GRID_COPIES = 6
 # Multiply-adds per second per CPU thread reached by the thin full-resolution slice networks, and on a CUDA
 # device. Calibrated on scripts/benchmark.py (Resources/benchmark_crop.json: vdsr-mixed unregistered took
 # 21.5 s, of which about 18 s network, where 6e9 planned 29 s; since the networks run only inside the signal's
-# boxes, their many small tiles of thin layers go faster per multiply-add than the full slices measured before).
-CPU_MACS_PER_SECOND_PER_THREAD = 9.5e9
+# boxes, their many small tiles of thin layers go faster per multiply-add than the full slices measured before),
+# then 9.5e9 * 1.27 since their replicate padding no longer copies every feature map (vdsr-mixed's forward pass
+# 0.59 -> 0.44 s; Resources/benchmark_registration_speed.json).
+CPU_MACS_PER_SECOND_PER_THREAD = 12e9
 # The wide half-resolution EDSR runs its convolutions far more efficiently (channels_last, 64 channels):
 # 8 tiles of 256² in 0.88 s at 123 k MAC/px on 2 threads, about 29e9 per thread; benchmark runs of
 # edsr-mixed took 66-74 s on the benchmark volume (2 threads), for which 30e9 plans 73 s.
@@ -71,9 +73,11 @@ SELF_CHECK_SECONDS = 4.0
 TILE_OVERLAP = 16
 # Registering a paired reference (the default; ITK, on the CPU whatever the device), resampling it a second
 # time and scoring the edge agreement of both placements, per input voxel and thread: calibrated on
-# scripts/benchmark.py with and without --no-register-reference (14.3 s on the 4.2 M-voxel input, 2 threads,
-# since the metric samples at most 200 k voxels per level; 13-17 s in Resources/benchmark_crop.json).
-REGISTRATION_SECONDS_PER_INPUT_VOXEL_THREAD = 7.5e-6
+# scripts/benchmark.py with and without --no-register-reference (13-17 s on the 4.2 M-voxel input, 2 threads, in
+# Resources/benchmark_crop.json; 0.4-7 s in Resources/benchmark_registration_speed.json, since the metric takes
+# gradients at its sample points only and a registration that barely moves the reference skips the second
+# resampling and scoring: 5 s planned).
+REGISTRATION_SECONDS_PER_INPUT_VOXEL_THREAD = 2.4e-6
 # Texture transfer, per slice pixel of every planned plane and CPU thread, by reference mode: paired mode
 # scatters three images per slice (input, sharp and blurred reference) and matches in a window; the bank
 # modes scatter one and match against the bank. Calibrated on scripts/benchmark.py (edsr-tt against
