@@ -87,17 +87,22 @@ def test_a_reference_that_moved_is_registered_and_then_helps():
     assert registered > alone + 0.3
 
 
-def test_a_registration_that_does_not_improve_the_match_is_not_kept(monkeypatch):
+def registration_ending_at(translation_mm: tuple[float, float, float]):
+    """A stand-in for `register_rigid` that always finds this translation."""
     import SimpleITK as sitk
 
-    from MRISuperResLib import pipeline
-
-    def astray(fixed, moving, convergence=None):  # a registration that ended 8 mm off
+    def register(fixed, moving, convergence=None):
         transform = sitk.Euler3DTransform()
-        transform.SetTranslation((8.0, 0.0, 0.0))
+        transform.SetTranslation(translation_mm)
         convergence.update(metric=-0.1, iterations=3, stop="test")
         return transform
+    return register
 
+
+def test_a_registration_that_does_not_improve_the_match_is_not_kept(monkeypatch):
+    from MRISuperResLib import pipeline
+
+    astray = registration_ending_at((8.0, 0.0, 0.0))  # a registration that ended 8 mm off
     truth, thick, paired, wrong = cases()
     run = dict(target_spacing=truth.spacing, self_check=False, model="vdsr-mixed")
     unregistered = superresolve(thick, paired, register_reference=False, **run)
@@ -112,16 +117,9 @@ def test_a_registration_that_does_not_improve_the_match_is_not_kept(monkeypatch)
 
 
 def test_a_registration_that_barely_moves_the_reference_leaves_it_unscored_and_in_place(monkeypatch):
-    import SimpleITK as sitk
-
     from MRISuperResLib import pipeline
 
-    def nudge(fixed, moving, convergence=None):  # a tenth of a millimetre: "already aligned"
-        transform = sitk.Euler3DTransform()
-        transform.SetTranslation((0.1, 0.0, 0.0))
-        convergence.update(metric=-0.5, iterations=4, stop="test")
-        return transform
-
+    nudge = registration_ending_at((0.1, 0.0, 0.0))  # a tenth of a millimetre: "already aligned"
     truth, thick, paired, wrong = cases()
     run = dict(target_spacing=truth.spacing, self_check=False, model="vdsr-mixed")
     unregistered = superresolve(thick, paired, register_reference=False, **run)
