@@ -196,13 +196,14 @@ def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, registe
         moved_mm = largest_displacement_mm(transform, volume)
         fitted = (f"mutual information {convergence['metric']:.3f} after {convergence['iterations']} "
                   f"iterations at the finest level")
-        if moved_mm < BARELY_MOVED_VOXELS * min(volume.spacing):
+        voxel_mm = min(min(volume.spacing), min(plan.target.spacing))  # the reference is resampled onto the target
+        if moved_mm < BARELY_MOVED_VOXELS * voxel_mm:
             # Resampling and scoring the registered copy would cost as much as registering, for a move
             # that cannot change the match (on val/ no aligned pair's registration was ever kept).
             report["registration"] = {"kept": False, "moved_mm": round(moved_mm, 3),
                                       "agreement_before": round(agreement, 3), **convergence}
             registration.finish(f"reference left where it was: registration moved it by at most "
-                                f"{moved_mm:.2f} mm, under half a voxel ({fitted})")
+                                f"{moved_mm:.2f} mm, under {BARELY_MOVED_VOXELS:g} of a {voxel_mm:.2f} mm voxel ({fitted})")
         else:
             registered_array, registered_mask = on_target_grid(transform)
             registered_agreement = agreement_of(registered_array, registered_mask)
