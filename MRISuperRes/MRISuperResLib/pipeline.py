@@ -202,8 +202,8 @@ def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, registe
             # that cannot change the match (on val/ no aligned pair's registration was ever kept).
             report["registration"] = {"kept": False, "moved_mm": round(moved_mm, 3),
                                       "agreement_before": round(agreement, 3), **convergence}
-            registration.finish(f"reference left where it was: registration moved it by at most "
-                                f"{moved_mm:.2f} mm, under {BARELY_MOVED_VOXELS:g} of a {voxel_mm:.2f} mm voxel ({fitted})")
+            registration.finish(f"reference left where it was: registration moved it by at most {moved_mm:.2f} mm, "
+                                f"under {BARELY_MOVED_VOXELS:g} of a {voxel_mm:.2f} mm voxel ({fitted})")
         else:
             registered_array, registered_mask = on_target_grid(transform)
             registered_agreement = agreement_of(registered_array, registered_mask)

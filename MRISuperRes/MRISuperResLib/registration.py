@@ -16,7 +16,8 @@ SAMPLING_SHARE = 0.2
 # 4 M-voxel input the finest level's 840 k samples per iteration made registration a fifth of a run.
 MAX_SAMPLES = 200_000
 # A registration that moves no corner of the input's field of view by half a voxel (the finest spacing of the
-# input and target grids) is treated as "already aligned": the reference stays where it was without resampling and scoring the copy.
+# input and target grids) is treated as "already aligned": the reference stays where it was, and the registered
+# copy is neither resampled nor scored.
 BARELY_MOVED_VOXELS = 0.5
 
 
