@@ -7,12 +7,14 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import smooth_volume
 from MRISuperResLib import superresolve
-from MRISuperResLib.adapt import scan_pairs
+from MRISuperResLib.adapt import fine_tune, scan_pairs
 from MRISuperResLib.errors import CancelledError
 from MRISuperResLib.intensity import IntensityScale
+from MRISuperResLib.models.architectures import build_architecture
 
 
 def _textured(shape_kji=(12, 48, 44), seed=0):
@@ -66,6 +68,21 @@ def test_adaptation_is_deterministic_and_only_kept_when_it_helps_on_held_out_pai
     assert reports[0] == reports[1] and reports[0]["adaptation_steps"] >= 5
     # An untrained network learns a great deal from the scan's own pairs in a few steps.
     assert reports[0]["adapted"] is True and reports[0]["adapted_gain_db"] > reports[0]["estimated_gain_db"]
+
+
+def test_adaptation_leaves_edsrs_head_and_first_blocks_as_trained_and_changes_the_rest():
+    volume = _textured()
+    scan = IntensityScale.fit(volume.array).normalise(volume.array)
+    pairs, why = scan_pairs(scan, volume, upsampled=(2,), factor=4.0, reference=None, context=1, count=64)
+    assert pairs is not None, why
+    network = build_architecture("edsr", {"features": 8, "blocks": 4, "context": 1, "use_reference": True}).eval()
+    adapted = fine_tune(network, pairs, steps=3, device=torch.device("cpu"))
+    changed = {name: not torch.equal(before, after) for (name, before), after in
+               zip(network.state_dict().items(), adapted.state_dict().values())}
+    frozen = [name for name in changed if name.startswith(("head.", "body.0.", "body.1."))]
+    assert frozen and not any(changed[name] for name in frozen)
+    assert all(changed[name] for name in changed if name not in frozen)
+    assert all(p.requires_grad for p in network.parameters())  # the pretrained network is left as it was
 
 
 def test_adapt_from_the_command_line_reports_the_estimate(tmp_path, cli, untrained_models_dir):

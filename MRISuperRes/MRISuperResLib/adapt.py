@@ -156,12 +156,24 @@ def score(network: torch.nn.Module, pairs: ScanPairs, device: torch.device, batc
     return _pooled_psnr(model_errors), _pooled_psnr(cubic_errors)
 
 
+def adapted_parameters(network: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters fine-tuning changes: those the network names (`adaptation_parameters`: EDSR leaves
+    its early layers as trained), else all."""
+    chosen = getattr(network, "adaptation_parameters", None)
+    return list(chosen() if chosen is not None else network.parameters())
+
+
 def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: torch.device, seed: int = 0,
               progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> torch.nn.Module:
-    """A copy of `network` fine-tuned on the pairs that are not held out (L1, Adam, flips), seeded."""
+    """A copy of `network` fine-tuned on the pairs that are not held out (L1, Adam, flips), seeded; only its
+    `adapted_parameters` change."""
     training = pairs.subset(~pairs.holdout)
     adapted = copy.deepcopy(network).train()
-    optimiser = torch.optim.Adam(adapted.parameters(), lr=ADAPT_LEARNING_RATE)
+    trainable = adapted_parameters(adapted)
+    chosen_ids = {id(p) for p in trainable}
+    for parameter in adapted.parameters():
+        parameter.requires_grad_(id(parameter) in chosen_ids)
+    optimiser = torch.optim.Adam(trainable, lr=ADAPT_LEARNING_RATE)
     generator = torch.Generator().manual_seed(seed)
     reporter = StageReporter("adapt", steps, progress, cancel)
     with torch.inference_mode(False), torch.enable_grad():

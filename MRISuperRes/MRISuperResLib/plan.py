@@ -57,8 +57,10 @@ DEFAULT_ADAPT_SECONDS = 50.0
 # second: the wide half-resolution EDSR (16 × 64² patches × 123 k MAC/px per 0.28 s step on 2 threads) runs
 # convolutions far more efficiently than the thin full-resolution families (about 1.5e9, measured with
 # vdsr-mixed); the progressive network's and DAASR's figures are from single training steps measured next to
-# EDSR's on this machine (DAASR's matching and channel attention are memory-bound). And a CUDA device.
-TRAINING_MACS_PER_SECOND_PER_THREAD = {"edsr": 14e9, "progressive": 8e9, "daasr": 5e9, "transmrsr": 3e9, "cnn-vit": 10e9}
+# EDSR's on this machine (DAASR's matching and channel attention are memory-bound). EDSR adapts only its later
+# half (`EDSR.adaptation_parameters`), so its backward pass stops halfway: 14e9 for the whole network, times
+# the 1.8x measured on `edsr-large` (0.49 against 0.87-0.91 s per step, one thread). And a CUDA device.
+TRAINING_MACS_PER_SECOND_PER_THREAD = {"edsr": 25e9, "progressive": 8e9, "daasr": 5e9, "transmrsr": 3e9, "cnn-vit": 10e9}
 THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD = 1.5e9
 CUDA_TRAINING_MACS_PER_SECOND = 1e12
 # A ceiling, so that a fast device spends seconds, not the whole budget: the gain flattens well before it.
