@@ -164,16 +164,17 @@ def adapted_parameters(network: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: torch.device, seed: int = 0,
-              progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> torch.nn.Module:
+              progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
+              learning_rate: float = ADAPT_LEARNING_RATE, whole_network: bool = False) -> torch.nn.Module:
     """A copy of `network` fine-tuned on the pairs that are not held out (L1, Adam, flips), seeded; only its
-    `adapted_parameters` change."""
+    `adapted_parameters` change (all of them with `whole_network`, as before, for comparison)."""
     training = pairs.subset(~pairs.holdout)
     adapted = copy.deepcopy(network).train()
-    trainable = adapted_parameters(adapted)
+    trainable = list(adapted.parameters()) if whole_network else adapted_parameters(adapted)
     chosen_ids = {id(p) for p in trainable}
     for parameter in adapted.parameters():
         parameter.requires_grad_(id(parameter) in chosen_ids)
-    optimiser = torch.optim.Adam(trainable, lr=ADAPT_LEARNING_RATE)
+    optimiser = torch.optim.Adam(trainable, lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
     reporter = StageReporter("adapt", steps, progress, cancel)
     with torch.inference_mode(False), torch.enable_grad():

@@ -1,0 +1,136 @@
+"""How much does per-scan adaptation add, and which way of fine-tuning adds most in the same seconds?
+
+For each val/ case at 4× thick slices, the scan's own pairs are made as a user's run makes them
+(`adapt.scan_pairs`, the reference as the pipeline prepares it), the default model is fine-tuned in each
+variant, and the result is scored against the truth on every eighth slice of each planned plane (the
+network's slices before the planes are fused: a fraction of a full run's cost, and the same comparison
+between variants). Variants: `whole` fine-tunes every parameter (as before this round); `later-half`
+only `adapt.adapted_parameters` (the product). Steps are the plan's for `--seconds` of work on 2 threads
+with each variant's own cost per step (measured: 0.87-0.91 s against 0.49 s per `edsr-large` step, one thread).
+
+    python scripts/adaptation_ablation.py --threads 1 --variants whole later-half
+
+One JSON line per case and variant: true and held-out gain over cubic, and what adaptation added to each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import _paths  # noqa: F401
+from evaluate import CASES, REPO
+from MRISuperResLib import adapt, read_volume
+from MRISuperResLib.degrade import thick_slices
+from MRISuperResLib.devices import set_threads
+from MRISuperResLib.inference import plane_axes, with_neighbours
+from MRISuperResLib.intensity import IntensityScale
+from MRISuperResLib.metrics import foreground_mask
+from MRISuperResLib.models.registry import ModelRegistry, load_network
+from MRISuperResLib.pipeline import _paired_reference, plan_run
+from MRISuperResLib.plan import adaptation_steps
+from MRISuperResLib.resample import preinterpolate
+
+SLICE_STRIDE = 8
+# Seconds per step of the whole network against its later half (edsr-large, one thread, measured together).
+WHOLE_NETWORK_STEP_COST = 1.8
+VARIANTS = {"whole": {"whole_network": True}, "later-half": {}}
+
+
+def prepared(data: Path, case, model: str, with_reference: bool) -> dict:
+    """The run's normalised input on the target grid, its reference, the truth on that grid and its mask, and
+    the scan's own pairs."""
+    truth = read_volume(data / case[1])
+    low = thick_slices(truth, case[4], 4, "box")
+    reference = read_volume(data / case[2], "reference") if with_reference else None
+    plan = plan_run(low, reference, model, target_spacing=truth.spacing, threads=2)
+    scale = IntensityScale.fit(low.array)
+    lr = scale.normalise(preinterpolate(low, plan.target).array)
+    ref = ref_mask = ref_native = None
+    if reference is not None:
+        ref, ref_mask, ref_native = _paired_reference(low, reference, plan, lr, False, True, None, None, {})
+    crop = tuple(slice(0, n) for n in lr.shape)
+    truth_array = scale.normalise(truth.array[crop].astype(np.float32))
+    mask = (read_volume(data / case[3]).array[crop] > 0) if case[3] else foreground_mask(truth_array)
+    return {"plan": plan, "lr": lr, "reference": ref, "reference_mask": ref_mask, "truth": truth_array, "mask": mask,
+            "scan": scale.normalise(low.array), "low": low, "reference_native": ref_native}
+
+
+def sampled_psnr(network: torch.nn.Module, run: dict) -> tuple[float, float]:
+    """PSNR of the network and of cubic interpolation over the foreground of every `SLICE_STRIDE`-th slice of
+    each planned plane (data range: the normalised truth's)."""
+    plan, context = run["plan"], getattr(network, "context", 0)
+    errors, counted = np.zeros(2), 0
+    for plane in plan.planes:
+        axes = plane_axes(plane, plan.upsampled)
+        oriented = {k: None if run[k] is None else np.transpose(run[k], axes)
+                    for k in ("lr", "truth", "mask", "reference", "reference_mask")}
+        for s in range(SLICE_STRIDE // 2, oriented["lr"].shape[0], SLICE_STRIDE):
+            mask = oriented["mask"][s]
+            if not mask.any():
+                continue
+            lr = torch.from_numpy(with_neighbours(oriented["lr"], s, 1, context))
+            ref, ref_mask = ((torch.from_numpy(np.ascontiguousarray(oriented[k][s]))[None, None]
+                              for k in ("reference", "reference_mask")) if oriented["reference"] is not None
+                             else (torch.zeros_like(lr[:, :1]), torch.zeros_like(lr[:, :1])))
+            with torch.inference_mode():
+                output = network(lr, ref, ref_mask)[0, 0].numpy()
+            truth = oriented["truth"][s]
+            errors += [((output - truth)[mask] ** 2).sum(), ((oriented["lr"][s] - truth)[mask] ** 2).sum()]
+            counted += int(mask.sum())
+    data_range = float(run["truth"].max() - run["truth"].min())
+    model_psnr, cubic_psnr = 10 * np.log10(data_range ** 2 * counted / errors)
+    return float(model_psnr), float(cubic_psnr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--model", default=None, help="default: the registry's default model")
+    parser.add_argument("--cases", nargs="+", help="case names (default: all)")
+    parser.add_argument("--reference", action="store_true", help="with the paired reference")
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=sorted(VARIANTS))
+    parser.add_argument("--seconds", type=float, default=50.0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    set_threads(args.threads)
+    registry = ModelRegistry()
+    card = registry.get(args.model)
+    network = load_network(registry, card, torch.device("cpu"))
+    steps = adaptation_steps(args.seconds, card.architecture, card.macs_per_pixel, "cpu", 2)
+    device = torch.device("cpu")
+    for case in [c for c in CASES if not args.cases or c[0] in args.cases]:
+        run = prepared(args.data, case, card.name, args.reference)
+        pairs, why = adapt.scan_pairs(run["scan"], run["low"], run["plan"].upsampled, max(run["plan"].factors),
+                                      run["reference_native"], getattr(network, "context", 0))
+        if pairs is None:
+            print(json.dumps({"case": case[0], "skipped": why}))
+            continue
+        held_out = pairs.subset(pairs.holdout)
+        held_model, held_cubic = adapt.score(network, held_out, device)
+        true_model, true_cubic = sampled_psnr(network, run)
+        row = {"case": case[0], "model": card.name, "reference": args.reference}
+        print(json.dumps({**row, "variant": "pretrained", "true_gain": true_model - true_cubic,
+                          "held_out_gain": held_model - held_cubic}), flush=True)
+        for name in args.variants:
+            options = VARIANTS[name]
+            # The same seconds: the whole network's steps cost more.
+            variant_steps = int(steps / WHOLE_NETWORK_STEP_COST) if options.get("whole_network") else steps
+            started = time.perf_counter()
+            adapted = adapt.fine_tune(network, pairs, variant_steps, device, **options)
+            seconds = time.perf_counter() - started
+            held, _ = adapt.score(adapted, held_out, device)
+            true, _ = sampled_psnr(adapted, run)
+            print(json.dumps({**row, "variant": name, "steps": variant_steps, "seconds": round(seconds, 1),
+                              "true_gain": true - true_cubic, "held_out_gain": held - held_cubic,
+                              "adaptation_true": true - true_model, "adaptation_held_out": held - held_model}),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
