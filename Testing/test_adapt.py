@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from conftest import smooth_volume
-from MRISuperResLib import superresolve
+from MRISuperResLib import Volume, superresolve
 from MRISuperResLib.adapt import fine_tune, scan_pairs
 from MRISuperResLib.errors import CancelledError
 from MRISuperResLib.intensity import IntensityScale
+from MRISuperResLib.pipeline import plan_run
 from MRISuperResLib.models.architectures import build_architecture
 
 
@@ -70,19 +71,30 @@ def test_adaptation_is_deterministic_and_only_kept_when_it_helps_on_held_out_pai
     assert reports[0]["adapted"] is True and reports[0]["adapted_gain_db"] > reports[0]["estimated_gain_db"]
 
 
-def test_adaptation_leaves_edsrs_head_and_first_blocks_as_trained_and_changes_the_rest():
+def test_without_a_reference_adaptation_leaves_edsrs_head_and_first_blocks_as_trained():
     volume = _textured()
     scan = IntensityScale.fit(volume.array).normalise(volume.array)
-    pairs, why = scan_pairs(scan, volume, upsampled=(2,), factor=4.0, reference=None, context=1, count=64)
-    assert pairs is not None, why
     network = build_architecture("edsr", {"features": 8, "blocks": 4, "context": 1, "use_reference": True}).eval()
-    adapted = fine_tune(network, pairs, steps=3, device=torch.device("cpu"))
-    changed = {name: not torch.equal(before, after) for (name, before), after in
-               zip(network.state_dict().items(), adapted.state_dict().values())}
-    frozen = [name for name in changed if name.startswith(("head.", "body.0.", "body.1."))]
-    assert frozen and not any(changed[name] for name in frozen)
-    assert all(changed[name] for name in changed if name not in frozen)
+    for reference, early_layers_change in ((None, False), (scan, True)):
+        pairs, why = scan_pairs(scan, volume, upsampled=(2,), factor=4.0, reference=reference, context=1, count=64)
+        assert pairs is not None and pairs.has_reference == (reference is not None), why
+        adapted = fine_tune(network, pairs, steps=3, device=torch.device("cpu"))
+        changed = {name: not torch.equal(before, after) for (name, before), after in
+                   zip(network.state_dict().items(), adapted.state_dict().values())}
+        early = [name for name in changed if name.startswith(("head.", "body.0.", "body.1."))]
+        assert early and all(changed[name] == early_layers_change for name in early)
+        assert all(changed[name] for name in changed if name not in early)
     assert all(p.requires_grad for p in network.parameters())  # the pretrained network is left as it was
+
+
+def test_without_a_reference_edsr_plans_more_adaptation_steps_in_the_same_seconds():
+    volume = _textured()
+    alone = plan_run(volume, model="edsr-mixed", threads=2)
+    guided = plan_run(volume, Volume(volume.array.max() - volume.array, volume.spacing, volume.origin, volume.direction),
+                      model="edsr-mixed", threads=2)
+    assert guided.uses_reference and guided.adapt_steps < guided.adapt_steps_without_reference
+    assert alone.adapt_steps == alone.adapt_steps_without_reference == guided.adapt_steps_without_reference
+    assert alone.check_seconds == pytest.approx(guided.check_seconds, rel=0.05)
 
 
 def test_adapt_from_the_command_line_reports_the_estimate(tmp_path, cli, untrained_models_dir):

@@ -63,6 +63,10 @@ class ScanPairs:
     def __len__(self) -> int:
         return self.lr.shape[0]
 
+    @property
+    def has_reference(self) -> bool:
+        return bool(self.mask.any())
+
     def without_reference(self) -> "ScanPairs":
         """The same pairs with a blank reference and mask, as the networks see "no reference"."""
         return ScanPairs(self.lr, self.truth, torch.zeros_like(self.reference), torch.zeros_like(self.mask),
@@ -156,10 +160,13 @@ def score(network: torch.nn.Module, pairs: ScanPairs, device: torch.device, batc
     return _pooled_psnr(model_errors), _pooled_psnr(cubic_errors)
 
 
-def adapted_parameters(network: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The parameters fine-tuning changes: those the network names (`adaptation_parameters`: EDSR leaves
-    its early layers as trained), else all."""
-    chosen = getattr(network, "adaptation_parameters", None)
+def adapted_parameters(network: torch.nn.Module, with_reference: bool) -> list[torch.nn.Parameter]:
+    """The parameters fine-tuning changes. With a reference, all: the early layers map the reference's
+    contrast onto the input's, the relation a scan most needs adapting (val/, 4x thick: +0.31 dB over the
+    network alone against +0.24 adapting EDSR's later half). Without one, those the network names
+    (`adaptation_parameters`: EDSR leaves its early layers as trained; +0.18 against +0.15, and the spine
+    case, whose own planes differ from the thick axis's, −0.05 against −0.18), else all."""
+    chosen = None if with_reference else getattr(network, "adaptation_parameters", None)
     return list(chosen() if chosen is not None else network.parameters())
 
 
@@ -167,10 +174,10 @@ def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: to
               progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
               learning_rate: float = ADAPT_LEARNING_RATE, whole_network: bool = False) -> torch.nn.Module:
     """A copy of `network` fine-tuned on the pairs that are not held out (L1, Adam, flips), seeded; only its
-    `adapted_parameters` change (all of them with `whole_network`, as before, for comparison)."""
+    `adapted_parameters` change (all of them with `whole_network`, for comparison)."""
     training = pairs.subset(~pairs.holdout)
     adapted = copy.deepcopy(network).train()
-    trainable = list(adapted.parameters()) if whole_network else adapted_parameters(adapted)
+    trainable = adapted_parameters(adapted, whole_network or pairs.has_reference)
     chosen_ids = {id(p) for p in trainable}
     for parameter in adapted.parameters():
         parameter.requires_grad_(id(parameter) in chosen_ids)

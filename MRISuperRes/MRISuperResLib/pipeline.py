@@ -283,7 +283,7 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
     if gain < 0:
         message += " (the model does worse than interpolation here)"
     stage.finish(message, warning=gain < 0)
-    steps = plan.adapt_steps
+    steps = plan.adapt_steps if pairs.has_reference else plan.adapt_steps_without_reference
     if steps:
         adapted = scan_adaptation.fine_tune(network, pairs, steps, device, progress=progress, cancel=cancel)
         adapted_psnr, _ = scan_adaptation.score(adapted, held_out, device)

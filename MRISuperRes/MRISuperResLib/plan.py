@@ -57,12 +57,13 @@ DEFAULT_ADAPT_SECONDS = 50.0
 # second: the wide half-resolution EDSR (16 × 64² patches × 123 k MAC/px per 0.28 s step on 2 threads) runs
 # convolutions far more efficiently than the thin full-resolution families (about 1.5e9, measured with
 # vdsr-mixed); the progressive network's and DAASR's figures are from single training steps measured next to
-# EDSR's on this machine (DAASR's matching and channel attention are memory-bound). EDSR adapts only its later
-# half (`EDSR.adaptation_parameters`), so its backward pass stops halfway: 14e9 for the whole network, times
-# the 1.8x measured on `edsr-large` (0.49 against 0.87-0.91 s per step, one thread). And a CUDA device.
-TRAINING_MACS_PER_SECOND_PER_THREAD = {"edsr": 25e9, "progressive": 8e9, "daasr": 5e9, "transmrsr": 3e9, "cnn-vit": 10e9}
+# EDSR's on this machine (DAASR's matching and channel attention are memory-bound). And a CUDA device.
+TRAINING_MACS_PER_SECOND_PER_THREAD = {"edsr": 14e9, "progressive": 8e9, "daasr": 5e9, "transmrsr": 3e9, "cnn-vit": 10e9}
 THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD = 1.5e9
 CUDA_TRAINING_MACS_PER_SECOND = 1e12
+# Without a reference, EDSR fine-tunes only its later half (`adapt.adapted_parameters`): the backward pass stops
+# halfway, 1.8x the steps per second (edsr-large: 0.49 against 0.87-0.91 s per step, one thread).
+LATER_HALF_SPEEDUP = {"edsr": 1.8}
 # A ceiling, so that a fast device spends seconds, not the whole budget: the gain flattens well before it.
 MAX_ADAPT_STEPS = 600
 # What a step costs beyond its multiply-adds (Python, the optimiser, batching): it dominates tiny networks.
@@ -119,6 +120,7 @@ class Plan:
     adapt_steps: int = 0        # per-scan fine-tuning steps after the self-check (counted: deterministic)
     # The notes a run shows even when quiet: the input is outside what the model was trained for.
     warnings: list[str] = field(default_factory=list)
+    adapt_steps_without_reference: int = 0  # the same seconds when the self-check drops the reference
 
     def summary(self) -> str:
         factors = " × ".join(f"{f:.3g}" for f in self.factors)
@@ -284,18 +286,19 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
         seconds += voxels * len(chosen) * (TEXTURE_CUDA_SECONDS_PER_PIXEL[reference_mode] / gpu_share(device)
                                            if on_gpu(device) else TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD[reference_mode] / threads
                                            ) / TEXTURE_SLICE_STRIDE
-    check_seconds, steps = 0.0, 0
-    if self_check and not model.is_interpolation and not model.texture_transfer:
-        steps = adaptation_steps(adapt_seconds, model.architecture, model.macs_per_pixel, device, threads) \
-            if adapt_seconds and adapt_seconds > 0 else 0
-        check_seconds = SELF_CHECK_SECONDS + steps * adaptation_step_seconds(model.architecture, model.macs_per_pixel,
-                                                                            device, threads)
     uses_reference = has_reference and model.uses_reference and reference_mode in (None, "paired")
+    check_seconds, steps, steps_alone = 0.0, 0, 0
+    if self_check and not model.is_interpolation and not model.texture_transfer:
+        if adapt_seconds and adapt_seconds > 0:
+            steps, steps_alone = (adaptation_steps(adapt_seconds, model.architecture, model.macs_per_pixel, device,
+                                                   threads, with_reference) for with_reference in (uses_reference, False))
+        check_seconds = SELF_CHECK_SECONDS + steps * adaptation_step_seconds(model.architecture, model.macs_per_pixel,
+                                                                            device, threads, uses_reference)
     if uses_reference and register_reference:
         seconds += source.voxel_count * REGISTRATION_SECONDS_PER_INPUT_VOXEL_THREAD / threads
     return Plan(source, target, factors, upsampled, chosen, model, uses_reference, reference_mode,
                 device, threads, batch_size, tile, int(memory), float(seconds + check_seconds), notes, check_seconds,
-                steps, warnings)
+                steps, warnings, steps_alone)
 
 
 def normal_axis_name(plane: str) -> str:
@@ -312,17 +315,22 @@ def gpu_share(device: str) -> float:
     return MPS_SHARE_OF_CUDA if device == "mps" else 1.0
 
 
-def adaptation_step_seconds(architecture: str, macs_per_pixel: int, device: str, threads: int) -> float:
-    """Estimated seconds of one fine-tuning step of `ADAPT_BATCH` patches of `ADAPT_PATCH`²."""
+def adaptation_step_seconds(architecture: str, macs_per_pixel: int, device: str, threads: int,
+                            with_reference: bool = True) -> float:
+    """Estimated seconds of one fine-tuning step of `ADAPT_BATCH` patches of `ADAPT_PATCH`² (without a
+    reference, some architectures fine-tune only their later layers: cheaper)."""
     per_thread = TRAINING_MACS_PER_SECOND_PER_THREAD.get(architecture, THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD)
     rate = CUDA_TRAINING_MACS_PER_SECOND * gpu_share(device) if on_gpu(device) else per_thread * threads
+    if not with_reference:
+        rate *= LATER_HALF_SPEEDUP.get(architecture, 1.0)
     return STEP_OVERHEAD_SECONDS + max(1, macs_per_pixel) * ADAPT_BATCH * ADAPT_PATCH ** 2 / rate
 
 
-def adaptation_steps(seconds: float, architecture: str, macs_per_pixel: int, device: str, threads: int) -> int:
+def adaptation_steps(seconds: float, architecture: str, macs_per_pixel: int, device: str, threads: int,
+                     with_reference: bool = True) -> int:
     """Fine-tuning steps that fit in about `seconds`: counted, not timed, so that the same input gives the
     same output on every run."""
-    per_step = adaptation_step_seconds(architecture, macs_per_pixel, device, threads)
+    per_step = adaptation_step_seconds(architecture, macs_per_pixel, device, threads, with_reference)
     return min(MAX_ADAPT_STEPS, max(5, int(seconds / per_step)))
 
 
