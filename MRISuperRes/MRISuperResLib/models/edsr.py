@@ -59,11 +59,13 @@ class EDSR(nn.Module):
                    for m in convolutions) // self.unshuffle ** 2
 
     def adaptation_parameters(self) -> list[nn.Parameter]:
-        """What per-scan adaptation fine-tunes: all but the head and the first half of the residual blocks.
+        """What per-scan adaptation fine-tunes without a reference: all but the head and the first half of the
+        residual blocks.
         The backward pass then stops halfway, so a step costs about half (0.49 against 0.91 s, `edsr-large`,
-        one thread) and twice the steps fit the same seconds; and the early features, learnt on every training
+        one thread) and 1.8x the steps fit the same seconds; and the early features, learnt on every training
         subject, are not pulled towards one scan's own planes, which on a scan whose acquired planes differ
-        from the thick axis's (the spine val/ case) made full fine-tuning lose 0.12 dB (README, *Adaptation*)."""
+        from the thick axis's (the spine val/ case) made full fine-tuning lose 0.18 dB. Used without a
+        reference (`adapt.adapted_parameters`; README, *Adaptation, later half only*)."""
         frozen = {id(p) for module in (self.head, *list(self.body)[:len(self.body) // 2]) for p in module.parameters()}
         return [p for p in self.parameters() if id(p) not in frozen]
 
