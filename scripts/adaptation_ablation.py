@@ -4,9 +4,10 @@ For each val/ case at 4× thick slices, the scan's own pairs are made as a user'
 (`adapt.scan_pairs`, the reference as the pipeline prepares it), the default model is fine-tuned in each
 variant, and the result is scored against the truth on every eighth slice of each planned plane (the
 network's slices before the planes are fused: a fraction of a full run's cost, and the same comparison
-between variants). Variants: `whole` fine-tunes every parameter (as before this round); `later-half`
-only `adapt.adapted_parameters` (the product). Steps are the plan's for `--seconds` of work on 2 threads
-with each variant's own cost per step (measured: 0.87-0.91 s against 0.49 s per `edsr-large` step, one thread).
+between variants). Variants: `whole` fine-tunes every parameter (the product with a reference);
+`later-half` only EDSR's later half (`adapt.adapted_parameters`; the product without a reference).
+Steps are the plan's for `--seconds` of work on 2 threads at each variant's own cost per step
+(`plan.LATER_HALF_SPEEDUP`).
 
     python scripts/adaptation_ablation.py --threads 1 --variants whole later-half
 
@@ -37,9 +38,7 @@ from MRISuperResLib.plan import adaptation_steps
 from MRISuperResLib.resample import preinterpolate
 
 SLICE_STRIDE = 8
-# Seconds per step of the whole network against its later half (edsr-large, one thread, measured together).
-WHOLE_NETWORK_STEP_COST = 1.8
-VARIANTS = {"whole": {"whole_network": True}, "later-half": {}}
+VARIANTS = {"whole": {"whole_network": True}, "later-half": {"whole_network": False}}
 
 
 def prepared(data: Path, case, model: str, with_reference: bool) -> dict:
@@ -102,7 +101,6 @@ def main() -> None:
     registry = ModelRegistry()
     card = registry.get(args.model)
     network = load_network(registry, card, torch.device("cpu"))
-    steps = adaptation_steps(args.seconds, card.architecture, card.macs_per_pixel, "cpu", 2)
     device = torch.device("cpu")
     for case in [c for c in CASES if not args.cases or c[0] in args.cases]:
         run = prepared(args.data, case, card.name, args.reference)
@@ -119,8 +117,9 @@ def main() -> None:
                           "held_out_gain": held_model - held_cubic}), flush=True)
         for name in args.variants:
             options = VARIANTS[name]
-            # The same seconds: the whole network's steps cost more.
-            variant_steps = int(steps / WHOLE_NETWORK_STEP_COST) if options.get("whole_network") else steps
+            # The same seconds: the whole network's steps cost more (the plan counts them as with a reference).
+            variant_steps = adaptation_steps(args.seconds, card.architecture, card.macs_per_pixel, "cpu", 2,
+                                             with_reference=options["whole_network"])
             started = time.perf_counter()
             adapted = adapt.fine_tune(network, pairs, variant_steps, device, **options)
             seconds = time.perf_counter() - started

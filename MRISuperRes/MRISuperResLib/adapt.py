@@ -160,25 +160,27 @@ def score(network: torch.nn.Module, pairs: ScanPairs, device: torch.device, batc
     return _pooled_psnr(model_errors), _pooled_psnr(cubic_errors)
 
 
-def adapted_parameters(network: torch.nn.Module, with_reference: bool) -> list[torch.nn.Parameter]:
-    """The parameters fine-tuning changes. Without a reference, those the network names
-    (`adaptation_parameters`: EDSR leaves its early layers as trained and fits 1.8x the steps; on val/, 4x
-    thick, +0.21 dB over the network alone against +0.15, and the spine case, whose own planes differ from
-    the thick axis's, −0.08 against −0.18), else all. With one, all: there its later half gained nothing in
-    the same seconds (−0.01 to +0.03 dB against the whole network on three cases), and the early layers are
-    where the reference's contrast is mapped onto the input's (README, *Adaptation, later half only*)."""
-    chosen = None if with_reference else getattr(network, "adaptation_parameters", None)
+def adapted_parameters(network: torch.nn.Module, whole_network: bool) -> list[torch.nn.Parameter]:
+    """The parameters fine-tuning changes: all, or (not `whole_network`) those the network names
+    (`adaptation_parameters`: EDSR leaves its early layers as trained and fits 1.8x the steps), else all."""
+    chosen = None if whole_network else getattr(network, "adaptation_parameters", None)
     return list(chosen() if chosen is not None else network.parameters())
 
 
 def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: torch.device, seed: int = 0,
               progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
-              learning_rate: float = ADAPT_LEARNING_RATE, whole_network: bool = False) -> torch.nn.Module:
-    """A copy of `network` fine-tuned on the pairs that are not held out (L1, Adam, flips), seeded; only its
-    `adapted_parameters` change (all of them with `whole_network`, for comparison)."""
+              learning_rate: float = ADAPT_LEARNING_RATE, whole_network: bool | None = None) -> torch.nn.Module:
+    """A copy of `network` fine-tuned on the pairs that are not held out (L1, Adam, flips), seeded.
+
+    `whole_network` None: the whole network when the pairs carry a reference, else only its
+    `adapted_parameters`. Without a reference, EDSR's later half gave on val/ (4x thick) +0.21 dB over the
+    network alone against +0.15 for the whole network, and on the spine case, whose own planes differ from
+    the thick axis's, −0.08 against −0.18; with one it gained nothing in the same seconds (−0.01 to +0.03 dB
+    on three cases), and the early layers are where the reference's contrast is mapped onto the input's
+    (README, *Adaptation, later half only*). True or False force either, for comparisons."""
     training = pairs.subset(~pairs.holdout)
     adapted = copy.deepcopy(network).train()
-    trainable = adapted_parameters(adapted, whole_network or pairs.has_reference)
+    trainable = adapted_parameters(adapted, pairs.has_reference if whole_network is None else whole_network)
     chosen_ids = {id(p) for p in trainable}
     for parameter in adapted.parameters():
         parameter.requires_grad_(id(parameter) in chosen_ids)
