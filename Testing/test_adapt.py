@@ -14,8 +14,8 @@ from MRISuperResLib import Volume, superresolve
 from MRISuperResLib.adapt import fine_tune, scan_pairs
 from MRISuperResLib.errors import CancelledError
 from MRISuperResLib.intensity import IntensityScale
-from MRISuperResLib.pipeline import plan_run
 from MRISuperResLib.models.architectures import build_architecture
+from MRISuperResLib.pipeline import plan_run
 
 
 def _textured(shape_kji=(12, 48, 44), seed=0):
@@ -90,8 +90,8 @@ def test_without_a_reference_adaptation_leaves_edsrs_head_and_first_blocks_as_tr
 def test_without_a_reference_edsr_plans_more_adaptation_steps_in_the_same_seconds():
     volume = _textured()
     alone = plan_run(volume, model="edsr-mixed", threads=2)
-    guided = plan_run(volume, Volume(volume.array.max() - volume.array, volume.spacing, volume.origin, volume.direction),
-                      model="edsr-mixed", threads=2)
+    inverted = Volume(volume.array.max() - volume.array, volume.spacing, volume.origin, volume.direction)
+    guided = plan_run(volume, inverted, model="edsr-mixed", threads=2)
     assert guided.uses_reference and guided.adapt_steps < guided.adapt_steps_without_reference
     assert alone.adapt_steps == alone.adapt_steps_without_reference == guided.adapt_steps_without_reference
     assert alone.check_seconds == pytest.approx(guided.check_seconds, rel=0.05)

@@ -291,7 +291,8 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
     if self_check and not model.is_interpolation and not model.texture_transfer:
         if adapt_seconds and adapt_seconds > 0:
             steps, steps_alone = (adaptation_steps(adapt_seconds, model.architecture, model.macs_per_pixel, device,
-                                                   threads, with_reference) for with_reference in (uses_reference, False))
+                                                   threads, with_reference)
+                                  for with_reference in (uses_reference, False))
         check_seconds = SELF_CHECK_SECONDS + steps * adaptation_step_seconds(model.architecture, model.macs_per_pixel,
                                                                             device, threads, uses_reference)
     if uses_reference and register_reference:
