@@ -112,7 +112,11 @@ class PatchBank:
 
     def close(self) -> None:
         if self.workers is not None:
-            self.workers.terminate()
+            # Let the few tasks in flight finish instead of terminate(): a worker killed while it writes its
+            # patches holds the result queue's lock, and terminate() then waits for it forever (a fresh-check
+            # hung there, its workers already dead).
+            self.workers.close()
+            self.workers.join()
             self.workers = None
 
     def batch(self, size: int, same_factor: bool = False) -> tuple[torch.Tensor, int | None]:
