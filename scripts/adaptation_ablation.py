@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 import _paths  # noqa: F401
-from evaluate import CASES, REPO
-from MRISuperResLib import adapt, read_volume
-from MRISuperResLib.degrade import thick_slices
+from evaluate import CASES, REPO, Case, crop_to
+from MRISuperResLib import adapt
 from MRISuperResLib.devices import set_threads
 from MRISuperResLib.inference import plane_axes, with_neighbours
 from MRISuperResLib.intensity import IntensityScale
@@ -41,22 +40,20 @@ SLICE_STRIDE = 8
 VARIANTS = {"whole": {"whole_network": True}, "later-half": {"whole_network": False}}
 
 
-def prepared(data: Path, case, model: str, with_reference: bool) -> dict:
-    """The run's normalised input on the target grid, its reference, the truth on that grid and its mask, and
-    the scan's own pairs."""
-    truth = read_volume(data / case[1])
-    low = thick_slices(truth, case[4], 4, "box")
-    reference = read_volume(data / case[2], "reference") if with_reference else None
-    plan = plan_run(low, reference, model, target_spacing=truth.spacing, threads=2)
+def prepared(case: Case, model: str, with_reference: bool) -> dict:
+    """The run's normalised input on the target grid, its reference and coverage (and on the input's own
+    grid, for the pairs), the truth on the target grid and its foreground mask."""
+    low = case.low("thick", 4)
+    reference = case.references["paired"] if with_reference else None
+    plan = plan_run(low, reference, model, target_spacing=case.truth.spacing, threads=2)
     scale = IntensityScale.fit(low.array)
     lr = scale.normalise(preinterpolate(low, plan.target).array)
     ref = ref_mask = ref_native = None
     if reference is not None:
         ref, ref_mask, ref_native = _paired_reference(low, reference, plan, lr, False, True, None, None, {})
-    crop = tuple(slice(0, n) for n in lr.shape)
-    truth_array = scale.normalise(truth.array[crop].astype(np.float32))
-    mask = (read_volume(data / case[3]).array[crop] > 0) if case[3] else foreground_mask(truth_array)
-    return {"plan": plan, "lr": lr, "reference": ref, "reference_mask": ref_mask, "truth": truth_array, "mask": mask,
+    truth = scale.normalise(crop_to(case.truth.array, lr.shape).astype(np.float32))
+    mask = crop_to(case.mask, lr.shape) > 0 if case.mask is not None else foreground_mask(truth)
+    return {"plan": plan, "lr": lr, "reference": ref, "reference_mask": ref_mask, "truth": truth, "mask": mask,
             "scan": scale.normalise(low.array), "low": low, "reference_native": ref_native}
 
 
@@ -103,7 +100,7 @@ def main() -> None:
     network = load_network(registry, card, torch.device("cpu"))
     device = torch.device("cpu")
     for case in [c for c in CASES if not args.cases or c[0] in args.cases]:
-        run = prepared(args.data, case, card.name, args.reference)
+        run = prepared(Case(args.data, case), card.name, args.reference)
         pairs, why = adapt.scan_pairs(run["scan"], run["low"], run["plan"].upsampled, max(run["plan"].factors),
                                       run["reference_native"], getattr(network, "context", 0))
         if pairs is None:

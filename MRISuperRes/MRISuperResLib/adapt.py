@@ -161,15 +161,16 @@ def score(network: torch.nn.Module, pairs: ScanPairs, device: torch.device, batc
 
 
 def adapted_parameters(network: torch.nn.Module, whole_network: bool) -> list[torch.nn.Parameter]:
-    """The parameters fine-tuning changes: all, or (not `whole_network`) those the network names
-    (`adaptation_parameters`: EDSR leaves its early layers as trained and fits 1.8x the steps), else all."""
+    """The parameters fine-tuning changes: all with `whole_network`; else those the network names
+    (`adaptation_parameters`: EDSR leaves its early layers as trained and fits 1.8x the steps), or all when it
+    names none."""
     chosen = None if whole_network else getattr(network, "adaptation_parameters", None)
     return list(chosen() if chosen is not None else network.parameters())
 
 
 def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: torch.device, seed: int = 0,
               progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
-              learning_rate: float = ADAPT_LEARNING_RATE, whole_network: bool | None = None) -> torch.nn.Module:
+              whole_network: bool | None = None) -> torch.nn.Module:
     """A copy of `network` fine-tuned on the pairs that are not held out (L1, Adam, flips), seeded.
 
     `whole_network` None: the whole network when the pairs carry a reference, else only its
@@ -184,7 +185,7 @@ def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: to
     chosen_ids = {id(p) for p in trainable}
     for parameter in adapted.parameters():
         parameter.requires_grad_(id(parameter) in chosen_ids)
-    optimiser = torch.optim.Adam(trainable, lr=learning_rate)
+    optimiser = torch.optim.Adam(trainable, lr=ADAPT_LEARNING_RATE)
     generator = torch.Generator().manual_seed(seed)
     reporter = StageReporter("adapt", steps, progress, cancel)
     with torch.inference_mode(False), torch.enable_grad():
