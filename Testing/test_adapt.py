@@ -167,3 +167,38 @@ def test_the_self_check_drops_a_reference_that_does_not_help_on_the_scan_and_kee
     assert misplaced_report["reference_gain_db"] <= 0
     assert any("reference not used: on this scan's own planes" in e.message and e.warning for e in events)
     np.testing.assert_array_equal(result.array, without.array)
+
+
+def test_texture_models_are_checked_too_and_an_inverted_reference_is_dropped_for_self_texture():
+    from MRISuperResLib.degrade import thick_slices
+    from MRISuperResLib.phantom import make_phantom
+
+    phantom = make_phantom((96, 96, 96))
+    low = thick_slices(phantom["T2"], axis=2, factor=4, profile="box")
+    t1 = phantom["T1"]
+    inverted = t1.with_array((t1.array.max() - t1.array).astype(np.float32))
+    options = dict(model="rfdn-tt", threads=1, register_reference=False, gate_reference=False)
+    aligned_report, inverted_report, events = {}, {}, []
+    superresolve(low, t1, report=aligned_report, **options)
+    result = superresolve(low, inverted, report=inverted_report, progress=events.append, **options)
+    without = superresolve(low, None, **options)
+
+    assert aligned_report["reference"] == "used" and aligned_report["reference_gain_db"] > 0
+    assert aligned_report["adaptation"] == "not available for texture-transfer models"
+    assert "adapted" not in aligned_report and aligned_report["estimated_gain_db"] > 0
+    assert inverted_report["reference"] == "dropped by the self-check"
+    assert inverted_report["reference_gain_db"] < 0
+    assert any(e.message == "texture transfer: self reference" for e in events)
+    np.testing.assert_array_equal(result.array, without.array)
+
+
+def test_a_texture_model_that_falls_back_to_cubic_maps_zero_confidence(texture_models_dir):
+    from MRISuperResLib.pipeline import superresolve_with_confidence
+
+    volume = _textured()
+    report = {}
+    result, confidence = superresolve_with_confidence(volume, models_dir=str(texture_models_dir), threads=1,
+                                                      adapt=0, report=report)
+    assert report["fell_back_to_cubic"] is True
+    assert np.array_equal(result.array, superresolve(volume, model="cubic").array)
+    assert confidence.grid.same_as(result.grid) and not confidence.array.any()

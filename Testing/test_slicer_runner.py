@@ -75,13 +75,23 @@ def test_texture_transfer_adds_a_confidence_node(scene, texture_models_dir, mode
     if mode == "unpaired":
         reference_node = add_volume(scene, smooth_volume(shape_kji=(40, 48, 44), spacing=(0.9, 0.9, 1.0), seed=3,
                                                          origin=(300.0, 200.0, -100.0)), "other T1")
-    options = RunOptions(models_dir=str(texture_models_dir), reference_mode=mode, threads=1)
+    # Untrained networks: without the self-check, which would fall back to cubic interpolation (below).
+    options = RunOptions(models_dir=str(texture_models_dir), reference_mode=mode, threads=1, self_check=False)
     run = SuperResolutionRunner().start(scene, input_node, reference_node, options=options, confidence=True)
     output = run.wait()
     confidence = volume_from_node(run.confidence_node)
     assert run.confidence_node.GetName() == "T2 thick_SR_confidence"
     assert confidence.grid.same_as(volume_from_node(output).grid, tolerance=1e-6)
     assert 0.0 <= confidence.array.min() and confidence.array.max() <= 1.0
+
+
+def test_a_texture_run_that_falls_back_to_cubic_adds_a_confidence_node_of_zeros(scene, texture_models_dir):
+    input_node = add_volume(scene, smooth_volume(shape_kji=(10, 48, 44)), "T2 thick")
+    options = RunOptions(models_dir=str(texture_models_dir), threads=1, adapt=0)
+    run = SuperResolutionRunner().start(scene, input_node, None, options=options, confidence=True)
+    output = run.wait()
+    confidence = slicer.util.arrayFromVolume(run.confidence_node)
+    assert confidence.shape == slicer.util.arrayFromVolume(output).shape and not confidence.any()
 
 
 def test_process_fills_a_given_output_node(scene):

@@ -186,9 +186,10 @@ def test_every_reference_mode_runs_and_maps_its_confidence(texture_models_dir, m
     reference = None if mode == "self" else smooth_volume(shape_kji=(40, 48, 44), spacing=(0.9, 0.9, 1.0))
     if mode == "unpaired":  # far away: an unpaired scan need not overlap the input
         reference = smooth_volume(shape_kji=(40, 48, 44), spacing=(0.9, 0.9, 1.0), origin=(500.0, 480.0, 520.0))
+    # Untrained networks: without the self-check, which would fall back to cubic interpolation.
     result, confidence = superresolve_with_confidence(volume, reference, models_dir=str(texture_models_dir),
-                                                      reference_mode=mode, threads=1)
-    plain, _ = superresolve_with_confidence(volume, reference if mode == "paired" else None,
+                                                      reference_mode=mode, threads=1, self_check=False)
+    plain, _ = superresolve_with_confidence(volume, reference if mode == "paired" else None, self_check=False,
                                             models_dir=str(texture_models_dir), model="tiny", threads=1)
     assert result.grid.size == confidence.grid.size == plain.grid.size
     assert np.isfinite(result.array).all()
@@ -217,7 +218,8 @@ def test_cli_writes_the_confidence_map_only_with_a_texture_model(cli, tmp_path, 
     write_volume(smooth_volume(shape_kji=(10, 48, 44)), thick)
     out, confidence = tmp_path / "sr.nii.gz", tmp_path / "confidence.nii.gz"
     code, stdout, _ = cli("run", str(thick), "-o", str(out), "--confidence", str(confidence), "--models-dir",
-                          str(texture_models_dir), "--reference-mode", "self", "--threads", "1", "--quiet")
+                          str(texture_models_dir), "--reference-mode", "self", "--threads", "1", "--quiet",
+                          "--no-self-check")  # untrained: the self-check would fall back to cubic
     assert code == 0, stdout
     assert read_volume(confidence).grid.size == read_volume(out).grid.size
     out.unlink(), confidence.unlink()

@@ -16,7 +16,7 @@ anything, pessimistic for 2.5D models.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from .inference import factor_argument, oriented_slices, with_neighbours
 from .plan import ADAPT_BATCH, ADAPT_PATCH
 from .progress import CancelFlag, ProgressCallback, StageReporter
 from .resample import preinterpolate
+from .texture import TextureSource
 from .volume import Volume
 
 PATCH = ADAPT_PATCH
@@ -55,10 +56,12 @@ class ScanPairs:
     mask: torch.Tensor
     holdout: torch.Tensor  # bool (N,)
     factor: float = 0.0    # the coarsening along the rows (networks that degrade their reference need it)
+    # Texture-transfer networks: their projection of the texture matched for these patches (`with_paired_texture`).
+    texture: torch.Tensor | None = None
 
     def subset(self, chosen: torch.Tensor) -> "ScanPairs":
         return ScanPairs(self.lr[chosen], self.truth[chosen], self.reference[chosen], self.mask[chosen],
-                         self.holdout[chosen], self.factor)
+                         self.holdout[chosen], self.factor, None if self.texture is None else self.texture[chosen])
 
     def __len__(self) -> int:
         return self.lr.shape[0]
@@ -68,9 +71,19 @@ class ScanPairs:
         return bool(self.mask.any())
 
     def without_reference(self) -> "ScanPairs":
-        """The same pairs with a blank reference and mask, as the networks see "no reference"."""
+        """The same pairs with a blank reference and mask, as the networks see "no reference" (and no texture)."""
         return ScanPairs(self.lr, self.truth, torch.zeros_like(self.reference), torch.zeros_like(self.mask),
                          self.holdout, self.factor)
+
+    def with_paired_texture(self, project, device: torch.device) -> "ScanPairs":
+        """The pairs with the texture a paired run gives a texture-transfer network: matched in each patch's
+        own reference, blurred as the patch's rows were coarsened, and projected by the network (`project`)."""
+        source = TextureSource.paired(device=device)
+        factors = (self.factor, 1.0)
+        features, margins = source.features(self.lr[:, 0].numpy(), factors, self.reference[:, 0].numpy(),
+                                            self.mask[:, 0].numpy())
+        projected, _ = source.place(features, margins, factors, tuple(self.lr.shape[-2:]), project)
+        return replace(self, texture=torch.from_numpy(projected))
 
 
 def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], factor: float,
@@ -153,7 +166,8 @@ def score(network: torch.nn.Module, pairs: ScanPairs, device: torch.device, batc
         for first in range(0, len(pairs), batch):
             lr, truth, ref, mask = (x[first:first + batch].to(device) for x in
                                     (pairs.lr, pairs.truth, pairs.reference, pairs.mask))
-            model_errors.append((network(lr, ref, mask, **factor_argument(network, pairs.factor)).float()
+            texture = {} if pairs.texture is None else {"texture": pairs.texture[first:first + batch].to(device)}
+            model_errors.append((network(lr, ref, mask, **texture, **factor_argument(network, pairs.factor)).float()
                                  - truth) ** 2)
             cubic_errors.append((lr[:, :1] - truth) ** 2)
     network.train(was_training)

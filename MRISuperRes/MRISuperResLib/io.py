@@ -202,7 +202,8 @@ def _header_direction(path: Path, nifti: NiftiHeader | None) -> np.ndarray | Non
     return np.reshape(reader.GetDirection(), (dimension, dimension))[:3, :3] if dimension >= 3 else None
 
 
-def _image_to_volume(image: sitk.Image, path: Path, role: str, non_finite: int = 0) -> Volume:
+def _image_to_volume(image: sitk.Image, path: Path, role: str, non_finite: int = 0,
+                     allow_constant: bool = False) -> Volume:
     if image.GetNumberOfComponentsPerPixel() > 1:
         raise MRISuperResError(
             f"The {role} '{path}' is a vector or colour image with {image.GetNumberOfComponentsPerPixel()} "
@@ -221,12 +222,13 @@ def _image_to_volume(image: sitk.Image, path: Path, role: str, non_finite: int =
         refuse_non_finite(non_finite, described)  # counted in the raw NIfTI data: ITK reads them as 0
     check_float32_range(sitk.GetArrayViewFromImage(image), described)  # before Volume() refuses it without the path
     volume = Volume.from_sitk(image)
-    check_scalar_volume(volume, described)
+    check_scalar_volume(volume, described, allow_constant)
     return volume
 
 
-def read_volume(path: str | os.PathLike, role: str = "input") -> Volume:
-    """Read a scalar 3D volume from a file or a DICOM series folder, refusing what cannot be super-resolved.
+def read_volume(path: str | os.PathLike, role: str = "input", allow_constant: bool = False) -> Volume:
+    """Read a scalar 3D volume from a file or a DICOM series folder, refusing what cannot be super-resolved
+    (`allow_constant`: except for being constant, for maps the product wrote itself).
 
     >>> volume = read_volume("t2_thick.nii.gz")  # doctest: +SKIP
     """
@@ -256,7 +258,7 @@ def read_volume(path: str | os.PathLike, role: str = "input") -> Volume:
             raise MRISuperResError(
                 f"The {role} '{path}' could not be read as a volume; give {SUPPORTED}, "
                 "and check that the file is complete.") from None
-    return _image_to_volume(image, path, role, non_finite)
+    return _image_to_volume(image, path, role, non_finite, allow_constant)
 
 
 def check_writable(path: str | os.PathLike) -> Path:

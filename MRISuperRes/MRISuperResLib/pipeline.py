@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from . import adapt as scan_adaptation
@@ -149,15 +150,17 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
             volume, reference, plan, lr, register_reference, gate_reference, progress, cancel, report)
         if reference_array is None and mode == "paired":
             mode = _fallback_mode(plan)
-    if self_check and not card.texture_transfer:
+    if self_check:
         network, use_cubic, reference_helps = _check_and_adapt(
             network, volume, input_scale, reference_native, plan, torch_device, fallback, progress, cancel, report)
         if use_cubic:
-            return interpolated, None
+            # No match went into the output: its confidence is 0 everywhere, and a map asked for still comes.
+            no_matches = Volume.on_grid(np.zeros(interpolated.array.shape, np.float32), plan.target)
+            return interpolated, no_matches if card.maps_confidence else None
         if not reference_helps:
             reference_array = reference_mask = None
-    elif card.texture_transfer:
-        report["self_check"] = "not available for texture-transfer models"
+            if mode == "paired":
+                mode = _fallback_mode(plan)
     del interpolated
     texture = _texture_source(mode, plan, lr, reference, torch_device, progress, cancel)
 
@@ -261,6 +264,9 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
         stage.finish(f"self-check skipped: {why}")
         return network, False, True
     held_out = pairs.subset(pairs.holdout)
+    texture_transfer = plan.model.texture_transfer
+    if texture_transfer and plan.reference_mode == "paired" and reference_native is not None:
+        held_out = held_out.with_paired_texture(network.texture.project, device)
     model_psnr, cubic_psnr = scan_adaptation.score(network, held_out, device)
     reference_helps = True
     if reference_native is not None:
@@ -284,6 +290,8 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
         message += " (the model does worse than interpolation here)"
     stage.finish(message, warning=gain < 0)
     steps = plan.adapt_steps if pairs.has_reference else plan.adapt_steps_without_reference
+    if texture_transfer:
+        report["adaptation"] = "not available for texture-transfer models"
     if steps:
         adapted = scan_adaptation.fine_tune(network, pairs, steps, device, progress=progress, cancel=cancel)
         adapted_psnr, _ = scan_adaptation.score(adapted, held_out, device)

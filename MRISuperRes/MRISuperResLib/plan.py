@@ -288,8 +288,10 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
                                            ) / TEXTURE_SLICE_STRIDE
     uses_reference = has_reference and model.uses_reference and reference_mode in (None, "paired")
     check_seconds, steps, steps_alone = 0.0, 0, 0
-    if self_check and not model.is_interpolation and not model.texture_transfer:
-        if adapt_seconds and adapt_seconds > 0:
+    if self_check and not model.is_interpolation:
+        # Texture-transfer models are checked but not adapted: fine-tuning would need texture matched for
+        # every training patch, and their texture branch adds little over the backbone (README, texture).
+        if adapt_seconds and adapt_seconds > 0 and not model.texture_transfer:
             steps, steps_alone = (adaptation_steps(adapt_seconds, model.architecture, model.macs_per_pixel, device,
                                                    threads, with_reference)
                                   for with_reference in (uses_reference, False))

@@ -13,8 +13,9 @@ def refuse_non_finite(count: int, role: str) -> None:
     raise MRISuperResError(f"The {role} has {count} NaN or infinite voxels; replace them (for example with 0) first.")
 
 
-def check_scalar_volume(volume: Volume, role: str = "input") -> None:
-    """Refuse arrays a slice-wise 3D super-resolution cannot use: 2D, non-finite or constant."""
+def check_scalar_volume(volume: Volume, role: str = "input", allow_constant: bool = False) -> None:
+    """Refuse arrays a slice-wise 3D super-resolution cannot use: 2D, non-finite or constant (`allow_constant`:
+    a map the product wrote itself, such as a confidence map of zeros, may be constant)."""
     array = volume.array
     if array.ndim != 3:
         raise MRISuperResError(f"The {role} has {array.ndim} dimensions; give one 3D scalar volume.")
@@ -28,7 +29,7 @@ def check_scalar_volume(volume: Volume, role: str = "input") -> None:
         finite = np.isfinite(array)
         if not finite.all():
             refuse_non_finite(int(array.size - np.count_nonzero(finite)), role)
-    if array.size and array.min() == array.max():
+    if not allow_constant and array.size and array.min() == array.max():
         what = "it has no anatomy to guide the result" if role == "reference" else "there is nothing to super-resolve"
         raise MRISuperResError(
             f"The {role} is constant (every voxel is {array.flat[0]}); {what}, check that the right volume was "

@@ -60,7 +60,8 @@ class SuperResolutionRun:
         """Load the child's result into the output node (created now if none was given)."""
         try:
             result = read_volume(self.job.outcome(progress), role="result")
-            confidence = (read_volume(self.job.confidence_path, role="confidence map")
+            # A run that fell back to cubic interpolation matched nothing: its confidence map is all zeros.
+            confidence = (read_volume(self.job.confidence_path, role="confidence map", allow_constant=True)
                           if self.job.confidence_path else None)
             node = self.output_node
             if node is None:
