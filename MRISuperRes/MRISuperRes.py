@@ -240,6 +240,8 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelHintLabel.text = hint
         self.ui.referenceModeComboBox.enabled = card.texture_transfer
         self.ui.confidenceMapCheckBox.enabled = card.maps_confidence
+        # Texture-transfer models are checked on the scan but not fine-tuned on it.
+        self.ui.adaptCheckBox.enabled = not card.texture_transfer and not card.is_interpolation
         self.ui.planLabel.text = self.planLine()
         self.ui.deviceInfoLabel.text = self.deviceLine()
         if self._run is None:
