@@ -40,14 +40,6 @@ def test_pairs_come_from_the_acquired_planes_with_the_coarsened_axis_along_rows(
     assert row_error > column_error
 
 
-def test_many_pairs_are_drawn_for_fine_tuning_but_only_a_few_held_out():
-    volume = _textured()
-    scan = IntensityScale.fit(volume.array).normalise(volume.array)
-    pairs, why = scan_pairs(scan, volume, upsampled=(2,), factor=4.0, reference=None, count=200, held_out=12)
-    assert pairs is not None, why
-    assert len(pairs) == 200 and int(pairs.holdout.sum()) == 12
-
-
 def test_no_pairs_when_every_axis_is_upsampled():
     volume = _textured()
     scan = IntensityScale.fit(volume.array).normalise(volume.array)
