@@ -32,16 +32,11 @@ from .volume import Volume
 
 PATCH = ADAPT_PATCH
 MIN_PATCH = 24
-# Patches drawn from the scan: at most HELD_OUT_PAIRS from held-out slices (what the check scores), the rest
-# for fine-tuning. On val/ (edsr-large, no reference, 4x thick) 1024 patches rather than 256 gave adaptation
-# more to learn from without more steps (README, *Adaptation, later half only*).
-PAIRS = 1024
-HELD_OUT_PAIRS = 64
+PAIRS = 256
 HOLDOUT_EVERY = 5       # slices with index % HOLDOUT_EVERY == HOLDOUT_PHASE are held out
 HOLDOUT_PHASE = 2
 FOREGROUND = 0.05       # patches whose truth is darker than this on average are mostly background
-# The peak of a cosine decay to 0 over the steps.
-ADAPT_LEARNING_RATE = 2e-4
+ADAPT_LEARNING_RATE = 1e-4
 # The adapted weights are kept only when they beat the pretrained ones on the held-out pairs by this much.
 KEEP_MARGIN_DB = 0.02
 # The reference is used only when the model scores better with it than without it on the held-out pairs by
@@ -92,11 +87,11 @@ class ScanPairs:
 
 
 def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], factor: float,
-               reference: np.ndarray | None, context: int = 0, count: int = PAIRS, seed: int = 0,
-               held_out: int = HELD_OUT_PAIRS) -> tuple[ScanPairs | None, str]:
+               reference: np.ndarray | None, context: int = 0, count: int = PAIRS, seed: int = 0
+               ) -> tuple[ScanPairs | None, str]:
     """Pairs from `scan` (the input on its own grid, normalised) coarsened `factor`× along each acquired
     axis in turn; `reference`: the reference on the same grid, normalised (None: without). Returns the pairs,
-    or None and the reason there are none; `count` patches in all, at most `held_out` of them held out."""
+    or None and the reason there are none."""
     acquired = [axis for axis in range(3) if axis not in upsampled]
     if not acquired:
         return None, "every axis of the input is upsampled, so it has no sharp axis to learn from"
@@ -131,7 +126,7 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
     size = max(p[3] for p in planes)
     planes = [p for p in planes if p[3] == size]
     items = {"lr": [], "truth": [], "reference": [], "mask": [], "holdout": []}
-    attempts = held_out_count = 0
+    attempts = 0
     while len(items["lr"]) < count and attempts < count * 20:
         attempts += 1
         lr, truth, ref, _ = planes[rng.integers(len(planes))]
@@ -141,10 +136,6 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
         truth_patch = truth[s, r:r + size, c:c + size]
         if truth_patch.mean() < FOREGROUND and rng.random() < 0.9:
             continue
-        is_held_out = s % HOLDOUT_EVERY == HOLDOUT_PHASE
-        if is_held_out and held_out_count >= held_out:
-            continue
-        held_out_count += is_held_out
         items["lr"].append(with_neighbours(lr[:, r:r + size, c:c + size], s, 1, context)[0])
         items["truth"].append(truth_patch[None])
         if ref is None:
@@ -153,7 +144,7 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
         else:
             items["reference"].append(ref[s, r:r + size, c:c + size][None])
             items["mask"].append(np.ones((1, size, size), np.float32))
-        items["holdout"].append(is_held_out)
+        items["holdout"].append(s % HOLDOUT_EVERY == HOLDOUT_PHASE)
     if len(items["lr"]) < 16 or sum(items["holdout"]) < 4:
         return None, "it has too little foreground in its acquired planes"
     tensors = {name: torch.from_numpy(np.stack(values).astype(np.float32)) for name, values in items.items()
@@ -194,8 +185,7 @@ def adapted_parameters(network: torch.nn.Module, whole_network: bool) -> list[to
 def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: torch.device, seed: int = 0,
               progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
               whole_network: bool | None = None) -> torch.nn.Module:
-    """A copy of `network` fine-tuned on the pairs that are not held out (L1, Adam with a cosine decay,
-    flips), seeded.
+    """A copy of `network` fine-tuned on the pairs that are not held out (L1, Adam, flips), seeded.
 
     `whole_network` None: the whole network when the pairs carry a reference, else only its
     `adapted_parameters`. Without a reference, EDSR's later half gave on val/ (4x thick) +0.21 dB over the
@@ -210,7 +200,6 @@ def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: to
     for parameter in adapted.parameters():
         parameter.requires_grad_(id(parameter) in chosen_ids)
     optimiser = torch.optim.Adam(trainable, lr=ADAPT_LEARNING_RATE)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(1, steps))
     generator = torch.Generator().manual_seed(seed)
     reporter = StageReporter("adapt", steps, progress, cancel)
     with torch.inference_mode(False), torch.enable_grad():
@@ -225,6 +214,5 @@ def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: to
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            schedule.step()
             reporter.advance()
     return adapted.eval()
