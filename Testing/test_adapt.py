@@ -186,6 +186,7 @@ def test_texture_models_are_checked_too_and_an_inverted_reference_is_dropped_for
     assert aligned_report["reference"] == "used" and aligned_report["reference_gain_db"] > 0
     assert aligned_report["adaptation"] == "not available for texture-transfer models"
     assert "adapted" not in aligned_report and aligned_report["estimated_gain_db"] > 0
+    assert any("checked on this scan, not adapted" in n for n in plan_run(low, t1, "rfdn-tt").notes)
     assert inverted_report["reference"] == "dropped by the self-check"
     assert inverted_report["reference_gain_db"] < 0
     assert any(e.message == "texture transfer: self reference" for e in events)

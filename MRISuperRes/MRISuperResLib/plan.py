@@ -291,7 +291,9 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
     if self_check and not model.is_interpolation:
         # Texture-transfer models are checked but not adapted: fine-tuning would need texture matched for
         # every training patch, and their texture branch adds little over the backbone (README, texture).
-        if adapt_seconds and adapt_seconds > 0 and not model.texture_transfer:
+        if adapt_seconds and adapt_seconds > 0 and model.texture_transfer:
+            notes.append(f"model {model.name} does texture transfer: it is checked on this scan, not adapted to it")
+        elif adapt_seconds and adapt_seconds > 0:
             steps, steps_alone = (adaptation_steps(adapt_seconds, model.architecture, model.macs_per_pixel, device,
                                                    threads, with_reference)
                                   for with_reference in (uses_reference, False))
