@@ -203,3 +203,26 @@ def test_a_texture_model_that_falls_back_to_cubic_maps_zero_confidence(texture_m
     assert report["fell_back_to_cubic"] is True
     assert np.array_equal(result.array, superresolve(volume, model="cubic").array)
     assert confidence.grid.same_as(result.grid) and not confidence.array.any()
+
+
+def test_paired_texture_for_the_checks_pairs_is_the_networks_projection_and_changes_its_score():
+    from MRISuperResLib.adapt import score
+
+    volume = _textured()
+    scan = IntensityScale.fit(volume.array).normalise(volume.array)
+    reference = np.ascontiguousarray(1.0 - scan)  # another contrast on the same grid
+    pairs, why = scan_pairs(scan, volume, upsampled=(2,), factor=4.0, reference=reference, count=48)
+    assert pairs is not None, why
+    torch.manual_seed(0)
+    network = build_architecture("srcnn", {"features": 8, "mapped": 4, "reference_features": 4, "use_reference": True,
+                                           "texture_transfer": True}).eval()
+    torch.nn.init.normal_(network.texture.expand.weight, std=0.1)
+    textured = pairs.with_paired_texture(network.texture.project, torch.device("cpu"))
+    n, _, height, width = pairs.lr.shape
+    assert textured.texture.shape == (n, network.texture.hidden, height, width)
+    held_out = textured.subset(textured.holdout)
+    assert held_out.texture.shape[0] == int(textured.holdout.sum())
+    assert held_out.without_reference().texture is None
+    with_texture, cubic = score(network, held_out, torch.device("cpu"))
+    without_texture, same_cubic = score(network, pairs.subset(pairs.holdout), torch.device("cpu"))
+    assert cubic == same_cubic and with_texture != without_texture

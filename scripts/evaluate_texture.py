@@ -74,7 +74,7 @@ def run(data: Path, pairs, cases, factor: int, threads: int, cache: Path, pictur
             if (name, model, column) in finished and not wants_picture:
                 continue
             started = time.perf_counter()
-            # The networks alone: texture models have no self-check or adaptation, so neither has the backbone.
+            # The networks alone: texture models are not adapted, so neither is the backbone (no self-check).
             with without_texture(column in NO_TEXTURE_COLUMNS):
                 result, confidence = superresolve_with_confidence(
                     low, references[reference], model=model, target_spacing=truth.spacing, threads=threads,

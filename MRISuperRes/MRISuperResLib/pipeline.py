@@ -154,9 +154,7 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
         network, use_cubic, reference_helps = _check_and_adapt(
             network, volume, input_scale, reference_native, plan, torch_device, fallback, progress, cancel, report)
         if use_cubic:
-            # No match went into the output: its confidence is 0 everywhere, and a map asked for still comes.
-            no_matches = Volume.on_grid(np.zeros(interpolated.array.shape, np.float32), plan.target)
-            return interpolated, no_matches if card.maps_confidence else None
+            return interpolated, _no_matches(plan) if card.maps_confidence else None
         if not reference_helps:
             reference_array = reference_mask = None
             if mode == "paired":
@@ -169,7 +167,16 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
                                            progress, cancel, texture)
     del lr, reference_array, reference_mask
     result = Volume.on_grid(input_scale.restore(fused, in_place=True), plan.target)
-    return result, None if confidence is None else Volume.on_grid(confidence, plan.target)
+    if confidence is None:
+        # A texture run whose reference was dropped with no plane of its own to take texture from.
+        return result, _no_matches(plan) if card.maps_confidence else None
+    return result, Volume.on_grid(confidence, plan.target)
+
+
+def _no_matches(plan: Plan) -> Volume:
+    """The confidence map of a run that matched nothing (the reference dropped, or cubic interpolation): 0
+    everywhere, so that a map asked for still comes."""
+    return Volume.on_grid(np.zeros(plan.target.shape_kji, np.float32), plan.target)
 
 
 def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, register_reference: bool,
@@ -286,6 +293,11 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
     gain = float(model_psnr - cubic_psnr)
     report.update(self_check="done", estimated_gain_db=round(gain, 3), self_check_pairs=len(held_out))
     message = f"estimated gain over cubic on this scan's own acquired planes: {gain:+.2f} dB"
+    if texture_transfer:
+        # Self or unpaired texture from the scan's own planes would hold these pairs' truth: checked without.
+        report["self_check_texture"] = "none" if held_out.texture is None else "paired"
+        if held_out.texture is None:
+            message += " (the network checked without texture)"
     if gain < 0:
         message += " (the model does worse than interpolation here)"
     stage.finish(message, warning=gain < 0)
