@@ -306,7 +306,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             plan = make_plan(grid, card, planes=parameters.planes.split() or None, has_reference=hasReference,
                              reference_mode=mode, adapt_seconds=DEFAULT_ADAPT_SECONDS if parameters.adaptToScan else 0.0,
                              device=parameters.device if parameters.device != "auto" else installed_torch().auto_device,
-                             threads=os.cpu_count(),
+                             threads=installed_torch().cpu_threads,
                              batch_size=parameters.batchSize, target_spacing=target["targetSpacing"],
                              scale=target["scale"])
             return plan.one_line()
@@ -323,7 +323,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except (MRISuperResError, ValueError):
             grid, target = None, {"targetSpacing": None, "scale": None}
         return device_advice(installed_torch(), self.logic.registry, grid,
-                             has_reference=parameters.referenceVolume is not None, threads=os.cpu_count() or 1,
+                             has_reference=parameters.referenceVolume is not None, threads=installed_torch().cpu_threads,
                              adapt_seconds=None if parameters.adaptToScan else 0.0,
                              target_spacing=target["targetSpacing"], scale=target["scale"])
 
@@ -564,9 +564,11 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _runOptions(model=None, targetSpacing=None, scale=None, planes=None, device="auto", batchSize=None,
                     registerReference=True, referenceMode=None, adapt=None, force=False):
+        # The run gets the thread count its plan line was computed with (torch's default in a fresh process).
         return RunOptions(model=model, target_spacing=tuple(targetSpacing) if targetSpacing else None,
                           scale=tuple(scale) if scale else None, planes=tuple(planes) if planes else None,
-                          device=device, batch_size=batchSize, register_reference=registerReference,
+                          device=device, threads=installed_torch().cpu_threads, batch_size=batchSize,
+                          register_reference=registerReference,
                           reference_mode=referenceMode, adapt=adapt, force=force)
 
     @staticmethod

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import FLIPPED, OBLIQUE, smooth_volume
-from MRISuperResLib import MRISuperResError, Volume
+from MRISuperResLib import MRISuperResError, Volume, superresolve
 from MRISuperResLib.io import read_volume, write_volume
 from MRISuperResLib.volume import check_direction, check_float32_range
 
@@ -160,6 +160,13 @@ def test_values_beyond_float32_through_the_python_api():
     Volume(array, (1, 1, 4))
     array[0, 0, 0] = np.inf  # inf is check_scalar_volume's to name ("NaN or infinite voxels")
     check_float32_range(array)
+    # A volume changed in place after it was made is checked again by the run, which leaves it as it was.
+    volume = Volume(smooth_volume().array.astype(np.float64), (1, 1, 4))
+    volume.array[1, 2, 3] = 1e300
+    before = volume.array.copy()
+    with pytest.raises(MRISuperResError, match="^The input has voxel values as large as 1e\\+300, beyond the ±3.4e38"):
+        superresolve(volume, model="cubic")
+    assert np.array_equal(volume.array, before)
 
 
 # --- 5. sheared and degenerate directions ------------------------------------------------------------------------

@@ -187,6 +187,22 @@ def test_an_existing_output_is_kept_unless_overwrite_is_given(tmp_path, cli, thi
     assert code == 0 and existing.read_bytes() != b"an earlier result"
 
 
+def test_an_existing_confidence_map_is_kept_unless_overwrite_is_given(tmp_path, cli, thick_file, texture_models_dir):
+    existing = tmp_path / "confidence.nii.gz"
+    existing.write_bytes(b"an earlier map")
+    before = sorted(tmp_path.rglob("*"))
+    input_bytes = thick_file.read_bytes()
+    run = ("run", thick_file, "-o", tmp_path / "sr.nii.gz", "--confidence", existing, "--quiet", "--models-dir",
+           texture_models_dir, "--model", "tiny-tt", "--no-self-check")
+    code, _, err = cli(*run)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "confidence output" in err and "already exists; choose another name or pass --overwrite" in err
+    assert sorted(tmp_path.rglob("*")) == before  # no output either: nothing ran
+    assert existing.read_bytes() == b"an earlier map" and thick_file.read_bytes() == input_bytes
+    code, _, err = cli(*run, "--overwrite")
+    assert code == 0 and existing.read_bytes() != b"an earlier map" and (tmp_path / "sr.nii.gz").exists(), err
+
+
 def test_an_output_that_is_a_folder_is_named_a_folder(tmp_path, cli, thick_file):
     folder = tmp_path / "results"
     folder.mkdir()

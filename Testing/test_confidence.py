@@ -67,9 +67,9 @@ def test_quiet_runs_print_only_what_changes_the_output(cli, tmp_path):
 
     assert quiet_run("--model", "vdsr-mixed", "--reference", paths["paired"]) == ""
     assert quiet_run("--model", "vdsr-mixed", "--reference", paths["wrong"], "--no-register-reference").startswith(
-        "reference: reference ignored: its edges do not match the input's")
+        "reference ignored: its edges do not match the input's")
     assert quiet_run("--model", "cubic", "--reference", paths["paired"]) == (
-        "reference: reference not used: cubic interpolation takes none; choose a model that does "
+        "reference not used: cubic interpolation takes none; choose a model that does "
         "(see `mrisuperres models`)")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from MRISuperResLib import MRISuperResError
@@ -11,6 +13,7 @@ from MRISuperResLib.models.registry import ModelRegistry
 from MRISuperResLib.plan import format_seconds, make_plan
 from MRISuperResLib.volume import Grid
 
+MODULE_FOLDER = Path(__file__).resolve().parents[1] / "MRISuperRes"
 CPU_ONLY = TorchBuild(version="2.12.0+cpu")
 CUDA_NO_DRIVER = TorchBuild(version="2.12.0+cu121", cuda="12.1")
 ONE_GPU = TorchBuild(version="2.12.0+cu121", cuda="12.1", gpus=("NVIDIA H200",))
@@ -35,6 +38,22 @@ def test_each_build_is_described_in_one_sentence_with_its_version_and_device():
     assert "not installed" in TorchBuild(version=None).describe()
     for build in (ONE_GPU, MAC, CPU_ONLY, CUDA_NO_DRIVER):
         assert build.describe().count(". ") == 0 and build.describe().endswith(".")
+
+
+def test_a_run_in_another_process_is_planned_with_the_threads_it_will_use():
+    import os
+    import subprocess
+    import sys
+
+    assert TorchBuild(version="2.12.0", threads=3).cpu_threads == 3
+    assert TorchBuild(version=None).cpu_threads == (os.cpu_count() or 1)
+    # In a fresh process (as in Slicer's, which computes nothing with torch) the module plans with the count
+    # a fresh child (the run) starts with; the module also passes it on with --threads.
+    detected, default = (subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                        cwd=MODULE_FOLDER).stdout.strip() for code in (
+        "from MRISuperResLib.devices import installed_torch; print(installed_torch().cpu_threads)",
+        "import torch; print(torch.get_num_threads())"))
+    assert int(detected) == int(default) >= 1
 
 
 def test_asking_for_a_device_that_is_not_there_names_the_fix():

@@ -75,3 +75,7 @@ def test_evaluate_refuses_different_lattices_with_the_spacing_to_use(tmp_path, c
     b = write_volume(smooth_volume(shape_kji=(6, 20, 16), spacing=(1.0, 1.0, 2.0)), tmp_path / "b.nii.gz")
     code, _, err = cli("evaluate", a, b)
     assert code == 2 and "sample different voxel lattices; super-resolve with --target-spacing 1 1 2" in err
+    # The same size and origin on another spacing is another lattice too, not a voxel-for-voxel match.
+    c = write_volume(smooth_volume(shape_kji=(6, 20, 18), spacing=(1.0, 1.0, 2.0)), tmp_path / "c.nii.gz")
+    code, out, err = cli("evaluate", a, c)
+    assert code == 2 and out == "" and "sample different voxel lattices; super-resolve with --target-spacing 1 1 2" in err

@@ -52,6 +52,47 @@ def test_a_factor_outside_the_models_training_is_one_warning_line_even_when_quie
                            "gain, and check the result")
 
 
+def test_an_inplane_run_is_judged_against_the_inplane_factors(untrained_models_dir):
+    manifest = untrained_models_dir / "models.json"
+    manifest.write_text(manifest.read_text().replace('"factors"', '"inplane_factors": [2, 4], "factors"'))
+    volume = smooth_volume(spacing=(0.9, 0.9, 0.9))
+
+    def warnings(scale):
+        return plan_run(volume, model="tiny", scale=scale, models_dir=str(untrained_models_dir)).warnings
+
+    # 3x in plane sits between the trained 2x and 4x; 6x is beyond them although it is a trained thick factor.
+    assert warnings((3, 3, 1)) == []
+    assert warnings((6, 6, 1)) == ["scale 6 is outside the in-plane factors tiny was trained for (2, 4): expect "
+                                   "less gain, and check the result"]
+    assert warnings((1, 1, 6)) == []
+
+
+def test_an_input_far_finer_or_coarser_than_the_training_volumes_is_one_warning_line(cli, tmp_path,
+                                                                                      untrained_models_dir):
+    manifest = untrained_models_dir / "models.json"
+    manifest.write_text(manifest.read_text().replace('"factors"', '"spacings": [0.5, 1.0], "factors"'))
+    for spacing in ((0.3, 0.3, 1.2), (0.9, 0.9, 3.6), (1.9, 1.9, 7.6)):  # within 2x of 0.5-1 mm: no line
+        assert plan_run(smooth_volume(spacing=spacing), model="tiny", models_dir=str(untrained_models_dir)).warnings == []
+    path = tmp_path / "fine.nii.gz"
+    write_volume(smooth_volume(spacing=(0.2, 0.2, 0.8)), path)
+    code, _, err = cli("run", path, "-o", tmp_path / "sr.nii.gz", "--model", "tiny", "--models-dir",
+                       untrained_models_dir, "--quiet", "--no-self-check")
+    assert code == 0 and (tmp_path / "sr.nii.gz").exists()
+    assert err.strip() == ("plan: the input's finest spacing, 0.2 mm, is far from the 0.5-1 mm of the volumes tiny "
+                           "was trained on (it sees the anatomy at another scale in voxels): expect less gain, and "
+                           "check the result")
+    coarse = plan_run(smooth_volume(spacing=(2.5, 2.5, 10.0)), model="tiny", models_dir=str(untrained_models_dir))
+    assert [w.split(",")[1] for w in coarse.warnings] == [" 2.5 mm"]
+    assert plan_run(smooth_volume(spacing=(0.2, 0.2, 0.8)), model="cubic").warnings == []
+
+
+def test_every_shipped_model_records_the_spacings_it_was_trained_on():
+    from MRISuperResLib.models.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    assert all(registry.get(name).spacings == [0.5, 1.0] for name in registry.names() if name != "cubic")
+
+
 def test_non_integer_scale_and_explicit_spacing():
     volume = smooth_volume(spacing=(0.9, 0.9, 4.0))
     plan = plan_run(volume, model="cubic", scale=[2.5])

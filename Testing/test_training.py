@@ -122,6 +122,8 @@ def test_training_is_seeded_resumable_and_writes_a_card(tmp_path, texture):
     run = tmp_path / "runs" / "tiny"
     card = json.loads((run / "card.json").read_text())
     assert card["sha256"] == sha256_of(run / "tiny.pt") and card["macs_per_pixel"] > 0
+    finest = min(phantom["T2"].spacing)  # the card records what an input's spacing is compared with
+    assert card["spacings"] == [pytest.approx(finest, abs=1e-3)] * 2
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [2, 4] and {"l1", "perceptual", "texture"} <= set(log[0])
     assert ("model_ref_texture" in log[0]["val_psnr"]) == texture

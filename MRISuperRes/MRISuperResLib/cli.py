@@ -212,8 +212,6 @@ def command_degrade(args: argparse.Namespace) -> int:
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from .geometry import common_voxels
     from .metrics import score
 
@@ -223,7 +221,8 @@ def command_evaluate(args: argparse.Namespace) -> int:
     result_array, truth_array = result.array, truth.array
     mask_array = None if mask is None else mask.array
     cropped = None
-    if result.grid.size != truth.grid.size or not np.allclose(result.grid.origin, truth.grid.origin, atol=1e-3):
+    # Any difference in the grid, spacing and direction included: the same size alone is not the same voxels.
+    if not result.grid.same_as(truth.grid, tolerance=1e-3):
         boxes = common_voxels(result.grid, truth.grid)
         if boxes is None:
             spacing = " ".join(f"{s:g}" for s in truth.grid.spacing)

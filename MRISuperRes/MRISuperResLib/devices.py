@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from dataclasses import dataclass
 
 from .errors import MRISuperResError
@@ -65,6 +66,14 @@ class TorchBuild:
     cuda: str | None = None
     gpus: tuple[str, ...] = ()
     mps: bool = False
+    # The CPU threads a run started now would use (torch's default: the physical cores, or OMP_NUM_THREADS);
+    # 0 when torch is not installed. Callers that start a run in another process plan with it and pass it on.
+    threads: int = 0
+
+    @property
+    def cpu_threads(self) -> int:
+        """The thread count to plan a CPU run with: torch's own default, else the CPUs the OS reports."""
+        return self.threads or os.cpu_count() or 1
 
     @property
     def auto_device(self) -> str:
@@ -98,4 +107,5 @@ def installed_torch() -> TorchBuild:
 
     gpus = tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) \
         if torch.cuda.is_available() else ()
-    return TorchBuild(version=torch.__version__, cuda=torch.version.cuda, gpus=gpus, mps=_mps_available(torch))
+    return TorchBuild(version=torch.__version__, cuda=torch.version.cuda, gpus=gpus, mps=_mps_available(torch),
+                      threads=torch.get_num_threads())

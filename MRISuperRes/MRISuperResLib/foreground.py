@@ -29,8 +29,11 @@ MARGIN = 32
 def background_level(array: np.ndarray) -> float | None:
     """The intensity of the air around the anatomy (the median of the volume's six faces), or None when the
     border is neither dark nor a constant fill, that is, when it may cross tissue."""
-    faces = np.concatenate([np.take(array, index, axis=axis).ravel()
-                            for axis in range(array.ndim) if array.shape[axis] > 2 for index in (0, -1)])
+    faces = [np.take(array, index, axis=axis).ravel()
+             for axis in range(array.ndim) if array.shape[axis] > 2 for index in (0, -1)]
+    if not faces:  # every axis two voxels or fewer: all of it is border
+        return None
+    faces = np.concatenate(faces)
     if faces.size == 0:
         return None
     level = float(np.median(faces))

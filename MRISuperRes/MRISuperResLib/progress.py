@@ -82,7 +82,9 @@ def print_warnings(event: ProgressEvent) -> None:
     """`--quiet`: no bar, only the messages that change what the user gets (a reference ignored, a
     fallback to interpolation), on stderr."""
     if event.message and event.warning:
-        print(f"{event.stage}: {event.message}", file=sys.stderr, flush=True)
+        # "reference ignored: ..." names its stage already; "plan: scale 10 is outside ..." needs the prefix.
+        named = event.message.split(":")[0].split()[0] == event.stage
+        print(event.message if named else f"{event.stage}: {event.message}", file=sys.stderr, flush=True)
 
 
 class TqdmProgress:

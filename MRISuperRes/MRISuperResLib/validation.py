@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import MRISuperResError
-from .volume import Volume, check_direction
+from .volume import Volume, check_direction, check_float32_range
 
 
 def refuse_non_finite(count: int, role: str) -> None:
@@ -29,6 +29,8 @@ def check_scalar_volume(volume: Volume, role: str = "input", allow_constant: boo
         finite = np.isfinite(array)
         if not finite.all():
             refuse_non_finite(int(array.size - np.count_nonzero(finite)), role)
+        # Again here, not only when the Volume was made: its array may have been changed in place since.
+        check_float32_range(array, role)
     if not allow_constant and array.size and array.min() == array.max():
         what = "it has no anatomy to guide the result" if role == "reference" else "there is nothing to super-resolve"
         raise MRISuperResError(

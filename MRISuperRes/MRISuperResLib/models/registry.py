@@ -45,6 +45,9 @@ class ModelCard:
     validation: dict = field(default_factory=dict)
     # Texture-transfer models: the reference modes they were trained for (empty: all of REFERENCE_MODES).
     reference_modes: list = field(default_factory=list)
+    # The finest voxel spacing of its training volumes, smallest and largest over them, in mm (empty: not
+    # recorded). The networks work in voxels, so an input far finer or coarser shows its anatomy at another scale.
+    spacings: list = field(default_factory=list)
 
     @property
     def is_interpolation(self) -> bool:

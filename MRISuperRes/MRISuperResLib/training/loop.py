@@ -355,7 +355,7 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
             _save_checkpoint(checkpoint, network, optimizer, scheduler, rng, step, critic, critic_optimizer)
         weights = run_dir / f"{config.name}.pt"
         torch.save({k: v.cpu().contiguous() for k, v in network.state_dict().items()}, weights)
-        card = _card(config, network, weights, step, torch_device, config_name, stages_note,
+        card = _card(config, network, weights, step, torch_device, config_name, stages_note, train_scans,
                      psnr_gain(network, validation, torch_device, scattering) if validation else {},
                      psnr_gain(network, validation_inplane, torch_device, scattering) if validation_inplane else None,
                      bank.degradations)
@@ -422,7 +422,8 @@ def _save_checkpoint(path: Path, network, optimizer, scheduler, rng: random.Rand
 
 
 def _card(config: TrainingConfig, network, weights: Path, step: int, device: torch.device, config_name: str, note: str,
-          scores: dict, scores_inplane: dict | None, degradations: Degradations) -> dict:
+          train_scans: list, scores: dict, scores_inplane: dict | None, degradations: Degradations) -> dict:
+    finest = [min(scan.template.spacing) for scan in train_scans]
     card = {
         "name": config.name, "title": config.title or config.name, "description": config.description,
         "architecture": config.architecture, "arguments": config.arguments,
@@ -432,6 +433,7 @@ def _card(config: TrainingConfig, network, weights: Path, step: int, device: tor
         "uses_reference": config.uses_reference, "degradation": config.degradation,
         "factors": config.factors,
         **({"inplane_factors": list(degradations.inplane_factors)} if degradations.inplane_probability else {}),
+        **({"spacings": [round(min(finest), 3), round(max(finest), 3)]} if finest else {}),
         "training_data": "; ".join(sorted({e["target"].split("/")[-2] for e in config.train}))
                          + " (see README acknowledgements for licences)",
         "training": f"{step} steps of {config.batch_size}×{config.patch_size}² patches, "
