@@ -40,6 +40,41 @@ def test_pairs_come_from_the_acquired_planes_with_the_coarsened_axis_along_rows(
     assert row_error > column_error
 
 
+def _spine_like():
+    """0.9 mm along i, 4x thick (3.6 mm) along j, 5 mm along k: its only pairs (i coarsened) have j along columns."""
+    volume = _textured(shape_kji=(10, 32, 64))
+    return Volume(volume.array, (0.9, 3.6, 5.0), volume.origin, volume.direction)
+
+
+def test_fine_tuning_learns_only_from_pairs_shaped_like_the_runs_slices():
+    volume = _spine_like()
+    scan = IntensityScale.fit(volume.array).normalise(volume.array)
+
+    def pairs_for(upsampled, run_planes):
+        pairs, why = scan_pairs(scan, volume, upsampled=upsampled, factor=4.0, reference=None, count=32,
+                                run_planes=run_planes)
+        assert pairs is not None, why
+        return pairs
+
+    # The run's planes have the sharp i or k along their columns; these pairs have the thick j there.
+    for run_planes in (("ij",), ("ij", "jk")):
+        pairs = pairs_for((1,), run_planes)
+        assert not pairs.like_inference.any() and not pairs.for_fine_tuning.any()
+    # An isotropic target also upsamples k, and plane jk then has an upsampled axis along its columns too.
+    pairs = pairs_for((1, 2), ("ij", "ik", "jk"))
+    assert pairs.like_inference.all() and bool((pairs.for_fine_tuning == ~pairs.holdout).all())
+    assert pairs_for((1,), ()).like_inference.all()  # no planes given: every pair counts
+
+
+def test_a_scan_without_pairs_like_its_slices_is_checked_but_not_adapted(untrained_models_dir):
+    report, events = {}, []
+    superresolve(_spine_like(), model="tiny", models_dir=str(untrained_models_dir), target_spacing=(0.9, 0.9, 5.0),
+                 adapt=5, fallback=False, report=report, progress=events.append)
+    assert report["self_check"] == "done" and "adapted" not in report
+    assert report["adaptation"].startswith("skipped: the scan's own planes give no pairs shaped like")
+    assert any(e.message.startswith("not adapted: this scan's own planes") for e in events)
+
+
 def test_no_pairs_when_every_axis_is_upsampled():
     volume = _textured()
     scan = IntensityScale.fit(volume.array).normalise(volume.array)

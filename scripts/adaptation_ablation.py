@@ -102,7 +102,8 @@ def main() -> None:
     for case in [c for c in CASES if not args.cases or c[0] in args.cases]:
         run = prepared(Case(args.data, case), card.name, args.reference)
         pairs, why = adapt.scan_pairs(run["scan"], run["low"], run["plan"].upsampled, max(run["plan"].factors),
-                                      run["reference_native"], getattr(network, "context", 0))
+                                      run["reference_native"], getattr(network, "context", 0),
+                                      run_planes=run["plan"].planes)
         if pairs is None:
             print(json.dumps({"case": case[0], "skipped": why}))
             continue

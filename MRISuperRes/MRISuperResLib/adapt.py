@@ -6,7 +6,9 @@ same slab convention and pre-interpolation as the thick axis (`degrade.thick_sli
 `resample.preinterpolate`), gives pairs whose truth is the scan itself: slices of the planes holding that
 axis, oriented with it along rows as inference orients the thick axis, with the reference (resampled onto
 the scan's own grid) at the same place. Whole slices are held out (every fifth) to score the model without
-letting fine-tuning see them.
+letting fine-tuning see them. Every pair serves the check; fine-tuning learns only from pairs whose columns
+run along the kind of axis (sharp, or upsampled) that the run's planes have along theirs
+(`ScanPairs.like_inference`): on a scan whose only pairs differ there, it is skipped.
 
 One difference from inference stays: in these pairs the slice normal is often the thick axis, so a 2.5D
 model's neighbouring slices are a thick slice apart rather than one voxel; the estimate is therefore, if
@@ -28,7 +30,7 @@ from .plan import ADAPT_BATCH, ADAPT_PATCH
 from .progress import CancelFlag, ProgressCallback, StageReporter
 from .resample import preinterpolate
 from .texture import TextureSource
-from .volume import Volume
+from .volume import AXIS_NAMES, Volume
 
 PATCH = ADAPT_PATCH
 MIN_PATCH = 24
@@ -58,10 +60,19 @@ class ScanPairs:
     factor: float = 0.0    # the coarsening along the rows (networks that degrade their reference need it)
     # Texture-transfer networks: their projection of the texture matched for these patches (`with_paired_texture`).
     texture: torch.Tensor | None = None
+    # bool (N,): the patch's columns run along an axis of the kind (sharp or upsampled) that the run's planes
+    # have along their columns, so fine-tuning on it teaches what inference asks (None: all are).
+    like_inference: torch.Tensor | None = None
 
     def subset(self, chosen: torch.Tensor) -> "ScanPairs":
         return ScanPairs(self.lr[chosen], self.truth[chosen], self.reference[chosen], self.mask[chosen],
-                         self.holdout[chosen], self.factor, None if self.texture is None else self.texture[chosen])
+                         self.holdout[chosen], self.factor, None if self.texture is None else self.texture[chosen],
+                         None if self.like_inference is None else self.like_inference[chosen])
+
+    @property
+    def for_fine_tuning(self) -> torch.Tensor:
+        """bool (N,): the patches fine-tuning learns from (not held out, and like inference's slices)."""
+        return ~self.holdout if self.like_inference is None else ~self.holdout & self.like_inference
 
     def __len__(self) -> int:
         return self.lr.shape[0]
@@ -73,7 +84,7 @@ class ScanPairs:
     def without_reference(self) -> "ScanPairs":
         """The same pairs with a blank reference and mask, as the networks see "no reference" (and no texture)."""
         return ScanPairs(self.lr, self.truth, torch.zeros_like(self.reference), torch.zeros_like(self.mask),
-                         self.holdout, self.factor)
+                         self.holdout, self.factor, like_inference=self.like_inference)
 
     def with_paired_texture(self, project, device: torch.device) -> "ScanPairs":
         """The pairs with the texture a paired run gives a texture-transfer network: matched in each patch's
@@ -87,11 +98,12 @@ class ScanPairs:
 
 
 def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], factor: float,
-               reference: np.ndarray | None, context: int = 0, count: int = PAIRS, seed: int = 0
-               ) -> tuple[ScanPairs | None, str]:
+               reference: np.ndarray | None, context: int = 0, count: int = PAIRS, seed: int = 0,
+               run_planes: tuple[str, ...] = ()) -> tuple[ScanPairs | None, str]:
     """Pairs from `scan` (the input on its own grid, normalised) coarsened `factor`× along each acquired
-    axis in turn; `reference`: the reference on the same grid, normalised (None: without). Returns the pairs,
-    or None and the reason there are none."""
+    axis in turn; `reference`: the reference on the same grid, normalised (None: without); `run_planes`:
+    the run's planes, which say what kind of axis inference has along its columns (`ScanPairs.like_inference`;
+    none given: every pair counts as like them). Returns the pairs, or None and the reason there are none."""
     acquired = [axis for axis in range(3) if axis not in upsampled]
     if not acquired:
         return None, "every axis of the input is upsampled, so it has no sharp axis to learn from"
@@ -109,6 +121,10 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
         return None, f"its acquired axes are too short for {k}× coarsening"
 
     rng = np.random.default_rng(seed)
+    # Inference orients an upsampled axis along rows; its columns run along a sharp axis, or along another
+    # upsampled one in a plane that holds two.
+    sharp_columns_at_inference = {any(AXIS_NAMES.index(name) not in upsampled for name in plane)
+                                  for plane in run_planes}
     planes = []
     for axis, lr, truth, ref in instances:
         rows = 2 - axis
@@ -117,19 +133,20 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
                 continue
             size = min(PATCH, lr.shape[rows], lr.shape[columns])
             if size >= MIN_PATCH:
+                like = not run_planes or (2 - columns not in upsampled) in sharp_columns_at_inference
                 planes.append((oriented_slices(lr, rows, columns), oriented_slices(truth, rows, columns),
-                               None if ref is None else oriented_slices(ref, rows, columns), size))
+                               None if ref is None else oriented_slices(ref, rows, columns), size, like))
     if not planes:
         return None, f"its slices are smaller than {MIN_PATCH} pixels"
     # Patches as large as the best planes allow: a plane across the thick axis has few pixels that way
     # (and its columns run along a coarse axis, unlike anything inference sees), so it would shrink them all.
     size = max(p[3] for p in planes)
     planes = [p for p in planes if p[3] == size]
-    items = {"lr": [], "truth": [], "reference": [], "mask": [], "holdout": []}
+    items = {"lr": [], "truth": [], "reference": [], "mask": [], "holdout": [], "like_inference": []}
     attempts = 0
     while len(items["lr"]) < count and attempts < count * 20:
         attempts += 1
-        lr, truth, ref, _ = planes[rng.integers(len(planes))]
+        lr, truth, ref, _, like = planes[rng.integers(len(planes))]
         s = int(rng.integers(lr.shape[0]))
         r = int(rng.integers(lr.shape[1] - size + 1))
         c = int(rng.integers(lr.shape[2] - size + 1))
@@ -145,11 +162,13 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
             items["reference"].append(ref[s, r:r + size, c:c + size][None])
             items["mask"].append(np.ones((1, size, size), np.float32))
         items["holdout"].append(s % HOLDOUT_EVERY == HOLDOUT_PHASE)
+        items["like_inference"].append(like)
     if len(items["lr"]) < 16 or sum(items["holdout"]) < 4:
         return None, "it has too little foreground in its acquired planes"
     tensors = {name: torch.from_numpy(np.stack(values).astype(np.float32)) for name, values in items.items()
-               if name != "holdout"}
-    return ScanPairs(**tensors, holdout=torch.tensor(items["holdout"]), factor=float(k)), ""
+               if name not in ("holdout", "like_inference")}
+    return ScanPairs(**tensors, holdout=torch.tensor(items["holdout"]), factor=float(k),
+                     like_inference=torch.tensor(items["like_inference"])), ""
 
 
 def _pooled_psnr(squared_errors: list[torch.Tensor]) -> float:
@@ -193,7 +212,7 @@ def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: to
     the thick axis's, −0.08 against −0.18; with one it gained nothing in the same seconds (−0.01 to +0.03 dB
     on three cases), and the early layers are where the reference's contrast is mapped onto the input's
     (README, *Adaptation, later half only*). True or False force either, for comparisons."""
-    training = pairs.subset(~pairs.holdout)
+    training = pairs.subset(pairs.for_fine_tuning)
     adapted = copy.deepcopy(network).train()
     trainable = adapted_parameters(adapted, pairs.has_reference if whole_network is None else whole_network)
     chosen_ids = {id(p) for p in trainable}
