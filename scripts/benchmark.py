@@ -12,7 +12,7 @@ T1 flipped and shifted away, self without a reference), and the texture stages a
 `NAME` is timed with the self-check but without adaptation (`--no-adapt`); `NAME+adapt` as a user gets
 it by default: the self-check and the default adaptation budget (`plan.DEFAULT_ADAPT_SECONDS`). The
 reference is registered as in a user's run; `+unregistered` (e.g. `edsr-large+adapt+unregistered`) times the
-same run with `--no-register-reference`.
+same run with `--no-register-reference`, and `+noref` (e.g. `edsr-large+adapt+noref`) without the reference.
 
     python scripts/benchmark.py --threads 2 [--models cubic edsr-mixed edsr-mixed+adapt rfdn-tt:self] [--output bench.json]
 
@@ -75,7 +75,7 @@ def run_child(folder: Path, model_and_mode: str, threads: int, device: str) -> d
     if mode == "unpaired":  # another orientation and place: only its texture can be used
         reference = Volume(np.flip(reference.array, 0).copy(), reference.spacing,
                            tuple(o + 300.0 for o in reference.origin), reference.direction)
-    reference = reference if card.uses_reference and mode != "self" else None
+    reference = reference if card.uses_reference and mode != "self" and "noref" not in options else None
     seconds_of_adaptation = DEFAULT_ADAPT_SECONDS if "adapt" in options else 0.0
     # The plan's time estimate counts the same self-check and adaptation as the timed run.
     plan = plan_run(volume, reference, model=model, threads=threads, device=device, reference_mode=mode,
