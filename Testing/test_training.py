@@ -177,10 +177,11 @@ def test_a_user_trains_a_2_5d_model_installs_it_and_runs_it_with_models_dir(tmp_
     ("colour: red\n", "unknown setting(s) colour"),
     ("", "does not exist"),            # the pair names a missing file
     ("train: []\n", "no training pairs"),
+    ("lr_decay: linear\n", "use 'milestones' or 'cosine'"),
 ])
 def test_a_bad_training_config_is_refused_with_one_sentence(tmp_path, change, message):
     pair = "{target: nowhere/T2.nii.gz, axes: [0]}" if not change else "{target: p/T2.nii.gz, axes: [0]}"
-    if change.startswith("colour"):
+    if change.startswith(("colour", "lr_decay")):
         _phantom_data(tmp_path)
     base = f"name: bad\narchitecture: vdsr\ntrain:\n  - {pair}\n"
     config = tmp_path / "bad.yaml"
@@ -188,6 +189,20 @@ def test_a_bad_training_config_is_refused_with_one_sentence(tmp_path, change, me
     result = _mrisuperres("train", config, "--data", tmp_path, "--runs", tmp_path / "runs")
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs" / "bad" / "bad.pt").exists()
+
+
+def test_cosine_decay_warms_up_then_falls_to_zero_at_the_last_step_and_milestones_cut_by_0_3():
+    from MRISuperResLib.training.config import TrainingConfig
+    from MRISuperResLib.training.loop import _learning_rate_schedule
+
+    base = {"name": "s", "architecture": "vdsr", "train": [{"target": "t.nii.gz", "axes": [0]}], "steps": 100}
+    cosine = _learning_rate_schedule(TrainingConfig.from_dict({**base, "lr_decay": "cosine", "warmup_steps": 10}))
+    factors = [cosine(step) for step in range(101)]
+    assert factors[0] == pytest.approx(0.1, abs=0.01) and factors[9] == pytest.approx(0.976, abs=0.01)
+    assert factors[50] == pytest.approx(0.5) and factors[100] == pytest.approx(0.0, abs=1e-12)
+    assert all(later <= earlier for earlier, later in zip(factors[9:], factors[10:]))
+    stepped = _learning_rate_schedule(TrainingConfig.from_dict({**base, "lr_milestones": [40, 80]}))
+    assert [stepped(s) for s in (0, 39, 40, 80)] == pytest.approx([1.0, 1.0, 0.3, 0.09])
 
 
 def test_2_5d_patches_carry_the_neighbouring_slices_as_inference_does():

@@ -75,6 +75,9 @@ class TrainingConfig:
     patch_size: int = 48
     learning_rate: float = 2e-4
     lr_milestones: list = field(default_factory=list)
+    # "milestones": ×0.3 at each of lr_milestones; "cosine": from learning_rate down to 0 along a half cosine
+    # over `steps` (annealing a run that stopped at a constant rate, as edsr-large's GPU run did).
+    lr_decay: str = "milestones"
     warmup_steps: int = 0
     checkpoint_every: int = 250
     checkpoint_minutes: float = 5.0       # also checkpoint at least this often (long steps on a CPU)
@@ -118,6 +121,8 @@ class TrainingConfig:
         if missing:
             raise MRISuperResError(f"{source} lacks the required setting(s) {', '.join(missing)}.")
         config = cls(**values)
+        if config.lr_decay not in ("milestones", "cosine"):
+            raise MRISuperResError(f"{source} has lr_decay '{config.lr_decay}'; use 'milestones' or 'cosine'.")
         if not config.train:
             raise MRISuperResError(f"{source} lists no training pairs under 'train'; add at least one target.")
         for entry in config.train + config.val:

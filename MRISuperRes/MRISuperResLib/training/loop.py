@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -202,9 +203,11 @@ def _device(requested: str | None, local_rank: int) -> torch.device:
 
 def _learning_rate_schedule(config: TrainingConfig):
     """Linear warm-up over `warmup_steps` (a run continued from weights without its optimizer state), then
-    ×0.3 at each milestone."""
+    ×0.3 at each milestone, or a half cosine from the full rate to 0 at `steps`."""
     def factor(step: int) -> float:
         warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        if config.lr_decay == "cosine":
+            return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, config.steps) / config.steps))
         return warm * 0.3 ** sum(step >= m for m in config.lr_milestones)
     return factor
 
