@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from MRISuperResLib import MRISuperResError
-from MRISuperResLib.models.architectures import ARCHITECTURES, ReplicateConv2d
+from MRISuperResLib.models.architectures import ARCHITECTURES
+from MRISuperResLib.models.blocks import ReplicateConv2d
 from MRISuperResLib.models.registry import ModelRegistry, load_network
 from MRISuperResLib.models.registry import sha256_of
 

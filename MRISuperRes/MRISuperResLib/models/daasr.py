@@ -37,7 +37,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architectures import _reference_input, check_context, register_architecture, unshuffled
+from .architectures import register_architecture
+from .blocks import check_context, reference_input, unshuffled
 
 
 class LayerNorm2d(nn.Module):
@@ -240,14 +241,14 @@ class DAASR(nn.Module):
         down, up = unshuffled(height, width, u)
 
         key = value = mask = None
-        reference_input = _reference_input(lr[:, :1], reference, reference_mask)
+        reference_channels = reference_input(lr[:, :1], reference, reference_mask)
         if self.extractor is not None:
-            value = self.extractor(down(reference_input))
-            key = self.extractor(down(blur_rows(reference_input, factor)))
-            mask = down(reference_input[:, 1:2]).mean(dim=1, keepdim=True)
+            value = self.extractor(down(reference_channels))
+            key = self.extractor(down(blur_rows(reference_channels, factor)))
+            mask = down(reference_channels[:, 1:2]).mean(dim=1, keepdim=True)
         shallow = self.head(down(lr))
         if self.reference_head is not None:
-            shallow = shallow + self.reference_head(down(reference_input))
+            shallow = shallow + self.reference_head(down(reference_channels))
         x, confidences, structure = shallow, [], shallow
         for group in self.groups:
             x, structure, group_confidence = group(x, key, value, mask)

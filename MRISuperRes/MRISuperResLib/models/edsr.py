@@ -13,7 +13,7 @@ replication and cropped back.
 those neighbours lie along a truly high-resolution axis, so they carry real detail.
 
 Texture transfer (`texture_transfer=True`, the design papers' method on this backbone): the projected,
-placed texture map (`architectures.TextureBranch`) is averaged over each 2 × 2 block onto the unshuffled
+placed texture map (`blocks.TextureBranch`) is averaged over each 2 × 2 block onto the unshuffled
 grid and added to the head's features, the "initial layer" the paper concatenates swapped features to.
 """
 
@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architectures import _reference_input, _texture_branch, check_context, register_architecture, unshuffled
+from .architectures import register_architecture
+from .blocks import check_context, reference_input, texture_branch, unshuffled
 
 
 def _conv(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -50,7 +51,7 @@ class EDSR(nn.Module):
         self.head = _conv(in_channels * unshuffle ** 2, features)
         self.body = nn.Sequential(*[ResidualBlock(features) for _ in range(blocks)], _conv(features, features))
         self.tail = _conv(features, unshuffle ** 2)
-        self.texture = _texture_branch(features, texture_transfer)
+        self.texture = texture_branch(features, texture_transfer)
 
     @property
     def macs_per_output_pixel(self) -> int:
@@ -74,7 +75,7 @@ class EDSR(nn.Module):
         check_context(lr, self.context)
         inputs = [lr]
         if self.use_reference:
-            inputs.append(_reference_input(lr[:, :1], reference, reference_mask))
+            inputs.append(reference_input(lr[:, :1], reference, reference_mask))
         down, up = unshuffled(*lr.shape[-2:], self.unshuffle)
         shallow = self.head(down(torch.cat(inputs, dim=1)))
         if self.texture is not None:

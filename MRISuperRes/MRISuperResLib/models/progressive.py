@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architectures import _reference_input, check_context, register_architecture, unshuffled
+from .architectures import register_architecture
+from .blocks import check_context, reference_input, unshuffled
 
 PAPER_WIDTHS = (32, 32, 64, 64, 128, 128, 256, 256)
 
@@ -138,7 +139,7 @@ class ProgressiveMultiContrast(nn.Module):
 
         reference_features = None
         if self.reference_encoder is not None:
-            reference_features, _ = self.reference_encoder(down(_reference_input(lr[:, :1], reference, reference_mask)))
+            reference_features, _ = self.reference_encoder(down(reference_input(lr[:, :1], reference, reference_mask)))
         neighbours = lr[:, 1:]
         current = lr[:, :1]
         outputs = []

@@ -46,8 +46,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architectures import (check_context, measured_macs_per_pixel, padded_to_multiple, register_architecture,
-                            unshuffled)
+from .architectures import measured_macs_per_pixel, register_architecture
+from .blocks import check_context, padded_to_multiple, unshuffled
 from .edsr import ResidualBlock
 from .swin import PatchMerging, ResidualSwinBlock, SwinBlock
 
