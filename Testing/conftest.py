@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import locale
 import sys
 from pathlib import Path
@@ -53,6 +54,28 @@ def run_cli(*args: str, capsys=None) -> tuple[int, str, str]:
         return code, "", ""
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def assert_refused(cli, tmp_path: Path, args, expected: str, inputs=(), output: Path | None = None,
+                   command: str = "run") -> str:
+    """`mrisuperres COMMAND ARGS -o OUTPUT --quiet` refuses with `expected` in one sentence and exit code 2,
+    writes nothing anywhere under `tmp_path` (no output, nothing half-written) and leaves `inputs` as they were.
+    Returns the message."""
+    output = tmp_path / "out.nii.gz" if output is None else output
+    hashes = {p: digest(p) for p in inputs}
+    before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")}
+    code, _, err = cli(command, *args, "-o", output, *(["--quiet"] if command == "run" else []))
+    message = err.strip()
+    assert code == 2, message
+    assert message.startswith("mrisuperres: error: ") and expected in message, message
+    assert message.count("\n") == 0 and message.endswith(".")  # one sentence
+    assert {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")} == before
+    assert all(digest(p) == h for p, h in hashes.items())
+    return message
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ normal NIfTI files read exactly as ITK reads them."""
 from __future__ import annotations
 
 import gzip
-import hashlib
 import re
 
 import nibabel as nib
@@ -14,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import FLIPPED, OBLIQUE, smooth_volume
+from conftest import assert_refused as refused
 from MRISuperResLib import MRISuperResError, Volume, superresolve
 from MRISuperResLib.io import read_volume, write_volume
 from MRISuperResLib.volume import check_direction, check_float32_range
@@ -28,20 +28,9 @@ TOO_LARGE = "has voxel values as large as 1e+300, beyond the ±3.4e38 that super
             "rescale the image (for example divide it by a constant) first."
 
 
-def digest(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def assert_refused(cli, tmp_path, path, expected):
     """`mrisuperres run PATH -o out.nii.gz --model cubic` refuses with `expected`, writes nothing, keeps PATH."""
-    before_hash, before_files = digest(path), set(tmp_path.rglob("*"))
-    code, _, err = cli("run", path, "-o", tmp_path / "out.nii.gz", "--model", "cubic", "--quiet")
-    message = err.strip()
-    assert code == 2, message
-    assert message.startswith("mrisuperres: error: ") and expected in message, message
-    assert message.count("\n") == 0 and message.endswith(".")  # one sentence
-    assert set(tmp_path.rglob("*")) == before_files  # no output, nothing half-written
-    assert digest(path) == before_hash
+    refused(cli, tmp_path, [path, "--model", "cubic"], expected, [path])
 
 
 def save_nifti(path, array_kji, affine, **header_fields):
@@ -195,6 +184,17 @@ def test_sheared_direction(tmp_path, cli, suffix):
 def test_sheared_nifti_sform(tmp_path, cli):
     path = save_nifti(tmp_path / "sheared.nii.gz", smooth_volume().array, ras_affine(SHEAR), qform_code=0)
     assert_refused(cli, tmp_path, path, f"The input '{path}' {SHEARED}")
+
+
+def test_sheared_volumes_through_the_python_api():
+    sheared = smooth_volume(direction=SHEAR)
+    before = sheared.array.copy()
+    with pytest.raises(MRISuperResError, match=re.escape(f"The input {SHEARED}")):
+        superresolve(sheared, model="cubic")
+    assert np.array_equal(sheared.array, before) and np.array_equal(sheared.direction, SHEAR)
+    reference = smooth_volume(direction=SHEAR, spacing=(0.9, 0.9, 0.9), shape_kji=(40, 40, 36))
+    with pytest.raises(MRISuperResError, match=re.escape(f"The reference {SHEARED}")):
+        superresolve(smooth_volume(), reference, model="cubic")
 
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".nii.gz"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 
@@ -10,29 +9,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import smooth_volume
+from conftest import assert_refused, digest, smooth_volume
 from MRISuperResLib import MRISuperResError, Volume
 from MRISuperResLib.io import write_volume
 from MRISuperResLib.plan import check_memory, make_plan
 from MRISuperResLib.models.registry import CUBIC_CARD
-
-
-def digest(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def assert_refused(cli, tmp_path, args, expected, inputs=()):
-    """Run `mrisuperres run ARGS -o out.nii.gz` and check the refusal."""
-    hashes = {p: digest(p) for p in inputs}
-    before = set(tmp_path.rglob("*"))
-    code, out, err = cli("run", *args, "-o", tmp_path / "out.nii.gz", "--quiet")
-    assert code == 2
-    message = err.strip()
-    assert message.startswith("mrisuperres: error: ") and expected in message, message
-    assert message.count("\n") == 0 and message.endswith(".")  # one sentence
-    assert not (tmp_path / "out.nii.gz").exists()
-    assert set(tmp_path.rglob("*")) == before  # nothing half-written anywhere
-    assert all(digest(p) == h for p, h in hashes.items())
 
 
 def test_missing_input(tmp_path, cli):
@@ -132,12 +113,10 @@ def test_corrupted_weights(tmp_path, cli, thick_file, untrained_models_dir):
 
 @pytest.mark.parametrize("output, expected", [("missing/out.nii.gz", "does not exist; create it"),
                                               ("out.png", "has an unsupported extension"),
-                                              ("folder.nii", "is a folder")])
+                                              ("folder.nii", "is a folder; give a file name")])
 def test_output_path_not_writable(tmp_path, cli, thick_file, output, expected):
     (tmp_path / "folder.nii").mkdir()
-    code, _, err = cli("run", thick_file, "-o", tmp_path / output, "--quiet")
-    assert code == 2 and expected in err
-    assert not (tmp_path / "out.png").exists() and not (tmp_path / "missing").exists()
+    assert_refused(cli, tmp_path, [thick_file], expected, [thick_file], output=tmp_path / output)
 
 
 def test_cuda_requested_without_gpu(tmp_path, cli, thick_file):
@@ -160,10 +139,8 @@ def test_python_api_refuses_bad_volumes_with_the_same_sentences():
 
 
 def test_output_that_would_overwrite_the_input(tmp_path, cli, thick_file):
-    before = digest(thick_file)
-    code, _, err = cli("run", thick_file, "-o", thick_file, "--quiet", "--model", "cubic")
-    assert code == 2 and "The output would overwrite the input" in err
-    assert digest(thick_file) == before
+    assert_refused(cli, tmp_path, [thick_file, "--model", "cubic"], "The output would overwrite the input",
+                   [thick_file], output=thick_file)
 
 
 def test_output_folder_without_write_permission(tmp_path, cli, thick_file, monkeypatch):
@@ -178,13 +155,13 @@ def test_output_folder_without_write_permission(tmp_path, cli, thick_file, monke
 def test_an_existing_output_is_kept_unless_overwrite_is_given(tmp_path, cli, thick_file):
     existing = tmp_path / "result.nii.gz"
     existing.write_bytes(b"an earlier result")
-    code, _, err = cli("run", thick_file, "-o", existing, "--quiet", "--model", "cubic")
-    assert code == 2 and "already exists; choose another name or pass --overwrite" in err
-    assert existing.read_bytes() == b"an earlier result" and len(err.strip().splitlines()) == 1
-    code, _, err = cli("degrade", thick_file, "-o", existing, "--factor", 2)
-    assert code == 2 and "--overwrite" in err and existing.read_bytes() == b"an earlier result"
+    expected = "already exists; choose another name or pass --overwrite"
+    assert_refused(cli, tmp_path, [thick_file, "--model", "cubic"], expected, [thick_file, existing], output=existing)
+    assert_refused(cli, tmp_path, [thick_file, "--factor", "2"], expected, [thick_file, existing], output=existing,
+                   command="degrade")
+    input_before = digest(thick_file)
     code, _, _ = cli("run", thick_file, "-o", existing, "--quiet", "--model", "cubic", "--overwrite")
-    assert code == 0 and existing.read_bytes() != b"an earlier result"
+    assert code == 0 and existing.read_bytes() != b"an earlier result" and digest(thick_file) == input_before
 
 
 def test_an_existing_confidence_map_is_kept_unless_overwrite_is_given(tmp_path, cli, thick_file, texture_models_dir):
@@ -206,5 +183,13 @@ def test_an_existing_confidence_map_is_kept_unless_overwrite_is_given(tmp_path, 
 def test_an_output_that_is_a_folder_is_named_a_folder(tmp_path, cli, thick_file):
     folder = tmp_path / "results"
     folder.mkdir()
-    code, _, err = cli("run", thick_file, "-o", folder, "--quiet", "--model", "cubic")
-    assert code == 2 and "is a folder; give a file name" in err
+    assert_refused(cli, tmp_path, [thick_file, "--model", "cubic"], "is a folder; give a file name", [thick_file],
+                   output=folder)
+
+
+def test_constant_reference(tmp_path, cli, thick_file):
+    flat = Volume(np.full((40, 40, 36), 3, np.float32), (0.9, 0.9, 0.9), origin=(12.5, -30.0, 7.25))
+    reference = write_volume(flat, tmp_path / "flat_t1.nii.gz")
+    message = assert_refused(cli, tmp_path, [thick_file, "--reference", reference],
+                             "it has no anatomy to guide the result", [thick_file, reference])
+    assert "nothing to super-resolve" not in message

@@ -32,7 +32,9 @@ def check_scalar_volume(volume: Volume, role: str = "input", allow_constant: boo
         # Again here, not only when the Volume was made: its array may have been changed in place since.
         check_float32_range(array, role)
     if not allow_constant and array.size and array.min() == array.max():
-        what = "it has no anatomy to guide the result" if role == "reference" else "there is nothing to super-resolve"
+        # `role` may carry the file's path ("reference '/data/t1.nii.gz'").
+        is_reference = role.split(" ", 1)[0] == "reference"
+        what = "it has no anatomy to guide the result" if is_reference else "there is nothing to super-resolve"
         raise MRISuperResError(
             f"The {role} is constant (every voxel is {array.flat[0]}); {what}, check that the right volume was "
             "loaded.")
