@@ -123,3 +123,31 @@ def test_a_reference_already_on_the_grid_comes_back_as_resampling_would_give_it(
     np.testing.assert_allclose(values.array, resampled.array, atol=1e-4)
     assert np.array_equal(mask.array, resampled_mask.array) and values.grid.same_as(volume.grid)
     assert values.array is not volume.array                              # a copy: the input stays untouched
+
+
+def test_slab_average_onto_a_grid_coarser_on_one_axis_and_finer_on_another():
+    """A target may be coarser than a short input along one axis and finer along another (found by the fuzz
+    test): slab-averaging it back onto the input's grid gives exactly that grid, and a ramp stays increasing
+    along the coarsened axis and constant across the others."""
+    from MRISuperResLib.resample import slab_average
+
+    ramp = np.broadcast_to(np.arange(6, dtype=np.float32)[:, None, None], (6, 5, 4)).copy()
+    source = Volume(ramp, (1.0, 1.0, 2.0))
+    target = resampled_grid(source.grid, (0.5, 1.0, 3.0))  # i finer, k coarser (4 slices)
+    on_target = preinterpolate(source, target)
+    back = slab_average(on_target, source.grid)
+    assert back.grid.same_as(source.grid)
+    assert (np.diff(back.array, axis=0) > 0.5).all()
+    assert np.allclose(back.array, back.array[:, :1, :1], atol=1e-5)
+
+
+def test_a_single_sample_along_an_axis_is_constant_along_it_and_has_no_edges():
+    from MRISuperResLib.confidence import _edge_strength
+    from MRISuperResLib.resample import cubic_resample_axis
+
+    one = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    spread = cubic_resample_axis(one, 0, np.array([-0.4, 0.0, 0.4]))
+    assert spread.shape == (3, 3, 4) and np.array_equal(spread, np.repeat(one, 3, axis=0))
+    edges = _edge_strength(one)
+    assert edges.shape == one.shape and np.isfinite(edges).all()
+    assert np.allclose(edges, np.hypot(4.0, 1.0))  # the gradients along j (4 per row) and i (1 per column)

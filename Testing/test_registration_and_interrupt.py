@@ -13,10 +13,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from conftest import rotation
-from MRISuperResLib import Volume
+from MRISuperResLib import Volume, superresolve
 from MRISuperResLib.io import write_volume
 from MRISuperResLib.phantom import make_phantom
-from MRISuperResLib.registration import MAX_SAMPLES, SAMPLING_SHARE, register_rigid, sampling_shares
+from MRISuperResLib.registration import (MAX_SAMPLES, SAMPLING_SHARE, pyramid_levels, register_rigid, sampling_shares,
+                                         too_small_to_register)
 from MRISuperResLib.resample import resample_to_grid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +45,25 @@ def test_the_metric_samples_at_most_a_fixed_number_of_voxels_per_level():
     large = sampling_shares((256, 256, 64))  # the benchmark input: 4.2 M voxels
     assert large[0] == SAMPLING_SHARE and large[-1] < SAMPLING_SHARE
     assert abs(large[-1] * 256 * 256 * 64 - MAX_SAMPLES) < 1
+
+
+def test_a_short_stack_of_slices_registers_at_the_levels_it_can_and_too_few_slices_are_not_registered():
+    assert [shrink for shrink, _ in pyramid_levels((64, 64, 40), (40, 48, 36))] == [4, 2, 1]
+    assert [shrink for shrink, _ in pyramid_levels((64, 64, 12), (40, 48, 36))] == [2, 1]  # 12 // 4 < 4 slices
+    assert pyramid_levels((64, 64, 3), (40, 48, 36)) == []
+    phantom = make_phantom((32, 40, 36), seed=5)
+    fixed, moving = phantom["T2"], phantom["T1"]
+    short = Volume(fixed.array[:10], fixed.spacing, fixed.origin, fixed.direction)  # 10 slices: two levels
+    register_rigid(short, moving)
+    thin = Volume(fixed.array[:12:4], (fixed.spacing[0], fixed.spacing[1], 4 * fixed.spacing[2]), fixed.origin,
+                  fixed.direction)  # 3 thick slices
+    assert too_small_to_register(thin, moving) == "the input has only 3 voxels along an axis, fewer than the 4 " \
+                                                  "registration needs"
+    assert too_small_to_register(short, moving) is None
+    # A run says so and goes on with the reference where it was, instead of failing inside ITK.
+    messages = []
+    superresolve(thin, moving, model="vdsr-mixed", threads=1, self_check=False, progress=messages.append)
+    assert any(m.message.startswith("reference left where it was: the input has only 3 voxels") for m in messages)
 
 
 def test_run_with_registration_prints_the_transform(tmp_path, cli, untrained_models_dir):

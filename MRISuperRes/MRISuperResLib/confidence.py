@@ -28,7 +28,11 @@ COARSE_ABOVE_VOXELS = 2_000_000
 
 
 def _edge_strength(array: np.ndarray) -> np.ndarray:
-    return np.sqrt(sum(gradient.astype(np.float32) ** 2 for gradient in np.gradient(array)))
+    # A grid may hold a single voxel along an axis (a target coarser than a short input there): no edge along it.
+    axes = [axis for axis, n in enumerate(array.shape) if n > 1]
+    gradients = np.gradient(array, axis=axes) if axes else []
+    gradients = [gradients] if len(axes) == 1 else gradients
+    return np.sqrt(sum((gradient.astype(np.float32) ** 2 for gradient in gradients), np.zeros(array.shape, np.float32)))
 
 
 def _local_correlation(a: np.ndarray, b: np.ndarray, sigma: float) -> np.ndarray:

@@ -45,6 +45,8 @@ def _pad_linear(array: np.ndarray, axis: int, width: int = 2) -> np.ndarray:
 
 def cubic_resample_axis(array: np.ndarray, axis: int, positions: np.ndarray) -> np.ndarray:
     """Sample `array` along numpy `axis` at continuous `positions` (input index units), cubic interpolation."""
+    if array.shape[axis] == 1:  # one sample has no slope to continue: it is constant along the axis
+        return np.repeat(array.astype(np.float32), len(positions), axis=axis)
     padded = _pad_linear(array.astype(np.float32, copy=False), axis)
     base = np.floor(positions).astype(np.int64)
     weights = _catmull_rom_weights((positions - base).astype(np.float32))
@@ -82,13 +84,15 @@ def slab_average(volume: Volume, grid: Grid) -> Volume:
     array = volume.array.astype(np.float32)
     for axis_ijk in range(3):
         n_out, spacing_in, spacing_out = grid.size[axis_ijk], volume.spacing[axis_ijk], grid.spacing[axis_ijk]
-        if spacing_out <= spacing_in * (1 + 1e-6):
-            continue
         axis_np = 2 - axis_ijk
+        if abs(spacing_out - spacing_in) <= 1e-6 * spacing_in and array.shape[axis_np] == n_out:
+            continue
+        # A width of 1: `grid` is not coarser along this axis (a target may be coarser than the input on some
+        # axes and finer on others), so this axis is only resampled.
         width = max(1, int(round(spacing_out / spacing_in)))
-        if width % 2:
+        if width > 1 and width % 2:
             array = uniform_filter1d(array, width, axis=axis_np, mode="nearest")
-        else:  # an even box is centred between voxels: average its two placements to centre it on one
+        elif width > 1:  # an even box is centred between voxels: average its two placements to centre it on one
             array = 0.5 * (uniform_filter1d(array, width, axis=axis_np, mode="nearest")
                            + uniform_filter1d(array, width, axis=axis_np, mode="nearest", origin=-1))
         array = cubic_resample_axis(array, axis_np, source_positions(n_out, spacing_in, spacing_out))
