@@ -32,7 +32,10 @@ def _edge_strength(array: np.ndarray) -> np.ndarray:
     axes = [axis for axis, n in enumerate(array.shape) if n > 1]
     gradients = np.gradient(array, axis=axes) if axes else []
     gradients = [gradients] if len(axes) == 1 else gradients
-    return np.sqrt(sum((gradient.astype(np.float32) ** 2 for gradient in gradients), np.zeros(array.shape, np.float32)))
+    squared = np.zeros(array.shape, np.float32)
+    for gradient in gradients:
+        squared += gradient.astype(np.float32) ** 2
+    return np.sqrt(squared)
 
 
 def _local_correlation(a: np.ndarray, b: np.ndarray, sigma: float) -> np.ndarray:

@@ -242,8 +242,9 @@ def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, registe
         if agreement < CONFIDENCE_THRESHOLD:
             ignored = True
             reference_array, reference_mask = None, None
+            registered = register_reference and not unregistrable
             message = (f"reference ignored: its edges do not match the input's (agreement {agreement:.2f} < "
-                       f"{CONFIDENCE_THRESHOLD}{', even after rigid registration' if register_reference and not unregistrable else ''}); "
+                       f"{CONFIDENCE_THRESHOLD}{', even after rigid registration' if registered else ''}); "
                        + ("check that it is the same patient and body part" if register_reference else
                           "check that it is the same patient, or let it be registered (without --no-register-reference)"))
         else:
