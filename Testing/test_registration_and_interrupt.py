@@ -10,14 +10,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from conftest import rotation
 from MRISuperResLib import Volume, superresolve
 from MRISuperResLib.io import write_volume
 from MRISuperResLib.phantom import make_phantom
-from MRISuperResLib.registration import (MAX_SAMPLES, SAMPLING_SHARE, pyramid_levels, register_rigid, sampling_shares,
-                                         too_small_to_register)
+from MRISuperResLib.registration import (MAX_SAMPLES, SAMPLING_SHARE, RegistrationFailed, pyramid_levels, register_rigid,
+                                         sampling_shares)
 from MRISuperResLib.resample import resample_to_grid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,23 +48,35 @@ def test_the_metric_samples_at_most_a_fixed_number_of_voxels_per_level():
     assert abs(large[-1] * 256 * 256 * 64 - MAX_SAMPLES) < 1
 
 
-def test_a_short_stack_of_slices_registers_at_the_levels_it_can_and_too_few_slices_are_not_registered():
-    assert [shrink for shrink, _ in pyramid_levels((64, 64, 40), (40, 48, 36))] == [4, 2, 1]
-    assert [shrink for shrink, _ in pyramid_levels((64, 64, 12), (40, 48, 36))] == [2, 1]  # 12 // 4 < 4 slices
-    assert pyramid_levels((64, 64, 3), (40, 48, 36)) == []
+def test_a_stack_of_two_or_three_slices_registers_at_full_resolution_only():
+    """ITK smooths the images at full resolution for every smoothed level and cannot along an axis of fewer than
+    4 voxels (found by the fuzz test): such a stack registers at the finest, unsmoothed level alone."""
+    assert [shrink for shrink, _ in pyramid_levels((64, 64, 4), (40, 48, 36))] == [4, 2, 1]
+    assert pyramid_levels((64, 64, 3), (40, 48, 36)) == [(1, 0.0)]
     phantom = make_phantom((32, 40, 36), seed=5)
     fixed, moving = phantom["T2"], phantom["T1"]
-    short = Volume(fixed.array[:10], fixed.spacing, fixed.origin, fixed.direction)  # 10 slices: two levels
-    register_rigid(short, moving)
     thin = Volume(fixed.array[:12:4], (fixed.spacing[0], fixed.spacing[1], 4 * fixed.spacing[2]), fixed.origin,
                   fixed.direction)  # 3 thick slices
-    assert too_small_to_register(thin, moving) == "the input has only 3 voxels along an axis, fewer than the 4 " \
-                                                  "registration needs"
-    assert too_small_to_register(short, moving) is None
-    # A run says so and goes on with the reference where it was, instead of failing inside ITK.
-    messages = []
-    superresolve(thin, moving, model="vdsr-mixed", threads=1, self_check=False, progress=messages.append)
-    assert any(m.message.startswith("reference left where it was: the input has only 3 voxels") for m in messages)
+    register_rigid(thin, moving)
+    report = {}
+    superresolve(thin, moving, model="vdsr-mixed", threads=1, self_check=False, report=report)
+    assert "moved_mm" in report["registration"]
+
+
+def test_a_pair_itk_cannot_register_is_left_where_it_was_and_the_run_says_why():
+    """Found by the fuzz test: on a nearly uniform input, ITK's mutual information fails inside `Execute`."""
+    phantom = make_phantom((32, 40, 36), seed=5)
+    rng = np.random.default_rng(0)
+    flat = Volume(rng.integers(1, 5, (13, 15, 6)).astype(np.int16), (0.97, 0.30, 4.98), (10.0, 10.0, 10.0))
+    with pytest.raises(RegistrationFailed, match="^Zero-valued spacing is not supported"):
+        register_rigid(flat, phantom["T1"])
+    messages, report = [], {}
+    result = superresolve(flat, phantom["T1"], model="vdsr-mixed", threads=1, self_check=False,
+                          progress=messages.append, report=report)
+    assert report["registration"]["kept"] is False and report["registration"]["failed"].startswith("Zero-valued")
+    assert any(m.message.startswith("reference left where it was: registration failed in ITK (") and m.warning
+               for m in messages)
+    assert np.isfinite(result.array).all()
 
 
 def test_run_with_registration_prints_the_transform(tmp_path, cli, untrained_models_dir):

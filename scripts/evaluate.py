@@ -257,8 +257,8 @@ def gain_plot(rows: list[dict], variants, default: str, path: Path) -> None:
 
 def estimate_plot(rows: list[dict], path: Path, default: str) -> dict:
     """The self-check's estimated gain (on the scan's own planes) against the true gain of the same model on
-    the same input (against the truth), one point per model, case, degradation and reference; the default
-    model's points filled, the others hollow. Returns, per model, how far the estimates were from the truth."""
+    the same input (against the truth), one point per model, case, degradation and reference (a colour per
+    model, the default first; filled with the reference). Returns, per model, how far the estimates were."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -277,13 +277,14 @@ def estimate_plot(rows: list[dict], path: Path, default: str) -> dict:
     if not points:
         return {}
     figure, axis = plt.subplots(figsize=(4.6, 4.2), dpi=110)
-    models = sorted({p[3] for p in points}, key=lambda name: name != default)
-    for model in models:
-        for reference, marker, colour in (("paired", "o", "tab:blue"), ("none", "s", "tab:orange")):
+    models = sorted({p[3] for p in points}, key=lambda name: (name != default, name))
+    for model, colour in zip(models, plt.get_cmap("tab10").colors):
+        for reference, marker in (("paired", "o"), ("none", "s")):
             chosen = [(x, y) for x, y, ref, m in points if ref == reference and m == model]
             if chosen:
+                # Filled: with the reference; hollow: without.
                 axis.scatter(*zip(*chosen), marker=marker, edgecolors=colour,
-                             facecolors=colour if model == default else "none",
+                             facecolors=colour if reference == "paired" else "none",
                              label=f"{model}, {'with' if reference == 'paired' else 'without'} reference")
     low = min(min(p[0], p[1]) for p in points) - 0.5
     high = max(max(p[0], p[1]) for p in points) + 0.5

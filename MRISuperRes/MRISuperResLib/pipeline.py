@@ -19,8 +19,8 @@ from .models.registry import ModelRegistry, load_network
 from .plan import (DEFAULT_ADAPT_SECONDS, DEFAULT_TILE, TILE_OVERLAP, Plan, check_memory, make_plan,
                    resolve_reference_mode)
 from .progress import CancelFlag, ProgressCallback, StageReporter
-from .registration import (BARELY_MOVED_VOXELS, describe_transform, largest_displacement_mm, register_rigid,
-                           too_small_to_register)
+from .registration import (BARELY_MOVED_VOXELS, RegistrationFailed, describe_transform, largest_displacement_mm,
+                           register_rigid)
 from .resample import preinterpolate, resample_to_grid, slab_average
 from .texture import TextureSource, acquired_planes
 from .validation import check_reference_is_not_input, check_scalar_volume
@@ -200,14 +200,17 @@ def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, registe
 
     reference_array, reference_mask = on_target_grid(None)
     agreement = agreement_of(reference_array, reference_mask) if gate_reference or register_reference else None
-    unregistrable = too_small_to_register(volume, reference) if register_reference else None
-    if unregistrable:
-        report["registration"] = {"kept": False, "skipped": unregistrable}
-        StageReporter("register", 1, progress, cancel).finish(f"reference left where it was: {unregistrable}")
-    elif register_reference:
+    transform = None
+    if register_reference:
         registration = StageReporter("register", 1, progress, cancel)
         convergence: dict = {}
-        transform = register_rigid(volume, reference, convergence)
+        try:
+            transform = register_rigid(volume, reference, convergence)
+        except RegistrationFailed as failure:
+            # The reference stays where its header puts it; the gate and the self-check still judge it.
+            report["registration"] = {"kept": False, "failed": str(failure), "agreement_before": round(agreement, 3)}
+            registration.finish(f"reference left where it was: registration failed in ITK ({failure})", warning=True)
+    if transform is not None:
         moved_mm = largest_displacement_mm(transform, volume)
         fitted = (f"mutual information {convergence['metric']:.3f} after {convergence['iterations']} "
                   f"iterations at the finest level")
@@ -242,9 +245,8 @@ def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, registe
         if agreement < CONFIDENCE_THRESHOLD:
             ignored = True
             reference_array, reference_mask = None, None
-            registered = register_reference and not unregistrable
             message = (f"reference ignored: its edges do not match the input's (agreement {agreement:.2f} < "
-                       f"{CONFIDENCE_THRESHOLD}{', even after rigid registration' if registered else ''}); "
+                       f"{CONFIDENCE_THRESHOLD}{', even after rigid registration' if register_reference else ''}); "
                        + ("check that it is the same patient and body part" if register_reference else
                           "check that it is the same patient, or let it be registered (without --no-register-reference)"))
         else:

@@ -11,8 +11,9 @@ SAMPLING_SEED = 20261121  # fixed so that the same pair always registers the sam
 SHRINK_FACTORS = (4, 2, 1)
 SMOOTHING_MM = (2.0, 1.0, 0.0)
 SAMPLING_SHARE = 0.2
-# ITK's recursive Gaussian smoothing refuses an image with fewer voxels than this along any axis, at any level.
-MIN_VOXELS_PER_AXIS = 4
+# ITK smooths the images at full resolution for every level with a non-zero sigma (only the sampling grid is
+# shrunk), and its recursive Gaussian refuses an image with fewer voxels than this along any axis.
+MIN_VOXELS_TO_SMOOTH = 4
 # Mutual information over 32 bins is estimated as well from 200 k random samples as from more: on val/ pairs
 # moved by 10 mm or 10 degrees the found placement was as close with 20 % of a 2 M-voxel input, while on a
 # 4 M-voxel input the finest level's 840 k samples per iteration made registration a fifth of a run.
@@ -23,24 +24,20 @@ MAX_SAMPLES = 200_000
 BARELY_MOVED_VOXELS = 0.5
 
 
+class RegistrationFailed(Exception):
+    """ITK could not register the pair (an image too small or too uniform for the metric); the message says why."""
+
+
 def pyramid_levels(*sizes: tuple[int, ...]) -> list[tuple[int, float]]:
-    """(shrink factor, smoothing mm) of the resolution levels at which every axis of every image (voxel counts
-    `sizes`) keeps `MIN_VOXELS_PER_AXIS` voxels: a short stack of slices drops the coarser levels; empty when even
-    the full resolution is too small to register."""
-    return [(shrink, sigma) for shrink, sigma in zip(SHRINK_FACTORS, SMOOTHING_MM)
-            if all(max(1, n // shrink) >= MIN_VOXELS_PER_AXIS for size in sizes for n in size)]
+    """(shrink factor, smoothing mm) of each resolution level for images of voxel counts `sizes`: all three, or
+    only the finest, unsmoothed one when an image has fewer than `MIN_VOXELS_TO_SMOOTH` voxels along an axis (a
+    stack of two or three thick slices, which ITK could not smooth)."""
+    if all(n >= MIN_VOXELS_TO_SMOOTH for size in sizes for n in size):
+        return list(zip(SHRINK_FACTORS, SMOOTHING_MM))
+    return [(1, 0.0)]
 
 
-def too_small_to_register(fixed: Volume, moving: Volume) -> str | None:
-    """Why the pair cannot be registered (an axis too short), or None."""
-    if pyramid_levels(fixed.grid.size, moving.grid.size):
-        return None
-    role, grid = ("input", fixed.grid) if min(fixed.grid.size) < MIN_VOXELS_PER_AXIS else ("reference", moving.grid)
-    return (f"the {role} has only {min(grid.size)} voxels along an axis, fewer than the {MIN_VOXELS_PER_AXIS} "
-            "registration needs")
-
-
-def sampling_shares(size: tuple[int, ...], shrinks: tuple[int, ...] = SHRINK_FACTORS) -> list[float]:
+def sampling_shares(size: tuple[int, ...], shrinks: list[int] | tuple[int, ...] = SHRINK_FACTORS) -> list[float]:
     """The share of each level's voxels that the metric samples: `SAMPLING_SHARE`, capped at `MAX_SAMPLES`."""
     shares = []
     for shrink in shrinks:
@@ -53,13 +50,10 @@ def register_rigid(fixed: Volume, moving: Volume, convergence: dict | None = Non
     """The rigid transform mapping points of `fixed` (the input) into `moving` (the reference); `convergence`,
     when given, receives the final metric value, the iterations of the last level and why the optimiser stopped.
 
-    Mutual information copes with different contrasts; three resolution levels (fewer for a short stack of
+    Mutual information copes with different contrasts; three resolution levels (one for a stack of two or three
     slices: `pyramid_levels`), geometric centring first.
     """
-    levels = pyramid_levels(fixed.grid.size, moving.grid.size)
-    if not levels:
-        raise ValueError(f"cannot register: {too_small_to_register(fixed, moving)}")
-    shrinks, sigmas = (list(values) for values in zip(*levels))
+    shrinks, sigmas = (list(values) for values in zip(*pyramid_levels(fixed.grid.size, moving.grid.size)))
     fixed_image = sitk.Cast(fixed.to_sitk(), sitk.sitkFloat32)
     moving_image = sitk.Cast(moving.to_sitk(), sitk.sitkFloat32)
     initial = sitk.CenteredTransformInitializer(fixed_image, moving_image, sitk.Euler3DTransform(),
@@ -81,7 +75,13 @@ def register_rigid(fixed: Volume, moving: Volume, convergence: dict | None = Non
     method.SetSmoothingSigmasPerLevel(sigmas)
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(initial, inPlace=False)
-    result = method.Execute(fixed_image, moving_image)
+    try:
+        result = method.Execute(fixed_image, moving_image)
+    except RuntimeError as error:  # e.g. a metric histogram of zero width, from images that are nearly uniform
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = next((line.removeprefix("ITK ERROR: ").split(": ", 1)[-1] for line in lines if "ITK ERROR" in line),
+                      lines[-1] if lines else "unknown error")
+        raise RegistrationFailed(reason) from None
     if convergence is not None:
         convergence.update(metric=float(method.GetMetricValue()), iterations=int(method.GetOptimizerIteration()),
                            stop=method.GetOptimizerStopConditionDescription())

@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter1d, uniform_filter1d
 
-from .geometry import source_positions
+from .geometry import SPACING_TOLERANCE, source_positions
 from .volume import Grid, Volume
 
 
@@ -78,17 +78,16 @@ def preinterpolate(volume: Volume, grid: Grid) -> Volume:
 
 
 def slab_average(volume: Volume, grid: Grid) -> Volume:
-    """`volume` on a coarser parallel `grid` as thick slices would see it: along each coarser axis, the mean
-    over the slab of each output voxel (box profile, the slab convention of `geometry`), then sampled at
-    the slab centres."""
+    """`volume` on a parallel `grid` as thick slices would see it: along each axis where `grid` is at least 1.5×
+    coarser, the mean over the slab of each output voxel (box profile, the slab convention of `geometry`), then
+    sampled at the slab centres; along the others, only resampled (a target may be finer than the input along
+    one axis and coarser along another)."""
     array = volume.array.astype(np.float32)
     for axis_ijk in range(3):
         n_out, spacing_in, spacing_out = grid.size[axis_ijk], volume.spacing[axis_ijk], grid.spacing[axis_ijk]
         axis_np = 2 - axis_ijk
-        if abs(spacing_out - spacing_in) <= 1e-6 * spacing_in and array.shape[axis_np] == n_out:
+        if abs(spacing_out / spacing_in - 1) <= SPACING_TOLERANCE and array.shape[axis_np] == n_out:
             continue
-        # A width of 1: `grid` is not coarser along this axis (a target may be coarser than the input on some
-        # axes and finer on others), so this axis is only resampled.
         width = max(1, int(round(spacing_out / spacing_in)))
         if width > 1 and width % 2:
             array = uniform_filter1d(array, width, axis=axis_np, mode="nearest")
