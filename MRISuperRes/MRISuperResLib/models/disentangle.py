@@ -36,8 +36,7 @@ import torch
 from torch import nn
 
 from .architectures import measured_macs_per_pixel, register_architecture
-from .blocks import check_context, padded_to_multiple, unshuffled
-from .edsr import ResidualBlock
+from .blocks import ResidualBlock, check_context, padded_to_multiple, unshuffled
 
 PATCH = 16   # pixels per ViT token side
 

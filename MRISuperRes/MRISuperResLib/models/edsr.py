@@ -23,22 +23,7 @@ import torch
 from torch import nn
 
 from .architectures import register_architecture
-from .blocks import check_context, reference_input, texture_branch, unshuffled
-
-
-def _conv(in_channels: int, out_channels: int) -> nn.Conv2d:
-    # Zero padding, unlike the full-resolution families: replicate padding costs 40 % of the run time here
-    # (a padded copy of every feature map), and in the unshuffled feature space a border is just a border.
-    return nn.Conv2d(in_channels, out_channels, 3, padding=1)
-
-
-class ResidualBlock(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(_conv(channels, channels), nn.ReLU(inplace=True), _conv(channels, channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+from .blocks import ResidualBlock, check_context, reference_input, texture_branch, unshuffled, zero_padded_conv
 
 
 @register_architecture("edsr")
@@ -48,9 +33,10 @@ class EDSR(nn.Module):
         super().__init__()
         self.context, self.use_reference, self.unshuffle = context, use_reference, unshuffle
         in_channels = 1 + 2 * context + (2 if use_reference else 0)
-        self.head = _conv(in_channels * unshuffle ** 2, features)
-        self.body = nn.Sequential(*[ResidualBlock(features) for _ in range(blocks)], _conv(features, features))
-        self.tail = _conv(features, unshuffle ** 2)
+        self.head = zero_padded_conv(in_channels * unshuffle ** 2, features)
+        self.body = nn.Sequential(*[ResidualBlock(features) for _ in range(blocks)],
+                                  zero_padded_conv(features, features))
+        self.tail = zero_padded_conv(features, unshuffle ** 2)
         self.texture = texture_branch(features, texture_transfer)
 
     @property
