@@ -29,12 +29,9 @@ COARSE_ABOVE_VOXELS = 2_000_000
 
 def _edge_strength(array: np.ndarray) -> np.ndarray:
     # A grid may hold a single voxel along an axis (a target coarser than a short input there): no edge along it.
-    axes = [axis for axis, n in enumerate(array.shape) if n > 1]
-    gradients = np.gradient(array, axis=axes) if axes else []
-    gradients = [gradients] if len(axes) == 1 else gradients
     squared = np.zeros(array.shape, np.float32)
-    for gradient in gradients:
-        squared += gradient.astype(np.float32) ** 2
+    for axis in (axis for axis, n in enumerate(array.shape) if n > 1):
+        squared += np.gradient(array, axis=axis).astype(np.float32) ** 2
     return np.sqrt(squared)
 
 
