@@ -66,13 +66,33 @@ def test_fine_tuning_learns_only_from_pairs_shaped_like_the_runs_slices():
     assert pairs_for((1,), ()).like_inference.all()  # no planes given: every pair counts
 
 
-def test_a_scan_without_pairs_like_its_slices_is_checked_but_not_adapted(untrained_models_dir):
-    report, events = {}, []
-    superresolve(_spine_like(), model="tiny", models_dir=str(untrained_models_dir), target_spacing=(0.9, 0.9, 5.0),
-                 adapt=5, fallback=False, report=report, progress=events.append)
-    assert report["self_check"] == "done" and "adapted" not in report
+def test_a_scan_without_pairs_like_its_slices_is_adapted_only_when_the_model_loses_to_cubic(
+        untrained_models_dir, monkeypatch):
+    import MRISuperResLib.adapt as scan_adaptation
+
+    def run():
+        report, events = {}, []
+        superresolve(_spine_like(), model="tiny", models_dir=str(untrained_models_dir),
+                     target_spacing=(0.9, 0.9, 5.0), adapt=5, fallback=False, report=report, progress=events.append)
+        return report, [e.message for e in events]
+
+    # The untrained network loses to cubic on the scan's own planes: the unlike pairs are its only rescue.
+    report, messages = run()
+    assert report["estimated_gain_db"] < 0 and report["adaptation_steps"] >= 5 and "adapted" in report
+    assert report["adaptation"].startswith("on pairs shaped unlike its inference slices")
+    assert any(m.startswith("adapting on this scan's own planes although") for m in messages)
+    # A model that beats cubic there keeps its pretrained weights: fine-tuning on such pairs costs it.
+    score = scan_adaptation.score
+
+    def one_db_above_cubic(network, pairs, device):
+        cubic = score(network, pairs, device)[1]
+        return cubic + 1.0, cubic
+
+    monkeypatch.setattr(scan_adaptation, "score", one_db_above_cubic)
+    report, messages = run()
+    assert report["estimated_gain_db"] == pytest.approx(1.0) and "adapted" not in report
     assert report["adaptation"].startswith("skipped: the scan's own planes give no pairs shaped like")
-    assert any(e.message.startswith("not adapted: this scan's own planes") for e in events)
+    assert any(m.startswith("not adapted: this scan's own planes") for m in messages)
 
 
 def test_no_pairs_when_every_axis_is_upsampled():

@@ -8,7 +8,8 @@ axis, oriented with it along rows as inference orients the thick axis, with the 
 the scan's own grid) at the same place. Whole slices are held out (every fifth) to score the model without
 letting fine-tuning see them. Every pair serves the check; fine-tuning learns only from pairs whose columns
 run along the kind of axis (sharp, or upsampled) that the run's planes have along theirs
-(`ScanPairs.like_inference`): on a scan whose only pairs differ there, it is skipped.
+(`ScanPairs.like_inference`): on a scan whose only pairs differ there, it is skipped, unless the pretrained
+model loses to cubic on them (then they are all it has; `pipeline._check_and_adapt`).
 
 One difference from inference stays: in these pairs the slice normal is often the thick axis, so a 2.5D
 model's neighbouring slices are a thick slice apart rather than one voxel; the estimate is therefore, if
