@@ -54,6 +54,25 @@ def test_a_misleading_reference_costs_nothing_with_the_gate_and_a_matching_one_h
     assert ungated_wrong < alone
 
 
+def test_a_reference_as_thick_as_the_input_along_its_thick_axis_is_ignored_and_one_thick_elsewhere_is_used():
+    truth, thick, paired, _ = cases()
+    run = lambda reference, **options: superresolve(thick, reference, target_spacing=truth.spacing,  # noqa: E731
+                                                    self_check=False, register_reference=False, **options)
+    alone = run(None).array
+    events, report = [], {}
+    same_axis = thick_slices(paired, axis=2, factor=4)  # 4 mm slices where the input has 4 mm slices
+    result = run(same_axis, progress=events.append, report=report).array
+    np.testing.assert_array_equal(result, alone)
+    assert report["reference"].startswith("ignored: no sharper than the input")
+    warning = next(e.message for e in events if e.message.startswith("reference ignored"))
+    assert "k: 4.00 mm against the input's 4.00 mm" in warning and "3D scan" in warning
+    assert not np.array_equal(run(same_axis, gate_reference=False).array, alone)  # the gate off: used
+    events.clear()
+    other_axis = thick_slices(paired, axis=0, factor=4)  # sharp along k, where the input is thick
+    run(other_axis, progress=events.append)
+    assert any(e.message.startswith("reference used") for e in events)
+
+
 def test_quiet_runs_print_only_what_changes_the_output(cli, tmp_path):
     truth, thick, paired, wrong = cases()
     paths = {name: write_volume(volume, tmp_path / f"{name}.nii.gz")

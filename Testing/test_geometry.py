@@ -8,7 +8,7 @@ import pytest
 from conftest import FLIPPED, OBLIQUE
 from MRISuperResLib import Volume
 from MRISuperResLib.degrade import bicubic_downsample, kspace_truncate, thick_slices
-from MRISuperResLib.geometry import overlap_fraction, resampled_grid, source_positions
+from MRISuperResLib.geometry import overlap_fraction, resampled_grid, source_positions, voxel_extent_along
 from MRISuperResLib.resample import _catmull_rom_weights, catmull_rom, preinterpolate, resample_to_grid
 
 
@@ -157,3 +157,15 @@ def test_a_single_sample_along_an_axis_is_constant_along_it_and_has_no_edges():
     edges = _edge_strength(one)
     assert edges.shape == one.shape and np.isfinite(edges).all()
     assert np.allclose(edges, np.hypot(4.0, 1.0))  # the gradients along j (4 per row) and i (1 per column)
+
+
+def test_a_voxels_extent_along_a_direction_is_its_spacing_there_or_a_blend_when_oblique():
+    grid = Volume(np.zeros((4, 4, 4), np.float32), (1.0, 2.0, 5.0)).grid
+    assert [voxel_extent_along(grid, axis) for axis in np.eye(3)] == pytest.approx([1.0, 2.0, 5.0])
+    assert voxel_extent_along(grid, (0.0, 0.0, -3.0)) == pytest.approx(5.0)  # any length, either sense
+    turned = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])  # k runs along x
+    rotated = Volume(np.zeros((4, 4, 4), np.float32), (1.0, 2.0, 5.0), direction=turned).grid
+    assert voxel_extent_along(rotated, (1.0, 0.0, 0.0)) == pytest.approx(5.0)
+    assert voxel_extent_along(rotated, (0.0, 0.0, 1.0)) == pytest.approx(1.0)
+    diagonal = np.array([1.0, 0.0, 1.0])
+    assert voxel_extent_along(grid, diagonal) == pytest.approx(np.sqrt((1.0 + 25.0) / 2))

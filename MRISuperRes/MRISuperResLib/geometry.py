@@ -51,6 +51,13 @@ def upsampled_axes(source: Grid, target: Grid) -> tuple[int, ...]:
     return tuple(a for a, f in enumerate(scale_factors(source, target)) if f > 1 + SPACING_TOLERANCE)
 
 
+def voxel_extent_along(grid: Grid, direction: np.ndarray) -> float:
+    """How far one of `grid`'s voxels reaches along the physical `direction` (mm): its spacing there when
+    one of its axes runs that way, a blend of its spacings when its axes are oblique to it."""
+    unit = np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction)
+    return float(np.sqrt(np.sum((grid.direction.T @ unit) ** 2 * np.asarray(grid.spacing) ** 2)))
+
+
 def overlap_fraction(grid: Grid, other: Grid) -> float:
     """Fraction of `grid`'s voxel centres that fall inside `other`'s extent (sampled on a coarse lattice)."""
     steps = [np.linspace(0, n - 1, min(n, 16)) for n in grid.size]
