@@ -73,6 +73,37 @@ def test_a_reference_as_thick_as_the_input_along_its_thick_axis_is_ignored_and_o
     assert any(e.message.startswith("reference used") for e in events)
 
 
+def test_unregistered_the_self_check_drops_a_reference_that_registration_would_move_and_keeps_an_aligned_one(
+        monkeypatch):
+    import MRISuperResLib.pipeline as pipeline
+
+    truth, thick, paired, _ = cases()
+    # The phantom's sharp edges make the gate refuse shifts of 2 voxels or more, so the limit (1.5 voxels,
+    # set on val/) is lowered to half a voxel for a 1-voxel shift that the gate lets through.
+    monkeypatch.setattr(pipeline, "MISPLACED_REFERENCE_VOXELS", 0.5)
+    moved = paired.with_array(np.roll(paired.array, 1, axis=1))
+
+    def run(reference, **options):
+        events, report = [], {}
+        result = superresolve(thick, reference, target_spacing=truth.spacing, register_reference=False, adapt=0,
+                              progress=events.append, report=report, **options)
+        return result.array, report, [e.message for e in events]
+
+    alone = superresolve(thick, None, target_spacing=truth.spacing, adapt=0).array
+    result, report, messages = run(moved)
+    assert report["reference"] == "dropped: misplaced and not registered", report
+    assert 0.7 < report["placement_error_mm"] < 1.5
+    assert any(m.startswith("reference not used: registration, measured but not applied, would move it by up to")
+               and "without --no-register-reference" in m for m in messages)
+    np.testing.assert_array_equal(result, alone)
+    _, report, _ = run(paired)
+    assert report["reference"] == "used" and report["placement_error_mm"] < 0.5
+    # Without the self-check (the network alone) or without the gate, nothing is measured.
+    for options in ({"self_check": False}, {"gate_reference": False}):
+        _, report, _ = run(moved, **options)
+        assert "placement_error_mm" not in report
+
+
 def test_quiet_runs_print_only_what_changes_the_output(cli, tmp_path):
     truth, thick, paired, wrong = cases()
     paths = {name: write_volume(volume, tmp_path / f"{name}.nii.gz")

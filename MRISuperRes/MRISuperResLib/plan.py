@@ -346,7 +346,8 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
                                   for with_reference in (uses_reference, False))
         check_seconds = SELF_CHECK_SECONDS + steps * adaptation_step_seconds(model.architecture, model.macs_per_pixel,
                                                                             device, threads, uses_reference)
-    if uses_reference and register_reference:
+    if uses_reference and (register_reference or self_check):
+        # Without registration the self-check still measures where registration would move the reference.
         seconds += source.voxel_count * REGISTRATION_SECONDS_PER_INPUT_VOXEL_THREAD / threads
     return Plan(source, target, factors, upsampled, chosen, model, uses_reference, reference_mode,
                 device, threads, batch_size, tile, int(memory), float(seconds + check_seconds), notes, check_seconds,
