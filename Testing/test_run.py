@@ -104,3 +104,16 @@ def test_python_api_accepts_volumes_made_in_memory():
     result = superresolve(Volume(array, spacing=(1.0, 1.0, 4.0)), model="cubic")
     assert result.array.shape == (32, 32, 32)
     assert plan_run(Volume(array, spacing=(1.0, 1.0, 4.0)), model="cubic").target.spacing == (1.0, 1.0, 1.0)
+
+
+def test_the_output_may_follow_the_input_or_come_with_o(cli, thick_file, tmp_path, capsys):
+    positional, flagged = tmp_path / "positional.nii.gz", tmp_path / "flagged.nii.gz"
+    assert cli("run", thick_file, positional, "--model", "cubic", "--quiet")[0] == 0
+    assert cli("run", thick_file, "-o", flagged, "--model", "cubic", "--quiet")[0] == 0
+    np.testing.assert_array_equal(read_volume(positional).array, read_volume(flagged).array)
+    for args, expected in ((("--model", "cubic"), "no output file given; add it after the input"),
+                           ((tmp_path / "a.nii.gz", "-o", tmp_path / "b.nii.gz"), "two outputs given")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli("run", thick_file, *args)
+        assert exit_info.value.code == 2 and expected in capsys.readouterr().err
+    assert not (tmp_path / "a.nii.gz").exists() and not (tmp_path / "b.nii.gz").exists()

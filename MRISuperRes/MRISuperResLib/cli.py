@@ -302,6 +302,22 @@ def _add_check_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip scoring the model on the scan's own planes (and so adaptation and fallback)")
 
 
+def _add_output_arguments(command: argparse.ArgumentParser) -> None:
+    """The output file, after the input (`run in.nii.gz out.nii.gz`, as most tools take it) or as -o."""
+    command.add_argument("output_file", nargs="?", metavar="OUTPUT", help="output file (or give it with -o)")
+    command.add_argument("--output", "-o", help="output file")
+
+
+def _resolve_output(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not hasattr(args, "output_file"):
+        return
+    if args.output_file and args.output and args.output_file != args.output:
+        parser.error(f"two outputs given ({args.output_file} and -o {args.output}); give one")
+    args.output = args.output or args.output_file
+    if not args.output:
+        parser.error(f"no output file given; add it after the input: mrisuperres {args.command} INPUT OUTPUT")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrisuperres", description="Slice-wise MRI super-resolution.")
     parser.add_argument("--verbose", action="store_true", help="log the plan and registration details")
@@ -309,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="super-resolve a volume")
     run.add_argument("input", help="volume file or DICOM folder")
-    run.add_argument("--output", "-o", required=True)
+    _add_output_arguments(run)
     run.add_argument("--reference", help="high-resolution volume of another contrast of the same patient "
                                          "(with --reference-mode unpaired: any high-resolution scan)")
     run.add_argument("--confidence", metavar="OUT",
@@ -373,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     degrade = commands.add_parser("degrade", help="simulate a low-resolution acquisition")
     degrade.add_argument("input")
-    degrade.add_argument("--output", "-o", required=True)
+    _add_output_arguments(degrade)
     degrade.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     degrade.add_argument("--factor", type=float, default=4)
     degrade.add_argument("--axes", type=int, nargs="+", default=[2], choices=(0, 1, 2),
@@ -410,7 +426,9 @@ def _stop_on_sigterm(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _resolve_output(parser, args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if main_thread else None
