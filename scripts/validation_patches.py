@@ -22,7 +22,6 @@ from MRISuperResLib.training import loop
 from MRISuperResLib.training.config import TrainingConfig
 
 REPO = Path(__file__).resolve().parents[1]
-VALIDATION_SEED = 12345  # the training loop's
 
 
 def main() -> None:
@@ -35,9 +34,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = TrainingConfig.from_yaml(args.config)
     scans = loop.load_scans(args.data, config.pair_specs("val"))
-    thick = loop.fixed_validation_set(scans, config, VALIDATION_SEED)
-    inplane = loop.fixed_validation_set([loop._with_axes(scan, (0, 1)) for scan in scans], config, VALIDATION_SEED,
-                                        inplane=True) if config.inplane_probability else None
+    thick, inplane = loop.validation_sets(scans, config)
     device = torch.device("cpu")
     for path in args.weights:
         network = build_architecture(config.architecture, config.arguments).to(memory_format=torch.channels_last)

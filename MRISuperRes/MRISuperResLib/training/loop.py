@@ -131,6 +131,10 @@ class PatchBank:
         return torch.from_numpy(np.stack([g[self.rng.randrange(len(g))] for g in picks])), factor
 
 
+# The same patches in every run and resume, so that logged validation scores compare across them.
+VALIDATION_SEED = 12345
+
+
 def fixed_validation_set(scans, config: TrainingConfig, seed: int, inplane: bool = False
                          ) -> list[tuple[torch.Tensor, int]]:
     """Validation patches per thick-slice factor (2, 4, 6), or with `inplane` per in-plane factor (2, 4), the same
@@ -147,6 +151,15 @@ def fixed_validation_set(scans, config: TrainingConfig, seed: int, inplane: bool
         if patches:
             by_factor.append((torch.from_numpy(np.stack(patches)), factor))
     return by_factor
+
+
+def validation_sets(val_scans, config: TrainingConfig):
+    """The fixed validation patches of a run: thick slices, and in-plane ones (None unless the config trains on
+    in-plane pairs; validated under their own key and, like scripts/evaluate.py, along i and j)."""
+    thick = fixed_validation_set(val_scans, config, VALIDATION_SEED)
+    inplane = fixed_validation_set([_with_axes(scan, (0, 1)) for scan in val_scans], config, VALIDATION_SEED,
+                                   inplane=True) if config.inplane_probability and val_scans else None
+    return thick, inplane
 
 
 def psnr_gain(network: torch.nn.Module, validation: list[tuple[torch.Tensor, int]], device: torch.device,
@@ -276,12 +289,7 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
     bank = PatchBank(train_scans, config, rng,
                      halfway="halfway" in getattr(network, "auxiliary_outputs", ()))
     val_scans = load_scans(data_root, config.pair_specs("val")) if config.val else []
-    validation = fixed_validation_set(val_scans, config, 12345)
-    # Models trained on in-plane pairs are also validated on them, under their own key; like
-    # scripts/evaluate.py, the in-plane axes are i and j.
-    inplane_scans = [_with_axes(scan, (0, 1)) for scan in val_scans]
-    validation_inplane = fixed_validation_set(inplane_scans, config, 12345, inplane=True) \
-        if bank.degradations.inplane_probability and val_scans else None
+    validation, validation_inplane = validation_sets(val_scans, config)
     print(f"bank ready in {time.time() - started:.0f} s; {sum(len(p) for p, _ in validation)} validation patches",
           flush=True)
     # Pre-training stages run once, in the first process; the others wait, then load what it wrote. Before
