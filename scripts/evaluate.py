@@ -9,13 +9,15 @@ mask where it has one, else the rule of `MRISuperResLib.metrics`). Every model r
 reference; the default also with a wrong reference: another subject's scan, placed so that its centre
 coincides with the input's. Texture-transfer models have their own ablation (`evaluate_texture.py`).
 
-A model name may carry a suffix: `NAME` alone scores the network itself (no self-check, adaptation or
-fallback, as `--no-self-check`); `NAME+adapt` is what a user gets by default (self-check, the default budget of
-adaptation on the scan's own planes, fallback). Rows of `+adapt` runs also hold the self-check's estimate,
-plotted against the true gain of the network alone (`self_check_vs_true_gain.png`).
+A model name may carry a suffix: `NAME` alone scores the network itself (no self-check, adaptation,
+fallback or consistency with the acquired slices, as `--no-self-check --no-consistency`); `NAME+adapt` is what
+a user gets by default (self-check, the default budget of adaptation on the scan's own planes, fallback, and the
+projection onto the acquired slices when their profile is clear). Rows of `+adapt` runs also hold the
+self-check's estimate, plotted against the true gain of the network alone (`self_check_vs_true_gain.png`).
 
-Rows are cached in `<output>/evaluation_rows.jsonl` under the model's weights sha256, so an interrupted
-run continues where it stopped and retrained weights are scored again. The default model goes first.
+Rows are cached in `<output>/evaluation_rows.jsonl` under the model's weights sha256 (and, for `+adapt` rows,
+whether the consistency step ran: older rows predate it and no longer count), so an interrupted run continues
+where it stopped and retrained weights are scored again. The default model goes first.
 
     python scripts/evaluate.py --threads 2 --output Resources
 """
@@ -102,7 +104,7 @@ class Case:
     def run(self, kind: str, factor: int, model: str, reference: str, threads: int) -> tuple[np.ndarray, dict]:
         started = time.perf_counter()
         name, _, mode = model.partition("+")
-        options = {"": {"self_check": False}, "adapt": {}}[mode]
+        options = {"": {"self_check": False, "consistency": False}, "adapt": {}}[mode]
         report: dict = {}
         result = superresolve(self.low(kind, factor), self.references[reference], model=name,
                               target_spacing=self.truth.spacing, threads=threads, report=report, **options)
@@ -110,15 +112,22 @@ class Case:
         mask = None if self.mask is None else crop_to(self.mask, result.array.shape)
         return result.array, {"case": self.name, "degradation": kind, "factor": factor, "model": model,
                               "reference": reference, "seconds": round(time.perf_counter() - started, 1),
+                              **({"consistency": True} if mode else {}),
                               **score(result.array, truth, mask),
                               **{k: v for k, v in report.items() if mode and k in REPORTED}}
 
 
-REPORTED = ("estimated_gain_db", "adapted", "adapted_gain_db", "fell_back_to_cubic")
+REPORTED = ("estimated_gain_db", "adapted", "adapted_gain_db", "fell_back_to_cubic", "slice_profile")
 
 
 def row_key(row: dict) -> tuple:
-    return row["case"], row["degradation"], row["factor"], row["model"], row["reference"], row.get("sha256")
+    return (row["case"], row["degradation"], row["factor"], row["model"], row["reference"], row.get("sha256"),
+            row.get("consistency", False))
+
+
+def current(model: str) -> bool:
+    """Whether rows of `model` are scored with the consistency step (the product path's are)."""
+    return model.endswith("+adapt")
 
 
 def sweep(cases: list, degradations, variants: list[tuple[str, str]], threads: int, cache: Path,
@@ -131,7 +140,7 @@ def sweep(cases: list, degradations, variants: list[tuple[str, str]], threads: i
         for kind, factor in degradations:
             for case in cases:
                 sha = weights_sha(model)
-                if (case.name, kind, factor, model, reference, sha) in done:
+                if (case.name, kind, factor, model, reference, sha, current(model)) in done:
                     continue
                 _, row = case.run(kind, factor, model, reference, threads)
                 row["sha256"] = sha
@@ -140,7 +149,8 @@ def sweep(cases: list, degradations, variants: list[tuple[str, str]], threads: i
                 with open(cache, "a") as stream:
                     stream.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
-    return [r for r in rows if (r["model"], r["reference"]) in variants and r.get("sha256") == weights_sha(r["model"])]
+    return [r for r in rows if (r["model"], r["reference"]) in variants and r.get("sha256") == weights_sha(r["model"])
+            and r.get("consistency", False) == current(r["model"])]
 
 
 def across_thick_axis(case: Case, shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:

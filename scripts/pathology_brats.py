@@ -79,8 +79,9 @@ def main() -> None:
     transplanted[mirrored] = paired.array[..., ::-1][mirrored]
     references = {"none": None, "paired": paired, "transplanted": paired.with_array(transplanted)}
 
-    runs = [("cubic", "none", {}), (model, "none", {"self_check": False}), (model, "paired", {"self_check": False}),
-            (model, "transplanted", {"self_check": False}), (f"{model}+adapt", "none", {}),
+    alone = {"self_check": False, "consistency": False}  # the network itself
+    runs = [("cubic", "none", {}), (model, "none", alone), (model, "paired", alone),
+            (model, "transplanted", alone), (f"{model}+adapt", "none", {}),
             (f"{model}+adapt", "paired", {})]
     outputs, rows = {}, []
     for name, reference, options in runs:

@@ -3,8 +3,8 @@
 (shifted 2, 5, 10 mm; rotated 3, 6, 10°), of another subject, of another anatomy, or of a contrast relation
 no model saw (the reference's intensities inverted), against the same model without a reference, in two
 registration modes: `never` (`--no-register-reference`: the gate alone) and `default` (a user's run: registered,
-and moved only when its edges then match the input's better). The self-check and adaptation are off, so the
-rows measure the reference alone; the modes `never+check` and `default+check` add the self-check (without
+and moved only when its edges then match the input's better). The self-check, adaptation and the consistency
+step (which acts alike with and without a reference) are off, so the rows measure the reference alone; the modes `never+check` and `default+check` add the self-check (without
 adaptation), whose reference check drops a reference that does not help on the scan's own planes, as in a
 user's run (a second table).
 
@@ -115,7 +115,7 @@ def main() -> None:
                     started = time.perf_counter()
                     result = superresolve(low, reference, model=name, target_spacing=case.truth.spacing,
                                           threads=args.threads, register_reference=MODES[mode][0],
-                                          self_check=MODES[mode][1], adapt=0, report=report)
+                                          self_check=MODES[mode][1], adapt=0, report=report, consistency=False)
                     truth = crop_to(case.truth.array, result.array.shape)
                     mask = None if case.mask is None else crop_to(case.mask, result.array.shape)
                     row = {"case": case.name, "model": name, "sha256": sha, "variant": variant, "mode": mode,

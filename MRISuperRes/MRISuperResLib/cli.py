@@ -87,7 +87,8 @@ def command_run(args: argparse.Namespace) -> int:
         result, confidence = superresolve_with_confidence(
             volume, reference, register_reference=args.register_reference, force=args.force, progress=progress,
             gate_reference=not args.no_reference_gate, adapt=0.0 if args.no_adapt else args.adapt,
-            self_check=not args.no_self_check, fallback=not args.no_fallback, report=report, **_target(args))
+            self_check=not args.no_self_check, fallback=not args.no_fallback, report=report,
+            consistency=not args.no_consistency, **_target(args))
     finally:
         if hasattr(progress, "close"):
             progress.close()
@@ -114,7 +115,7 @@ def command_batch(args: argparse.Namespace) -> int:
 
     options = {k: v for k, v in _target(args).items() if v is not None}
     options.update(register_reference=args.register_reference, self_check=not args.no_self_check,
-                   adapt=0.0 if args.no_adapt else args.adapt)
+                   adapt=0.0 if args.no_adapt else args.adapt, consistency=not args.no_consistency)
     bar = None if args.quiet or args.progress_json else tqdm(unit="case", desc="batch", dynamic_ncols=True)
 
     def progress(done: int, total: int, row: dict) -> None:
@@ -302,6 +303,12 @@ def _add_check_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip scoring the model on the scan's own planes (and so adaptation and fallback)")
 
 
+def _add_consistency_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-consistency", action="store_true",
+                        help="keep the model's output as it is, even when the slice profile estimated from it would "
+                             "make it agree exactly with the acquired slices")
+
+
 def _add_output_arguments(command: argparse.ArgumentParser) -> None:
     """The output file, after the input (`run in.nii.gz out.nii.gz`, as most tools take it) or as -o."""
     command.add_argument("output_file", nargs="?", metavar="OUTPUT", help="output file (or give it with -o)")
@@ -337,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="use the reference everywhere, even where its edges do not match the input's")
     run.add_argument("--force", action="store_true", help="run even when the memory estimate exceeds what is free")
     _add_check_arguments(run)
+    _add_consistency_argument(run)
     run.add_argument("--no-fallback", action="store_true",
                      help="keep the model's output even when the self-check finds it worse than cubic")
     run.add_argument("--progress-json", action="store_true", help="one JSON progress object per line on stdout")
@@ -362,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--progress-json", action="store_true", help="one JSON object per finished case on stdout")
     batch.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_check_arguments(batch)
+    _add_consistency_argument(batch)
     _add_target_arguments(batch)
     batch.set_defaults(handler=command_batch)
 

@@ -43,6 +43,7 @@ class RunOptions:
     reference_mode: str | None = None
     adapt: float | None = None  # seconds of per-scan fine-tuning; None: the default budget; 0: never
     self_check: bool = True
+    consistency: bool = True  # agree exactly with the acquired slices when their profile is clear
     force: bool = False  # run even when the memory estimate exceeds what is free
 
     def arguments(self) -> list[str]:
@@ -62,6 +63,8 @@ class RunOptions:
             args += ["--adapt", str(self.adapt)] if self.adapt > 0 else ["--no-adapt"]
         if not self.self_check:
             args.append("--no-self-check")
+        if not self.consistency:
+            args.append("--no-consistency")
         if self.force:
             args.append("--force")
         return args

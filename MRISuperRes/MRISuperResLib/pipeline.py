@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from . import adapt as scan_adaptation
+from .consistency import estimate_profile, project
 from .confidence import CONFIDENCE_THRESHOLD, REGISTRATION_MARGIN, reference_agreement
 from .devices import resolve_device, set_threads
 from .errors import MRISuperResError
@@ -80,7 +81,8 @@ def superresolve(volume: Volume, reference: Volume | None = None, model: str | N
                  register_reference: bool = True, models_dir: str | None = None, force: bool = False,
                  progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
                  gate_reference: bool = True, reference_mode: str | None = None, adapt: float | None = None,
-                 self_check: bool = True, fallback: bool = True, report: dict | None = None) -> Volume:
+                 self_check: bool = True, fallback: bool = True, report: dict | None = None,
+                 consistency: bool = True) -> Volume:
     """Super-resolve `volume` onto the planned target grid; the input is never modified.
 
     `model` names an entry of the model registry (None: the registry's default); `target_spacing` is
@@ -96,6 +98,9 @@ def superresolve(volume: Volume, reference: Volume | None = None, model: str | N
     (None: the default budget, `plan.DEFAULT_ADAPT_SECONDS`; 0: never); the adapted weights are kept only
     when they do better on held-out slices of the scan. `fallback`: when the model still does worse than
     cubic there, return cubic interpolation. `report`, a dict, receives the estimate and the decisions.
+    `consistency`: estimate the slice profile from the output and, when one the models know fits clearly,
+    change the output as little as possible so that its slices, so acquired, equal the input's (see
+    `consistency`).
 
     >>> import numpy as np
     >>> from MRISuperResLib import Volume, superresolve
@@ -106,7 +111,7 @@ def superresolve(volume: Volume, reference: Volume | None = None, model: str | N
     return superresolve_with_confidence(
         volume, reference, model, target_spacing, scale, planes, device, threads, batch_size, tile,
         register_reference, models_dir, force, progress, cancel, gate_reference, reference_mode, adapt,
-        self_check, fallback, report)[0]
+        self_check, fallback, report, consistency)[0]
 
 
 def superresolve_with_confidence(volume: Volume, reference: Volume | None = None, model: str | None = None,
@@ -117,7 +122,8 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
                                  progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
                                  gate_reference: bool = True, reference_mode: str | None = None,
                                  adapt: float | None = None, self_check: bool = True, fallback: bool = True,
-                                 report: dict | None = None) -> tuple[Volume, Volume | None]:
+                                 report: dict | None = None, consistency: bool = True
+                                 ) -> tuple[Volume, Volume | None]:
     """`superresolve`, and for texture-transfer models also the confidence of the texture matches (for DAASR,
     of its reference matches) on the output grid (0: no match, 1: a perfect one; averaged over the planes);
     None for other models."""
@@ -175,11 +181,34 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
         fused, confidence = predict_planes(network, plan, lr, reference_array, reference_mask, torch_device,
                                            progress, cancel, texture)
     del lr, reference_array, reference_mask
-    result = Volume.on_grid(input_scale.restore(fused, in_place=True), plan.target)
+    fused = input_scale.restore(fused, in_place=True)
+    if consistency:
+        fused = _consistent_with_input(volume, fused, plan, progress, cancel, report)
+    result = Volume.on_grid(fused, plan.target)
     if confidence is None:
         # A texture run whose reference was dropped with no plane of its own to take texture from.
         return result, _no_matches(plan) if card.maps_confidence else None
     return result, Volume.on_grid(confidence, plan.target)
+
+
+def _consistent_with_input(volume: Volume, output: np.ndarray, plan: Plan, progress, cancel, report: dict
+                           ) -> np.ndarray:
+    """`output` projected onto the volumes that acquire exactly the input's slices, when the slice profile
+    estimated from it is one the models know; else unchanged."""
+    stage = StageReporter("consistency", 1, progress, cancel)
+    kept = [a for a in range(3) if a not in plan.upsampled]
+    if any(output.shape[2 - a] != volume.array.shape[2 - a] for a in kept):
+        stage.finish("slice profile not estimated: the output is resampled along an axis it does not upsample")
+        return output
+    estimate = estimate_profile(volume, output, plan.target.spacing, plan.upsampled)
+    report["slice_profile"] = estimate.profile
+    report["slice_profile_misfits"] = {name: round(value, 4) for name, value in estimate.misfits.items()}
+    if estimate.profile is None:
+        stage.finish(f"{estimate.describe()}: output left as the model made it")
+        return output
+    projected = project(volume, output, plan.target.spacing, plan.upsampled, estimate.profile)
+    stage.finish(f"{estimate.describe()}: output made consistent with the acquired slices")
+    return projected
 
 
 def _no_matches(plan: Plan) -> Volume:

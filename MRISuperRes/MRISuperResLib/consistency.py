@@ -1,0 +1,129 @@
+"""Make a super-resolved volume agree exactly with the slices that were acquired.
+
+A thick slice is a weighted average of the tissue it covers (its slice profile). When the profile is
+known, the output can be projected onto the volumes whose slices, so averaged, equal the input: the
+smallest change that does so is `x + A⁺(y − A x)`, with `A` the profile sampled at each input slice and
+`A⁺ = Aᵀ(A Aᵀ)⁻¹`. Along several upsampled axes the operator is the product of one per axis and so is its
+pseudo-inverse, so the projection stays exact.
+
+The profile is not in the file. It is estimated from the network's own output: each candidate profile
+predicts the input from the output, and the one whose prediction is closest wins, if clearly (by
+`MARGIN`). Only the two profiles the models are trained on are ever projected onto: a box (the mean of the
+slab) and a Gaussian of FWHM one slice. Two more candidates exist only to be recognised and left alone:
+point sampling (a slice with no width) and k-space truncation (in-plane low resolution). On val/ a
+projection onto the wrong profile cost 0.2 to 1.7 dB, onto the right one it gained 0.1 to 0.6 dB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .degrade import FWHM_PER_SIGMA
+from .geometry import source_positions
+from .volume import Volume
+
+PROJECTED = ("box", "gaussian")
+CANDIDATES = PROJECTED + ("point", "sinc")
+# The winner's misfit must be at most this share of the runner-up's: on val/ the right profile's misfit
+# was 0.40-0.55 of the wrong one's for box slices and 0.70-0.90 for Gaussian ones.
+MARGIN = 0.92
+SINC_REACH = 8  # input slices either side over which k-space truncation's kernel is kept
+
+
+def profile_matrix(profile: str, n_in: int, n_out: int, spacing_in: float, spacing_out: float) -> np.ndarray:
+    """`A` along one axis: row i holds the weights of the `n_out` output voxels in acquired slice i."""
+    ratio = spacing_out / spacing_in  # one output voxel, in input slices
+    centres = source_positions(n_out, spacing_in, spacing_out)[None, :]
+    offset = centres - np.arange(n_in)[:, None]  # output voxel centre relative to each slice, in slices
+    if profile == "box":
+        weights = np.clip(np.minimum(0.5, offset + ratio / 2) - np.maximum(-0.5, offset - ratio / 2), 0.0, None)
+    elif profile == "gaussian":
+        weights = np.exp(-0.5 * (offset * FWHM_PER_SIGMA) ** 2)
+    elif profile == "point":
+        weights = np.clip(1.0 - np.abs(offset) / ratio, 0.0, None)
+    elif profile == "sinc":
+        weights = np.where(np.abs(offset) < SINC_REACH, np.sinc(offset) * np.sinc(offset / SINC_REACH), 0.0)
+    else:
+        raise ValueError(f"unknown slice profile {profile!r}")
+    totals = weights.sum(axis=1, keepdims=True)
+    return weights / np.where(np.abs(totals) > 1e-12, totals, 1.0)
+
+
+def _along(matrix: np.ndarray, array: np.ndarray, axis_np: int) -> np.ndarray:
+    """`matrix` applied along numpy axis `axis_np` of `array`."""
+    moved = np.tensordot(matrix.astype(np.float32), np.moveaxis(array, axis_np, 0), axes=(1, 0))
+    return np.moveaxis(moved, 0, axis_np)
+
+
+@dataclass(frozen=True)
+class ProfileOperator:
+    """The acquisition's forward operator for one candidate profile, one matrix per upsampled axis."""
+
+    profile: str
+    matrices: dict[int, np.ndarray]  # numpy axis -> A
+
+    @classmethod
+    def between(cls, profile: str, source: Volume, target_shape: tuple[int, int, int],
+                target_spacing: tuple[float, float, float], axes: tuple[int, ...]) -> "ProfileOperator":
+        matrices = {}
+        for axis in axes:  # 0 = i, 1 = j, 2 = k
+            axis_np = 2 - axis
+            matrices[axis_np] = profile_matrix(profile, source.array.shape[axis_np], target_shape[axis_np],
+                                               source.spacing[axis], target_spacing[axis])
+        return cls(profile, matrices)
+
+    def same_as(self, other: "ProfileOperator") -> bool:
+        return self.matrices.keys() == other.matrices.keys() and all(
+            np.allclose(self.matrices[axis], other.matrices[axis], atol=1e-9) for axis in self.matrices)
+
+    def acquire(self, array: np.ndarray) -> np.ndarray:
+        """The slices this profile would have acquired from `array`."""
+        for axis_np, matrix in self.matrices.items():
+            array = _along(matrix, array, axis_np)
+        return array
+
+    def correct(self, residual: np.ndarray) -> np.ndarray:
+        """The smallest change of the output whose acquisition is `residual`."""
+        for axis_np, matrix in self.matrices.items():
+            inverse = matrix.T @ np.linalg.pinv(matrix @ matrix.T)
+            residual = _along(inverse, residual, axis_np)
+        return residual
+
+
+@dataclass(frozen=True)
+class ProfileEstimate:
+    """The profile that best explains the input from the output, and each candidate's misfit."""
+
+    profile: str | None  # None: no candidate clearly fits, or the winner is one we do not project onto
+    misfits: dict[str, float]  # candidate -> RMS of input − predicted input, relative to the input's spread
+
+    def describe(self) -> str:
+        ranked = ", ".join(f"{name} {value:.3f}" for name, value in sorted(self.misfits.items(), key=lambda x: x[1]))
+        return f"slice profile {self.profile or 'not clear'} (misfit {ranked})"
+
+
+def estimate_profile(source: Volume, output: np.ndarray, target_spacing, axes: tuple[int, ...]) -> ProfileEstimate:
+    """Which candidate profile turns `output` back into `source`'s slices most closely."""
+    spread = float(np.std(source.array)) or 1.0
+    misfits: dict[str, float] = {}
+    operators: list[ProfileOperator] = []
+    for profile in CANDIDATES:
+        operator = ProfileOperator.between(profile, source, output.shape, target_spacing, axes)
+        if any(operator.same_as(other) for other in operators):
+            continue  # at 2× a box and a point sample at the slab centre are one operator: not a rival
+        operators.append(operator)
+        misfit = source.array.astype(np.float32) - operator.acquire(output)
+        misfits[profile] = float(np.sqrt(np.mean(misfit ** 2))) / spread
+    ranked = sorted(misfits, key=misfits.get)
+    clear = misfits[ranked[0]] <= MARGIN * misfits[ranked[1]]
+    chosen = ranked[0] if clear and ranked[0] in PROJECTED else None
+    return ProfileEstimate(chosen, misfits)
+
+
+def project(source: Volume, output: np.ndarray, target_spacing, axes: tuple[int, ...], profile: str) -> np.ndarray:
+    """`output` changed as little as possible so that `profile` acquires exactly `source`'s slices."""
+    operator = ProfileOperator.between(profile, source, output.shape, target_spacing, axes)
+    residual = source.array.astype(np.float32) - operator.acquire(output)
+    return output + operator.correct(residual)
