@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -100,3 +102,12 @@ def test_a_cubic_run_is_plain_cubic_interpolation():
     report: dict = {}
     superresolve(volume, model="cubic", report=report)
     assert "slice_profile" not in report
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-consistency"]], ids=["default", "off"])
+def test_the_command_line_reports_the_profile_unless_told_not_to(tmp_path, cli, thick_file, untrained_models_dir, flag):
+    code, out, err = cli("run", thick_file, tmp_path / "out.nii.gz", "--model", "tiny", "--models-dir",
+                         untrained_models_dir, "--no-self-check", "--progress-json", *flag)
+    assert code == 0, err
+    report = json.loads(out.strip().splitlines()[-1])["report"]
+    assert ("slice_profile_misfits" in report) == (not flag)
