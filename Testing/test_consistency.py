@@ -111,3 +111,25 @@ def test_the_command_line_reports_the_profile_unless_told_not_to(tmp_path, cli, 
     assert code == 0, err
     report = json.loads(out.strip().splitlines()[-1])["report"]
     assert ("slice_profile_misfits" in report) == (not flag)
+
+
+@pytest.mark.parametrize("profile", ["box", "gaussian"])
+def test_the_scans_own_pairs_are_coarsened_with_the_profile_of_its_slices(profile):
+    truth = truth_volume()
+    report: dict = {}
+    superresolve(thick_slices(truth, 2, 4, profile), target_spacing=truth.spacing, threads=2, adapt=0,
+                 consistency=False, report=report)
+    assert report["pairs_profile"] == profile
+    assert report["self_check"] == "done"
+
+
+def test_pairs_made_with_another_profile_differ():
+    from MRISuperResLib.adapt import scan_pairs
+
+    volume = truth_volume()
+    scan = (volume.array / volume.array.max()).astype(np.float32)
+    low = thick_slices(volume, 2, 4)
+    pairs = {profile: scan_pairs(scan, volume, (2,), 4.0, None, profile=profile)[0] for profile in ("box", "gaussian")}
+    np.testing.assert_array_equal(pairs["box"].truth, pairs["gaussian"].truth)  # the same patches, seeded
+    assert not np.allclose(pairs["box"].lr, pairs["gaussian"].lr)
+    assert low.spacing[2] == 4.0

@@ -2,7 +2,8 @@
 estimates a model's gain over cubic on *this* scan, and per-scan fine-tuning (`--adapt`).
 
 A thick-slice scan is sharp along its acquired axes. Coarsening one of them by the run's factor, with the
-same slab convention and pre-interpolation as the thick axis (`degrade.thick_slices`, box profile;
+same slab convention, slice profile and pre-interpolation as the thick axis (`degrade.thick_slices`, with
+the profile estimated by `pipeline` from the pretrained model's output on a few slices, box when unclear;
 `resample.preinterpolate`), gives pairs whose truth is the scan itself: slices of the planes holding that
 axis, oriented with it along rows as inference orients the thick axis, with the reference (resampled onto
 the scan's own grid) at the same place. Whole slices are held out (every fifth) to score the model without
@@ -100,11 +101,12 @@ class ScanPairs:
 
 def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], factor: float,
                reference: np.ndarray | None, context: int = 0, count: int = PAIRS, seed: int = 0,
-               run_planes: tuple[str, ...] = ()) -> tuple[ScanPairs | None, str]:
+               run_planes: tuple[str, ...] = (), profile: str = "box") -> tuple[ScanPairs | None, str]:
     """Pairs from `scan` (the input on its own grid, normalised) coarsened `factor`× along each acquired
-    axis in turn; `reference`: the reference on the same grid, normalised (None: without); `run_planes`:
-    the run's planes, which say what kind of axis inference has along its columns (`ScanPairs.like_inference`;
-    none given: every pair counts as like them). Returns the pairs, or None and the reason there are none."""
+    axis in turn with the slice `profile` (`degrade.PROFILES`); `reference`: the reference on the same grid,
+    normalised (None: without); `run_planes`: the run's planes, which say what kind of axis inference has along
+    its columns (`ScanPairs.like_inference`; none given: every pair counts as like them). Returns the pairs,
+    or None and the reason there are none."""
     acquired = [axis for axis in range(3) if axis not in upsampled]
     if not acquired:
         return None, "every axis of the input is upsampled, so it has no sharp axis to learn from"
@@ -114,7 +116,7 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
     for axis in acquired:
         if scan.shape[2 - axis] < 3 * k:
             continue
-        coarse = thick_slices(native, axis, k, "box")
+        coarse = thick_slices(native, axis, k, profile)
         interpolated = preinterpolate(coarse, resampled_grid(coarse.grid, volume.spacing)).array
         crop = tuple(slice(0, n) for n in interpolated.shape)
         instances.append((axis, interpolated, scan[crop], None if reference is None else reference[crop]))
