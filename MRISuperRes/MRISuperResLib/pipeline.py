@@ -18,7 +18,7 @@ from .geometry import overlap_fraction, resampled_grid, voxel_extent_along
 from .inference import plane_axes, plane_factors, predict_planes
 from .intensity import IntensityScale
 from .models.registry import ModelRegistry, load_network
-from .plan import (DEFAULT_ADAPT_SECONDS, DEFAULT_TILE, TILE_OVERLAP, Plan, check_memory, make_plan,
+from .plan import (DEFAULT_ADAPT_SECONDS, DEFAULT_TILE, PROFILE_BLOCK, TILE_OVERLAP, Plan, check_memory, make_plan,
                    resolve_reference_mode)
 from .progress import CancelFlag, ProgressCallback, StageReporter
 from .registration import (BARELY_MOVED_VOXELS, RegistrationFailed, describe_transform, largest_displacement_mm,
@@ -28,9 +28,6 @@ from .texture import TextureSource, acquired_planes
 from .validation import check_reference_is_not_input, check_scalar_volume
 from .volume import AXIS_NAMES, Volume
 
-# Voxels along each sharp axis of the central block the pretrained model runs on to estimate the slice profile
-# before the self-check.
-PROFILE_BLOCK = 48
 log = logging.getLogger("mrisuperres")
 
 # Below this share of the output covered by the reference, a reference is taken as not overlapping.

@@ -80,6 +80,9 @@ ADAPT_BATCH = 8
 # The self-check: making the scan's own pairs (a few coarsened copies of the input) and scoring about a
 # hundred 64² patches, twice when adaptation runs; measured 2-4 s on the benchmark volume, 2 threads.
 SELF_CHECK_SECONDS = 4.0
+# Before the self-check the model runs on a block at the scan's centre, this many voxels along each axis it
+# does not upsample (plus a few for the 2.5D neighbours), to estimate the slice profile (`pipeline`).
+PROFILE_BLOCK = 48
 TILE_OVERLAP = 16
 # Registering a paired reference (the default; ITK, on the CPU whatever the device), resampling it a second
 # time and scoring the edge agreement of both placements, per input voxel and thread: calibrated on
@@ -324,7 +327,8 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
         per_thread = CPU_MACS_PER_SECOND_PER_THREAD_BY_ARCHITECTURE.get(model.architecture, CPU_MACS_PER_SECOND_PER_THREAD)
         rate = CUDA_MACS_PER_SECOND * gpu_share(device) if on_gpu(device) else per_thread * threads
         shares = [(signal_shares or {}).get(2 - AXIS_NAMES.index(normal_axis_name(p)), 1.0) for p in chosen]
-        seconds = voxels * CUBIC_SECONDS_PER_VOXEL + voxels * sum(shares) * model.macs_per_pixel / rate
+        network_seconds = voxels * sum(shares) * model.macs_per_pixel / rate
+        seconds = voxels * CUBIC_SECONDS_PER_VOXEL + network_seconds
     if reference_mode:
         # The texture inputs of one slice group and of one batch of tiles, and the confidence volume.
         slice_pixels = max(target.size[a] * target.size[b] for a in range(3) for b in range(a + 1, 3))
@@ -346,6 +350,10 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
                                   for with_reference in (uses_reference, False))
         check_seconds = SELF_CHECK_SECONDS + steps * adaptation_step_seconds(model.architecture, model.macs_per_pixel,
                                                                             device, threads, uses_reference)
+        if not model.texture_transfer:
+            block_share = float(np.prod([min(1.0, (PROFILE_BLOCK + 8) / target.size[a])
+                                         for a in range(3) if a not in upsampled]))
+            check_seconds += network_seconds * block_share
     if uses_reference and (register_reference or self_check):
         # Without registration the self-check still measures where registration would move the reference.
         seconds += source.voxel_count * REGISTRATION_SECONDS_PER_INPUT_VOXEL_THREAD / threads
