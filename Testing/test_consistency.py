@@ -133,3 +133,11 @@ def test_pairs_made_with_another_profile_differ():
     np.testing.assert_array_equal(pairs["box"].truth, pairs["gaussian"].truth)  # the same patches, seeded
     assert not np.allclose(pairs["box"].lr, pairs["gaussian"].lr)
     assert low.spacing[2] == 4.0
+
+
+def test_a_close_call_between_box_and_gaussian_projects_nothing_but_names_the_nearer_for_the_pairs():
+    from MRISuperResLib.consistency import ProfileEstimate
+
+    close = ProfileEstimate(None, {"box": 0.038, "gaussian": 0.036, "point": 0.108, "sinc": 0.081})
+    assert close.closest_projected == "gaussian"
+    assert ProfileEstimate(None, {"box": 0.05, "gaussian": 0.09, "sinc": 0.03}).closest_projected == "box"

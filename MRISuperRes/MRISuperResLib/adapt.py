@@ -3,7 +3,7 @@ estimates a model's gain over cubic on *this* scan, and per-scan fine-tuning (`-
 
 A thick-slice scan is sharp along its acquired axes. Coarsening one of them by the run's factor, with the
 same slab convention, slice profile and pre-interpolation as the thick axis (`degrade.thick_slices`, with
-the profile estimated by `pipeline` from the pretrained model's output on a few slices, box when unclear;
+the nearer of box and Gaussian given the pretrained model's output on a central block, `pipeline`;
 `resample.preinterpolate`), gives pairs whose truth is the scan itself: slices of the planes holding that
 axis, oriented with it along rows as inference orients the thick axis, with the reference (resampled onto
 the scan's own grid) at the same place. Whole slices are held out (every fifth) to score the model without
