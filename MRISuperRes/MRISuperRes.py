@@ -47,7 +47,9 @@ Turns a low-resolution MRI volume (thick slices, say 0.9 × 0.9 × 4 mm) into a 
 (by default isotropic at the finest input spacing), in exactly the same physical place and in the input's
 intensity units. Pretrained 2D networks run on every slice of every plane that contains a thick-slice
 axis, and the planes are averaged. A high-resolution volume of another contrast of the same patient (for
-example a 1 mm T1 for a 4 mm T2) can serve as reference; models that use one borrow its detail.
+example a 1 mm T1 for a 4 mm T2) can serve as reference; models that use one borrow its detail. When the
+slices' profile (box or Gaussian) can be told from the result, the result is then changed as little as
+possible so that, averaged over each acquired slice, it gives back the input exactly.
 <br><br>
 What it can and cannot do: super-resolution restores detail that is consistent with what the network
 learned from training scans and, with a reference, with the other contrast. It cannot recover structures
