@@ -112,7 +112,7 @@ class Case:
         mask = None if self.mask is None else crop_to(self.mask, result.array.shape)
         return result.array, {"case": self.name, "degradation": kind, "factor": factor, "model": model,
                               "reference": reference, "seconds": round(time.perf_counter() - started, 1),
-                              **({"consistency": True} if mode else {}),
+                              **({"consistency": True} if current(model) else {}),
                               **score(result.array, truth, mask),
                               **{k: v for k, v in report.items() if mode and k in REPORTED}}
 

@@ -113,7 +113,8 @@ class ProfileEstimate:
 
 def estimate_profile(source: Volume, output: np.ndarray, target_spacing, axes: tuple[int, ...]) -> ProfileEstimate:
     """Which candidate profile turns `output` back into `source`'s slices most closely."""
-    spread = float(np.std(source.array)) or 1.0
+    acquired = source.array.astype(np.float32)
+    spread = float(np.std(acquired)) or 1.0
     misfits: dict[str, float] = {}
     operators: list[ProfileOperator] = []
     for profile in CANDIDATES:
@@ -121,7 +122,7 @@ def estimate_profile(source: Volume, output: np.ndarray, target_spacing, axes: t
         if any(operator.same_as(other) for other in operators):
             continue  # at 2× a box and a point sample at the slab centre are one operator: not a rival
         operators.append(operator)
-        misfit = source.array.astype(np.float32) - operator.acquire(output)
+        misfit = acquired - operator.acquire(output)
         misfits[profile] = float(np.sqrt(np.mean(misfit ** 2))) / spread
     ranked = sorted(misfits, key=misfits.get)
     clear = misfits[ranked[0]] <= MARGIN * misfits[ranked[1]]

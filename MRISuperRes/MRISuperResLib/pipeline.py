@@ -373,8 +373,7 @@ def _profile_of_the_scan(network, volume: Volume, input_scale: IntensityScale, p
     # along the axes it does not upsample the target grid is the input's, so the same block cuts both
     source = Volume(input_scale.normalise(volume.array[block][inner]), volume.spacing)
     estimate = estimate_profile(source, np.ascontiguousarray(output[inner]), plan.target.spacing, plan.upsampled)
-    # Unlike the projection, pairs of the nearer profile are the safer choice: box pairs taught a scan of Gaussian
-    # slices the wrong blur (openms T2, 4x Gaussian, no reference, a close call: -0.71 dB).
+    # Unlike the projection, no margin: openms T2's Gaussian slices were a close call on the block.
     profile = estimate.closest_projected
     report["pairs_profile"] = profile
     stage.finish(f"the scan's own pairs are coarsened with a {profile} profile: {estimate.describe()}, from the "
