@@ -8,9 +8,14 @@ import pytest
 
 from MRISuperResLib import MRISuperResError
 from MRISuperResLib.advice import EXAMPLE_GRID, SLOW_SECONDS, device_advice
-from MRISuperResLib.devices import TorchBuild, installed_torch, resolve_device
+import numpy as np
+import torch
+
+from conftest import smooth_volume
+from MRISuperResLib import devices, superresolve
+from MRISuperResLib.devices import PRECISION_VARIABLE, TorchBuild, installed_torch, resolve_device, uses_bfloat16
 from MRISuperResLib.models.registry import ModelRegistry
-from MRISuperResLib.plan import format_seconds, make_plan
+from MRISuperResLib.plan import BFLOAT16_SPEEDUP, BFLOAT16_TRAINING_SPEEDUP, format_seconds, make_plan
 from MRISuperResLib.volume import Grid
 
 MODULE_FOLDER = Path(__file__).resolve().parents[1] / "MRISuperRes"
@@ -117,3 +122,46 @@ def test_the_devices_command_prints_the_build_and_exits_0(cli, thick_file):
     assert code == 0 and "this scan" in out or installed_torch().auto_device != "cpu", (out, err)
     code, out, err = cli("devices", thick_file.parent / "missing.nii.gz")
     assert code != 0 and "missing.nii.gz" in err and out == ""
+
+
+def test_bfloat16_runs_only_on_a_cpu_that_computes_it_and_float32_turns_it_off(monkeypatch):
+    monkeypatch.setattr(devices, "cpu_computes_bfloat16", lambda: True)
+    assert uses_bfloat16("cpu") and uses_bfloat16(torch.device("cpu"))
+    assert not uses_bfloat16("cuda") and not uses_bfloat16("cuda:1") and not uses_bfloat16("mps")
+    monkeypatch.setenv(PRECISION_VARIABLE, "float32")
+    assert not uses_bfloat16("cpu")
+    monkeypatch.setenv(PRECISION_VARIABLE, "auto")
+    monkeypatch.setattr(devices, "cpu_computes_bfloat16", lambda: False)
+    assert not uses_bfloat16("cpu")
+
+
+def test_an_unknown_precision_is_refused_with_the_values_it_takes(monkeypatch):
+    monkeypatch.setenv(PRECISION_VARIABLE, "half")
+    with pytest.raises(MRISuperResError, match=f"{PRECISION_VARIABLE}=half is not a precision; set it to auto or float32"):
+        uses_bfloat16("cpu")
+
+
+def test_the_plan_counts_bfloat16s_speed_in_the_network_and_in_adaptation(monkeypatch):
+    default = ModelRegistry().default
+    plans = {}
+    for native in (False, True):
+        monkeypatch.setattr(devices, "cpu_computes_bfloat16", lambda native=native: native)
+        plans[native] = make_plan(EXAMPLE_GRID, default, device="cpu", threads=2, has_reference=True)
+    # Both the network pass and each fine-tuning step get cheaper, so the same seconds hold more steps.
+    assert plans[True].seconds < plans[False].seconds
+    steps = plans[True].adapt_steps / plans[False].adapt_steps
+    assert steps == pytest.approx(BFLOAT16_TRAINING_SPEEDUP[default.architecture], rel=0.05)
+    assert BFLOAT16_SPEEDUP[default.architecture] > 1
+
+
+def test_bfloat16_moves_a_runs_output_far_less_than_the_models_error(monkeypatch):
+    # On a CPU without bfloat16 instructions both runs are float32 and must agree exactly.
+    volume = smooth_volume()
+    outputs = {}
+    for precision in ("float32", "auto"):
+        monkeypatch.setenv(PRECISION_VARIABLE, precision)
+        outputs[precision] = superresolve(volume, model="edsr-mixed", threads=1, self_check=False).array
+    scale = float(np.ptp(outputs["float32"]))
+    assert np.abs(outputs["auto"] - outputs["float32"]).max() <= 0.02 * scale
+    if not devices.cpu_computes_bfloat16():
+        assert np.array_equal(outputs["auto"], outputs["float32"])

@@ -104,8 +104,9 @@ def main() -> None:
         pairs, why = adapt.scan_pairs(run["scan"], run["low"], run["plan"].upsampled, max(run["plan"].factors),
                                       run["reference_native"], getattr(network, "context", 0),
                                       run_planes=run["plan"].planes)
-        if pairs is None:
-            print(json.dumps({"case": case[0], "skipped": why}))
+        if pairs is None or not pairs.for_fine_tuning.any():
+            # The product checks such a scan but does not adapt it (no pairs like inference's slices).
+            print(json.dumps({"case": case[0], "skipped": why or "no pairs like inference's slices"}))
             continue
         held_out = pairs.subset(pairs.holdout)
         held_model, held_cubic = adapt.score(network, held_out, device)

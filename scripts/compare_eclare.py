@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import _paths  # noqa: F401
-from evaluate import CASES, REPO, Case, crop_to, current, row_key
+from evaluate import CASES, REPO, Case, cache_key, crop_to, row_key
 from MRISuperResLib import read_volume, write_volume
 from MRISuperResLib.metrics import score
 from MRISuperResLib.models.registry import ModelRegistry
@@ -72,7 +72,7 @@ def main() -> None:
         for model, reference in OURS:
             name = model.partition("+")[0]
             sha = None if name == "cubic" else registry.get(name).sha256
-            row = cached.get((case.name, "thick", 4, model, reference, sha, current(model)))
+            row = cached.get(cache_key(case.name, "thick", 4, model, reference, sha))
             if row is None:
                 _, row = case.run("thick", 4, model, reference, args.threads)
             rows.append(row)

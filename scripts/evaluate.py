@@ -16,8 +16,10 @@ projection onto the acquired slices when their profile is clear). Rows of `+adap
 self-check's estimate, plotted against the true gain of the network alone (`self_check_vs_true_gain.png`).
 
 Rows are cached in `<output>/evaluation_rows.jsonl` under the model's weights sha256 (and, for `+adapt` rows,
-whether the consistency step ran: older rows predate it and no longer count), so an interrupted run continues
-where it stopped and retrained weights are scored again. The default model goes first.
+whether the consistency step ran and whether the networks ran in bfloat16, which gives adaptation more steps in
+its seconds: older rows predate them and no longer count), so an interrupted run continues where it stopped and
+retrained weights are scored again. Every row records its `precision`; the network alone moves by at most
+0.003 dB between float32 and bfloat16 (README, *Speed*), so its rows count in either. The default model goes first.
 
     python scripts/evaluate.py --threads 2 --output Resources
 """
@@ -35,6 +37,7 @@ import numpy as np
 import _paths  # noqa: F401
 from MRISuperResLib import read_volume, superresolve
 from MRISuperResLib.degrade import kspace_truncate, thick_slices
+from MRISuperResLib.devices import installed_torch, uses_bfloat16
 from MRISuperResLib.figures import save_panels
 from MRISuperResLib.metrics import score
 from MRISuperResLib.models.registry import ModelRegistry
@@ -112,7 +115,8 @@ class Case:
         mask = None if self.mask is None else crop_to(self.mask, result.array.shape)
         return result.array, {"case": self.name, "degradation": kind, "factor": factor, "model": model,
                               "reference": reference, "seconds": round(time.perf_counter() - started, 1),
-                              **({"consistency": True} if current(model) else {}),
+                              "precision": "bfloat16" if uses_bfloat16(installed_torch().auto_device) else "float32",
+                              **dict(product_settings(model)),
                               **score(result.array, truth, mask),
                               **{k: v for k, v in report.items() if mode and k in REPORTED}}
 
@@ -122,12 +126,30 @@ REPORTED = ("estimated_gain_db", "adapted", "adapted_gain_db", "fell_back_to_cub
 
 def row_key(row: dict) -> tuple:
     return (row["case"], row["degradation"], row["factor"], row["model"], row["reference"], row.get("sha256"),
-            row.get("consistency", False))
+            settings_of(row))
 
 
-def current(model: str) -> bool:
-    """Whether rows of `model` are scored with the consistency step (the product path's are)."""
-    return model.endswith("+adapt")
+def cache_key(case: str, kind: str, factor: int, model: str, reference: str, sha: str | None) -> tuple:
+    """The `row_key` of the row that scoring `model` now would give."""
+    return case, kind, factor, model, reference, sha, product_settings(model)
+
+
+def product_settings(model: str) -> tuple:
+    """What decides a `+adapt` row's numbers besides the weights, as (name, value) pairs: the consistency step,
+    and bfloat16 where this machine's CPU runs it (adaptation then takes more steps in its seconds). Rows of the
+    network alone have none."""
+    if not model.endswith("+adapt"):
+        return ()
+    bfloat16 = uses_bfloat16(installed_torch().auto_device)
+    return (("consistency", True),) + ((("precision", "bfloat16"),) if bfloat16 else ())
+
+
+def settings_of(row: dict) -> tuple:
+    """A cached row's `product_settings` (rows that predate a setting lack it)."""
+    if not row["model"].endswith("+adapt"):
+        return ()
+    return tuple((name, value) for name, value in (("consistency", True), ("precision", "bfloat16"))
+                 if row.get(name) == value)
 
 
 def sweep(cases: list, degradations, variants: list[tuple[str, str]], threads: int, cache: Path,
@@ -140,7 +162,7 @@ def sweep(cases: list, degradations, variants: list[tuple[str, str]], threads: i
         for kind, factor in degradations:
             for case in cases:
                 sha = weights_sha(model)
-                if (case.name, kind, factor, model, reference, sha, current(model)) in done:
+                if cache_key(case.name, kind, factor, model, reference, sha) in done:
                     continue
                 _, row = case.run(kind, factor, model, reference, threads)
                 row["sha256"] = sha
@@ -150,7 +172,7 @@ def sweep(cases: list, degradations, variants: list[tuple[str, str]], threads: i
                     stream.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
     return [r for r in rows if (r["model"], r["reference"]) in variants and r.get("sha256") == weights_sha(r["model"])
-            and r.get("consistency", False) == current(r["model"])]
+            and settings_of(r) == product_settings(r["model"])]
 
 
 def across_thick_axis(case: Case, shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:

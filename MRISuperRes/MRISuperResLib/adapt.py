@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .degrade import thick_slices
+from .devices import autocast
 from .geometry import resampled_grid
 from .inference import factor_argument, oriented_slices, with_neighbours
 from .plan import ADAPT_BATCH, ADAPT_PATCH
@@ -184,7 +185,7 @@ def score(network: torch.nn.Module, pairs: ScanPairs, device: torch.device, batc
     was_training = network.training
     network.eval()
     model_errors, cubic_errors = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device):
         for first in range(0, len(pairs), batch):
             lr, truth, ref, mask = (x[first:first + batch].to(device) for x in
                                     (pairs.lr, pairs.truth, pairs.reference, pairs.mask))
@@ -231,8 +232,9 @@ def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: to
             flips = [d for d, flip in zip((-2, -1), torch.rand(2, generator=generator) < 0.5) if flip]
             if flips:
                 lr, truth, ref, mask = (x.flip(flips) for x in (lr, truth, ref, mask))
-            output = adapted(*(x.to(device) for x in (lr, ref, mask)), **factor_argument(adapted, pairs.factor))
-            loss = torch.nn.functional.l1_loss(output, truth.to(device))
+            with autocast(device):
+                output = adapted(*(x.to(device) for x in (lr, ref, mask)), **factor_argument(adapted, pairs.factor))
+            loss = torch.nn.functional.l1_loss(output.float(), truth.to(device))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .devices import autocast
 from .foreground import group_boxes, signal_mask
 from .plan import TILE_OVERLAP, Plan
 from .progress import CancelFlag, ProgressCallback, StageReporter
@@ -161,7 +162,7 @@ def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, referen
             for batch in _batched(_tiles(count, box, plan.tile), plan.batch_size):
                 tensors = {name: torch.from_numpy(np.stack([x[s, :, r:r + tile_h, c:c + tile_w] for s, r, c in batch]))
                            .to(device=device, dtype=torch.float32) for name, x in group.items()}
-                with torch.inference_mode():
+                with torch.inference_mode(), autocast(device):
                     output = network(**tensors, **arguments)
                 if network_confidence:
                     output, tile_confidence = (x[:, 0].float().cpu().numpy() for x in output)

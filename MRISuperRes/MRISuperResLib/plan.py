@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .devices import installed_torch
+from .devices import installed_torch, uses_bfloat16
 from .errors import MRISuperResError
 from .geometry import SPACING_TOLERANCE, resampled_grid, scale_factors, upsampled_axes
 from .models.registry import REFERENCE_MODES, ModelCard
@@ -41,6 +41,14 @@ CPU_MACS_PER_SECOND_PER_THREAD = 12e9
 CPU_MACS_PER_SECOND_PER_THREAD_BY_ARCHITECTURE = {"edsr": 30e9, "progressive": 39e9, "daasr": 8.2e9,
                                                   "transmrsr": 6.3e9, "cnn-vit": 24e9}
 CUDA_MACS_PER_SECOND = 2e12
+# How many times faster bfloat16 autocast runs than float32 on a CPU that computes it natively
+# (`devices.uses_bfloat16`): one thread of a 2-core AMD EPYC with AVX-512 BF16, each registered network's
+# forward pass on two 128² tiles and a fine-tuning step of 8 × 64² patches, rounded down.
+# DAASR's matching and TransMRSR's windows are memory-bound, so they gain least.
+BFLOAT16_SPEEDUP = {"edsr": 1.9, "srcnn": 2.0, "cnn-vit": 1.8, "rfdn": 1.7, "progressive": 1.7, "vdsr": 1.4,
+                    "rcan": 1.4, "daasr": 1.2, "transmrsr": 1.1}
+BFLOAT16_TRAINING_SPEEDUP = {"edsr": 1.8, "srcnn": 2.0, "cnn-vit": 1.5, "rfdn": 1.3, "progressive": 1.4,
+                             "vdsr": 1.3, "rcan": 1.3, "daasr": 1.1, "transmrsr": 1.1}
 # Apple's MPS: not measured (no Mac has been at hand); a first guess of about a tenth of a data-centre GPU,
 # to be calibrated with scripts/benchmark.py --device mps. The plan multiplies every GPU rate by it and divides every GPU time by it.
 MPS_SHARE_OF_CUDA = 0.1
@@ -73,6 +81,11 @@ CUDA_TRAINING_MACS_PER_SECOND = 1e12
 LATER_HALF_SPEEDUP = {"edsr": 1.8}
 # A ceiling, so that a fast device spends seconds, not the whole budget: the gain flattens well before it.
 MAX_ADAPT_STEPS = 600
+# Fine-tuning only the later half (without a reference), more steps fit the scan's own planes rather than its
+# thick axis: on four val/ brains (4x thick, edsr-large, `scripts/adaptation_ablation.py`) 306 steps added
+# +0.26 dB on their own, 529 steps +0.18 (bfloat16), and 493 steps in float32 fell the same way. So a CPU that
+# runs bfloat16, or a GPU, stops there and finishes sooner.
+MAX_LATER_HALF_STEPS = 310
 # What a step costs beyond its multiply-adds (Python, the optimiser, batching): it dominates tiny networks.
 STEP_OVERHEAD_SECONDS = 0.01
 ADAPT_PATCH = 64
@@ -326,6 +339,8 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
     else:
         per_thread = CPU_MACS_PER_SECOND_PER_THREAD_BY_ARCHITECTURE.get(model.architecture, CPU_MACS_PER_SECOND_PER_THREAD)
         rate = CUDA_MACS_PER_SECOND * gpu_share(device) if on_gpu(device) else per_thread * threads
+        if uses_bfloat16(device):
+            rate *= BFLOAT16_SPEEDUP.get(model.architecture, 1.0)
         shares = [(signal_shares or {}).get(2 - AXIS_NAMES.index(normal_axis_name(p)), 1.0) for p in chosen]
         network_seconds = voxels * sum(shares) * model.macs_per_pixel / rate
         seconds = voxels * CUBIC_SECONDS_PER_VOXEL + network_seconds
@@ -382,6 +397,8 @@ def adaptation_step_seconds(architecture: str, macs_per_pixel: int, device: str,
     reference, some architectures fine-tune only their later layers: cheaper)."""
     per_thread = TRAINING_MACS_PER_SECOND_PER_THREAD.get(architecture, THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD)
     rate = CUDA_TRAINING_MACS_PER_SECOND * gpu_share(device) if on_gpu(device) else per_thread * threads
+    if uses_bfloat16(device):
+        rate *= BFLOAT16_TRAINING_SPEEDUP.get(architecture, 1.0)
     if not with_reference:
         rate *= LATER_HALF_SPEEDUP.get(architecture, 1.0)
     return STEP_OVERHEAD_SECONDS + max(1, macs_per_pixel) * ADAPT_BATCH * ADAPT_PATCH ** 2 / rate
@@ -392,7 +409,8 @@ def adaptation_steps(seconds: float, architecture: str, macs_per_pixel: int, dev
     """Fine-tuning steps that fit in about `seconds`: counted, not timed, so that the same input gives the
     same output on every run."""
     per_step = adaptation_step_seconds(architecture, macs_per_pixel, device, threads, with_reference)
-    return min(MAX_ADAPT_STEPS, max(5, int(seconds / per_step)))
+    ceiling = MAX_ADAPT_STEPS if with_reference or architecture not in LATER_HALF_SPEEDUP else MAX_LATER_HALF_STEPS
+    return min(ceiling, max(5, int(seconds / per_step)))
 
 
 def resolve_reference_mode(card: ModelCard, has_reference: bool, requested: str | None,
