@@ -19,7 +19,7 @@ Rows are cached in `<output>/evaluation_rows.jsonl` under the model's weights sh
 whether the consistency step ran and whether the networks ran in bfloat16, which gives adaptation more steps in
 its seconds: older rows predate them and no longer count), so an interrupted run continues where it stopped and
 retrained weights are scored again. Every row records its `precision`; the network alone moves by at most
-0.003 dB between float32 and bfloat16 (README, *Speed*), so its rows count in either. The default model goes first.
+0.003 dB between float32 and bfloat16 (README, *How it works*, Precision), so its rows count in either. The default model goes first.
 
     python scripts/evaluate.py --threads 2 --output Resources
 """

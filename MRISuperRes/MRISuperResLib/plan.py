@@ -81,11 +81,6 @@ CUDA_TRAINING_MACS_PER_SECOND = 1e12
 LATER_HALF_SPEEDUP = {"edsr": 1.8}
 # A ceiling, so that a fast device spends seconds, not the whole budget: the gain flattens well before it.
 MAX_ADAPT_STEPS = 600
-# Fine-tuning only the later half (without a reference), more steps fit the scan's own planes rather than its
-# thick axis: on four val/ brains (4x thick, edsr-large, `scripts/adaptation_ablation.py`) 306 steps added
-# +0.26 dB on their own, 529 steps +0.18 (bfloat16), and 493 steps in float32 fell the same way. So a CPU that
-# runs bfloat16, or a GPU, stops there and finishes sooner.
-MAX_LATER_HALF_STEPS = 310
 # What a step costs beyond its multiply-adds (Python, the optimiser, batching): it dominates tiny networks.
 STEP_OVERHEAD_SECONDS = 0.01
 ADAPT_PATCH = 64
@@ -361,7 +356,8 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
             notes.append(f"model {model.name} does texture transfer: it is checked on this scan, not adapted to it")
         elif adapt_seconds and adapt_seconds > 0:
             steps, steps_alone = (adaptation_steps(adapt_seconds, model.architecture, model.macs_per_pixel, device,
-                                                   threads, with_reference)
+                                                   threads, with_reference,
+                                                   model.adapt_steps.get("reference" if with_reference else "alone"))
                                   for with_reference in (uses_reference, False))
         check_seconds = SELF_CHECK_SECONDS + steps * adaptation_step_seconds(model.architecture, model.macs_per_pixel,
                                                                             device, threads, uses_reference)
@@ -405,12 +401,11 @@ def adaptation_step_seconds(architecture: str, macs_per_pixel: int, device: str,
 
 
 def adaptation_steps(seconds: float, architecture: str, macs_per_pixel: int, device: str, threads: int,
-                     with_reference: bool = True) -> int:
-    """Fine-tuning steps that fit in about `seconds`: counted, not timed, so that the same input gives the
-    same output on every run."""
+                     with_reference: bool = True, ceiling: int | None = None) -> int:
+    """Fine-tuning steps that fit in about `seconds`, at most `ceiling` (the model's `adapt_steps`, else
+    `MAX_ADAPT_STEPS`): counted, not timed, so that the same input gives the same output on every run."""
     per_step = adaptation_step_seconds(architecture, macs_per_pixel, device, threads, with_reference)
-    ceiling = MAX_ADAPT_STEPS if with_reference or architecture not in LATER_HALF_SPEEDUP else MAX_LATER_HALF_STEPS
-    return min(ceiling, max(5, int(seconds / per_step)))
+    return min(ceiling or MAX_ADAPT_STEPS, max(5, int(seconds / per_step)))
 
 
 def resolve_reference_mode(card: ModelCard, has_reference: bool, requested: str | None,

@@ -48,6 +48,10 @@ class ModelCard:
     # The finest voxel spacing of its training volumes, smallest and largest over them, in mm (empty: not
     # recorded). The networks work in voxels, so an input far finer or coarser shows its anatomy at another scale.
     spacings: list = field(default_factory=list)
+    # The per-scan fine-tuning steps after which adaptation gained no more on val/ ("reference": with one, the
+    # whole network; "alone": without, what `adapt.adapted_parameters` names): a ceiling on the steps the
+    # plan's seconds allow, so a faster CPU or a GPU finishes sooner (empty: `plan.MAX_ADAPT_STEPS`).
+    adapt_steps: dict = field(default_factory=dict)
 
     @property
     def is_interpolation(self) -> bool:
