@@ -38,6 +38,9 @@ def test_each_build_is_described_in_one_sentence_with_its_version_and_device():
     assert "and 1 more" in TorchBuild(version="2.5", cuda="12.1", gpus=("A", "B")).describe()
     assert MAC.describe() == "PyTorch 2.12.0 (with Apple MPS) runs on the Mac's GPU (MPS)."
     assert CPU_ONLY.describe() == "PyTorch 2.12.0+cpu (a CPU-only build) runs on the CPU."
+    assert TorchBuild(version="2.12.0+cpu", bfloat16=True).describe() == (
+        "PyTorch 2.12.0+cpu (a CPU-only build) runs on the CPU, in bfloat16 (this CPU computes it natively; "
+        "MRISUPERRES_PRECISION=float32 keeps float32).")
     # A CUDA build that sees no GPU is the case a user most needs told: the driver is the usual cause.
     assert "sees no GPU" in CUDA_NO_DRIVER.describe() and "driver" in CUDA_NO_DRIVER.describe()
     assert "not installed" in TorchBuild(version=None).describe()
@@ -141,13 +144,22 @@ def test_an_unknown_precision_is_refused_with_the_values_it_takes(monkeypatch):
         uses_bfloat16("cpu")
 
 
+def test_a_run_with_an_unknown_precision_exits_with_that_sentence_and_writes_nothing(monkeypatch, cli, thick_file):
+    monkeypatch.setenv(PRECISION_VARIABLE, "fp16")
+    output = thick_file.parent / "out.nii.gz"
+    code, out, err = cli("run", thick_file, output, "--model", "vdsr-mixed")
+    assert code != 0 and f"{PRECISION_VARIABLE}=fp16 is not a precision" in err and not output.exists()
+
+
 def test_the_plan_counts_bfloat16s_speed_in_the_network_and_in_adaptation(monkeypatch):
     default = ModelRegistry().default
     plans = {}
     for native in (False, True):
         monkeypatch.setattr(devices, "cpu_computes_bfloat16", lambda native=native: native)
-        plans[native] = make_plan(EXAMPLE_GRID, default, device="cpu", threads=2, has_reference=True)
-    # Both the network pass and each fine-tuning step get cheaper, so the same seconds hold more steps.
+        plans[native] = make_plan(EXAMPLE_GRID, default, device="cpu", threads=2, has_reference=True,
+                                  adapt_seconds=20.0)
+    # Both the network pass and each fine-tuning step get cheaper, so the same seconds (below the card's
+    # ceiling on steps) hold more steps.
     assert plans[True].seconds < plans[False].seconds
     steps = plans[True].adapt_steps / plans[False].adapt_steps
     assert steps == pytest.approx(BFLOAT16_TRAINING_SPEEDUP[default.architecture], rel=0.05)

@@ -69,7 +69,7 @@ def uses_bfloat16(device) -> bool:
     if precision not in PRECISIONS:
         raise MRISuperResError(f"{PRECISION_VARIABLE}={precision} is not a precision; set it to "
                                f"{' or '.join(PRECISIONS)}, or unset it.")
-    if precision == "float32" or str(device).split(":")[0] != "cpu" or installed_torch().version is None:
+    if precision == "float32" or str(device).split(":")[0] != "cpu" or importlib.util.find_spec("torch") is None:
         return False
     return cpu_computes_bfloat16()
 
@@ -105,6 +105,8 @@ class TorchBuild:
     # The CPU threads a run started now would use (torch's default: the physical cores, or OMP_NUM_THREADS);
     # 0 when torch is not installed. Callers that start a run in another process plan with it and pass it on.
     threads: int = 0
+    # Whether the CPU computes bfloat16 natively, so CPU runs use it (`uses_bfloat16`).
+    bfloat16: bool = False
 
     @property
     def cpu_threads(self) -> int:
@@ -131,6 +133,9 @@ class TorchBuild:
         if self.cuda:
             return (f"{head} sees no GPU (no NVIDIA driver, or one older than CUDA {self.cuda} needs), "
                     "so it runs on the CPU.")
+        if self.bfloat16:
+            return (f"{head} runs on the CPU, in bfloat16 (this CPU computes it natively; "
+                    f"{PRECISION_VARIABLE}=float32 keeps float32).")
         return f"{head} runs on the CPU."
 
 
@@ -144,4 +149,4 @@ def installed_torch() -> TorchBuild:
     gpus = tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) \
         if torch.cuda.is_available() else ()
     return TorchBuild(version=torch.__version__, cuda=torch.version.cuda, gpus=gpus, mps=_mps_available(torch),
-                      threads=torch.get_num_threads())
+                      threads=torch.get_num_threads(), bfloat16=not gpus and uses_bfloat16("cpu"))
