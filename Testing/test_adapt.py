@@ -11,7 +11,7 @@ import torch
 
 from conftest import smooth_volume
 from MRISuperResLib import Volume, devices, superresolve
-from MRISuperResLib.adapt import fine_tune, scan_pairs
+from MRISuperResLib.adapt import _error, fine_tune, scan_pairs
 from MRISuperResLib.errors import CancelledError
 from MRISuperResLib.intensity import IntensityScale
 from MRISuperResLib.models.architectures import build_architecture
@@ -39,6 +39,27 @@ def test_pairs_come_from_the_acquired_planes_with_the_coarsened_axis_along_rows(
     row_error = np.abs(np.diff(lr, axis=1) - np.diff(truth, axis=1)).mean()
     column_error = np.abs(np.diff(lr, axis=2) - np.diff(truth, axis=2)).mean()
     assert row_error > column_error
+
+
+def test_projected_pairs_know_which_rows_each_of_their_coarse_slices_covers():
+    # A scan constant over each 4-voxel slab of i and j: whatever a pair's rows, the slabs its coarse slices
+    # averaged hold one value, so the projection onto what they see leaves its truth unchanged there.
+    volume = _textured(shape_kji=(12, 48, 44))
+    rng = np.random.default_rng(0)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in volume.array.shape), indexing="ij")
+    volume.array = rng.uniform(0.2, 1.0, (12, 12, 11))[k, j // 4, i // 4].astype(np.float32)
+    pairs, why = scan_pairs(volume.array, volume, upsampled=(2,), factor=4.0, reference=None, count=32,
+                            projected=True)
+    assert pairs is not None and pairs.projection.shape == (32, pairs.truth.shape[2], pairs.truth.shape[2]), why
+    truth = pairs.truth[:, 0]
+    seen = torch.diagonal(pairs.projection, dim1=1, dim2=2) > 0  # rows inside a whole slice of the patch
+    assert seen.float().mean() > 0.5
+    projected = torch.einsum("nij,njw->niw", pairs.projection, truth)
+    assert torch.allclose(projected[seen], truth[seen], atol=1e-5)
+    # The error counted is what the run's projection leaves: none, for an output that differs only there.
+    offset = torch.einsum("nij,njw->niw", pairs.projection, torch.randn_like(truth))[:, None]
+    assert _error(pairs.truth + offset, pairs.truth, pairs.projection).abs().max() < 1e-5
+    assert pairs.subset(pairs.holdout).projection is not None and pairs.without_reference().projection is not None
 
 
 def _spine_like():

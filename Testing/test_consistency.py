@@ -9,7 +9,7 @@ import pytest
 
 from conftest import smooth_volume
 from MRISuperResLib import Volume, superresolve
-from MRISuperResLib.consistency import ProfileOperator, estimate_profile, profile_matrix, project
+from MRISuperResLib.consistency import ProfileOperator, estimate_profile, profile_matrix, project, range_projector
 from MRISuperResLib.degrade import kspace_truncate, thick_slices
 from MRISuperResLib.geometry import resampled_grid
 from MRISuperResLib.phantom import make_phantom
@@ -60,6 +60,21 @@ def test_the_projection_acquires_exactly_the_input_and_moves_a_consistent_output
     np.testing.assert_allclose(project(source, projected, target_spacing, axes, profile), projected, atol=1e-4)
 
 
+@pytest.mark.parametrize("profile", ["box", "gaussian"])
+@pytest.mark.parametrize("first,size", [(0, 64), (5, 24), (3, 30)])
+def test_the_range_projector_projects_onto_what_the_slices_within_a_patch_see(profile, first, size):
+    matrix = profile_matrix(profile, 16, 64, 4.0, 1.0)
+    projector = range_projector(matrix, first, size)
+    np.testing.assert_allclose(projector @ projector, projector, atol=1e-9)
+    np.testing.assert_allclose(projector, projector.T, atol=1e-9)
+    within = matrix[:, first:first + size]
+    within = within[within.sum(axis=1) >= 1 - 1e-3]
+    # Those slices see nothing of what is left, and the projector keeps one dimension per slice.
+    assert len(within) >= 3 and round(np.trace(projector)) == len(within)
+    np.testing.assert_allclose(within @ (np.eye(size) - projector), 0, atol=1e-9)
+    assert not range_projector(matrix, 0, 3).any()  # no 4-voxel slice fits in 3 voxels
+
+
 @pytest.mark.parametrize("degradation, expected", [
     (lambda v: thick_slices(v, 2, 4, "box"), "box"),
     (lambda v: thick_slices(v, 2, 4, "gaussian"), "gaussian"),
@@ -95,6 +110,20 @@ def test_a_run_agrees_with_the_acquired_slices_unless_told_not_to():
     untouched = superresolve(thick, report=untouched_report, consistency=False, **common)
     assert "slice_profile" not in untouched_report
     assert not np.allclose(untouched.array, result.array)
+
+
+def test_the_self_check_and_adaptation_count_the_error_the_consistency_step_leaves_when_it_will_project():
+    truth = truth_volume()
+    thick = thick_slices(truth, 2, 4, "box")
+    reports = {}
+    for consistency in (True, False):
+        reports[consistency] = {}
+        superresolve(thick, model="vdsr-mixed", target_spacing=truth.spacing, threads=2, adapt=0,
+                     consistency=consistency, report=reports[consistency])
+    assert reports[True]["pairs_profile"] == "box" and reports[True]["self_check_after_consistency"]
+    assert not reports[False]["self_check_after_consistency"]
+    # The part of the error the acquired slices fix no longer counts, so the estimate differs.
+    assert reports[True]["estimated_gain_db"] != reports[False]["estimated_gain_db"]
 
 
 def test_a_cubic_run_is_plain_cubic_interpolation():

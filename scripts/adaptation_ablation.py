@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 import _paths  # noqa: F401
 from evaluate import CASES, REPO, Case, crop_to
 from MRISuperResLib import adapt
+from MRISuperResLib.consistency import profile_matrix, range_projector
 from MRISuperResLib.devices import set_threads
 from MRISuperResLib.inference import plane_axes, with_neighbours
 from MRISuperResLib.intensity import IntensityScale
@@ -37,7 +39,10 @@ from MRISuperResLib.plan import adaptation_steps
 from MRISuperResLib.resample import preinterpolate
 
 SLICE_STRIDE = 8
-VARIANTS = {"whole": {"whole_network": True}, "later-half": {"whole_network": False}}
+# `projected`: the pairs count only the error the consistency step leaves (`adapt.ScanPairs.projection`).
+VARIANTS = {"whole": {"whole_network": True}, "later-half": {"whole_network": False},
+            "whole-projected": {"whole_network": True, "projected": True},
+            "later-half-projected": {"whole_network": False, "projected": True}}
 
 
 def prepared(case: Case, model: str, with_reference: bool) -> dict:
@@ -57,10 +62,20 @@ def prepared(case: Case, model: str, with_reference: bool) -> dict:
             "scan": scale.normalise(low.array), "low": low, "reference_native": ref_native}
 
 
-def sampled_psnr(network: torch.nn.Module, run: dict) -> tuple[float, float]:
+def thick_axis_projector(run: dict) -> np.ndarray:
+    """`consistency.range_projector` along the run's thick axis (box slices, the target grid)."""
+    (axis,) = run["plan"].upsampled
+    return range_projector(profile_matrix("box", run["low"].array.shape[2 - axis], run["lr"].shape[2 - axis],
+                                          run["low"].spacing[axis], run["plan"].target.spacing[axis])).astype(np.float32)
+
+
+def sampled_psnr(network: torch.nn.Module, run: dict, consistent: bool = False) -> tuple[float, float]:
     """PSNR of the network and of cubic interpolation over the foreground of every `SLICE_STRIDE`-th slice of
-    each planned plane (data range: the normalised truth's)."""
+    each planned plane (data range: the normalised truth's); `consistent`: the network's output as the
+    consistency step makes it (its error along the thick axis, which runs along the slices' rows, less the
+    part the acquired slices fix)."""
     plan, context = run["plan"], getattr(network, "context", 0)
+    projector = thick_axis_projector(run) if consistent else None
     errors, counted = np.zeros(2), 0
     for plane in plan.planes:
         axes = plane_axes(plane, plan.upsampled)
@@ -77,7 +92,10 @@ def sampled_psnr(network: torch.nn.Module, run: dict) -> tuple[float, float]:
             with torch.inference_mode():
                 output = network(lr, ref, ref_mask)[0, 0].numpy()
             truth = oriented["truth"][s]
-            errors += [((output - truth)[mask] ** 2).sum(), ((oriented["lr"][s] - truth)[mask] ** 2).sum()]
+            error = output - truth
+            if projector is not None:
+                error = error - projector @ error
+            errors += [(error[mask] ** 2).sum(), ((oriented["lr"][s] - truth)[mask] ** 2).sum()]
             counted += int(mask.sum())
     data_range = float(run["truth"].max() - run["truth"].min())
     model_psnr, cubic_psnr = 10 * np.log10(data_range ** 2 * counted / errors)
@@ -93,6 +111,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=sorted(VARIANTS))
     parser.add_argument("--seconds", type=float, default=50.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--consistent", action="store_true",
+                        help="score outputs as the consistency step makes them (box slices)")
     args = parser.parse_args()
     set_threads(args.threads)
     registry = ModelRegistry()
@@ -103,27 +123,30 @@ def main() -> None:
         run = prepared(Case(args.data, case), card.name, args.reference)
         pairs, why = adapt.scan_pairs(run["scan"], run["low"], run["plan"].upsampled, max(run["plan"].factors),
                                       run["reference_native"], getattr(network, "context", 0),
-                                      run_planes=run["plan"].planes)
+                                      run_planes=run["plan"].planes, projected=True)
         if pairs is None or not pairs.for_fine_tuning.any():
             # The product checks such a scan but does not adapt it (no pairs like inference's slices).
             print(json.dumps({"case": case[0], "skipped": why or "no pairs like inference's slices"}))
             continue
-        held_out = pairs.subset(pairs.holdout)
+        plain = replace(pairs, projection=None)
+        held_out = (pairs if args.consistent else plain).subset(pairs.holdout)
         held_model, held_cubic = adapt.score(network, held_out, device)
-        true_model, true_cubic = sampled_psnr(network, run)
+        true_model, true_cubic = sampled_psnr(network, run, args.consistent)
         row = {"case": case[0], "model": card.name, "reference": args.reference}
         print(json.dumps({**row, "variant": "pretrained", "true_gain": true_model - true_cubic,
                           "held_out_gain": held_model - held_cubic}), flush=True)
         for name in args.variants:
-            options = VARIANTS[name]
+            options = dict(VARIANTS[name])
+            projected = options.pop("projected", False)
             # The same seconds: the whole network's steps cost more (the plan counts them as with a reference).
             variant_steps = adaptation_steps(args.seconds, card.architecture, card.macs_per_pixel, "cpu", 2,
-                                             with_reference=options["whole_network"])
+                                             options["whole_network"],
+                                             card.adapt_steps.get("reference" if options["whole_network"] else "alone"))
             started = time.perf_counter()
-            adapted = adapt.fine_tune(network, pairs, variant_steps, device, **options)
+            adapted = adapt.fine_tune(network, pairs if projected else plain, variant_steps, device, **options)
             seconds = time.perf_counter() - started
             held, _ = adapt.score(adapted, held_out, device)
-            true, _ = sampled_psnr(adapted, run)
+            true, _ = sampled_psnr(adapted, run, args.consistent)
             print(json.dumps({**row, "variant": name, "steps": variant_steps, "seconds": round(seconds, 1),
                               "true_gain": true - true_cubic, "held_out_gain": held - held_cubic,
                               "adaptation_true": true - true_model, "adaptation_held_out": held - held_model}),

@@ -16,10 +16,10 @@ projection onto the acquired slices when their profile is clear). Rows of `+adap
 self-check's estimate, plotted against the true gain of the network alone (`self_check_vs_true_gain.png`).
 
 Rows are cached in `<output>/evaluation_rows.jsonl` under the model's weights sha256 (and, for `+adapt` rows,
-whether the consistency step ran and whether the networks ran in bfloat16, which gives adaptation more steps in
-its seconds: older rows predate them and no longer count), so an interrupted run continues where it stopped and
-retrained weights are scored again. Every row records its `precision`; the network alone moves by at most
-0.003 dB between float32 and bfloat16 (README, *How it works*, Precision), so its rows count in either. The default model goes first.
+the product path's `PRODUCT_SETTINGS`: older rows predate some and no longer count), so an interrupted run
+continues where it stopped and retrained weights are scored again. Every row records its `precision`; the
+network alone moves by at most 0.003 dB between float32 and bfloat16 (README, *How it works*, Precision), so
+its rows count in either. The default model goes first.
 
     python scripts/evaluate.py --threads 2 --output Resources
 """
@@ -134,22 +134,26 @@ def cache_key(case: str, kind: str, factor: int, model: str, reference: str, sha
     return case, kind, factor, model, reference, sha, product_settings(model)
 
 
+# What has changed a `+adapt` row's numbers besides the weights, in the order it came: the consistency step;
+# the self-check and adaptation counting only the error that step leaves; bfloat16, where this machine's CPU
+# runs it (adaptation's steps then differ by rounding).
+PRODUCT_SETTINGS = (("consistency", True), ("self_check", "after consistency"), ("precision", "bfloat16"))
+
+
 def product_settings(model: str) -> tuple:
-    """What decides a `+adapt` row's numbers besides the weights, as (name, value) pairs: the consistency step,
-    and bfloat16 where this machine's CPU runs it (adaptation then takes more steps in its seconds). Rows of the
-    network alone have none."""
+    """The `PRODUCT_SETTINGS` a `+adapt` row scored now has, as (name, value) pairs; rows of the network alone
+    have none."""
     if not model.endswith("+adapt"):
         return ()
     bfloat16 = uses_bfloat16(installed_torch().auto_device)
-    return (("consistency", True),) + ((("precision", "bfloat16"),) if bfloat16 else ())
+    return tuple(setting for setting in PRODUCT_SETTINGS if setting[0] != "precision" or bfloat16)
 
 
 def settings_of(row: dict) -> tuple:
     """A cached row's `product_settings` (rows that predate a setting lack it)."""
     if not row["model"].endswith("+adapt"):
         return ()
-    return tuple((name, value) for name, value in (("consistency", True), ("precision", "bfloat16"))
-                 if row.get(name) == value)
+    return tuple((name, value) for name, value in PRODUCT_SETTINGS if row.get(name) == value)
 
 
 def sweep(cases: list, degradations, variants: list[tuple[str, str]], threads: int, cache: Path,

@@ -10,7 +10,9 @@ the scan's own grid) at the same place. Whole slices are held out (every fifth) 
 letting fine-tuning see them. Every pair serves the check; fine-tuning learns only from pairs whose columns
 run along the kind of axis (sharp, or upsampled) that the run's planes have along theirs
 (`ScanPairs.like_inference`): on a scan whose only pairs differ there, it is skipped, unless the pretrained
-model loses to cubic on them (then they are all it has; `pipeline._check_and_adapt`).
+model loses to cubic on them (then they are all it has; `pipeline._check_and_adapt`). When the run will make
+its output consistent with the input's slices, each pair also carries the projector onto what its own coarse
+slices see along its rows: the check scores, and fine-tuning learns, only the error that step leaves.
 
 One difference from inference stays: in these pairs the slice normal is often the thick axis, so a 2.5D
 model's neighbouring slices are a thick slice apart rather than one voxel; the estimate is therefore, if
@@ -25,6 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from .consistency import profile_matrix, range_projector
 from .degrade import thick_slices
 from .devices import autocast
 from .geometry import resampled_grid
@@ -66,11 +69,18 @@ class ScanPairs:
     # bool (N,): the patch's columns run along an axis of the kind (sharp or upsampled) that the run's planes
     # have along their columns, so fine-tuning on it teaches what inference asks (None: all are).
     like_inference: torch.Tensor | None = None
+    # (N, rows, rows): each patch's `consistency.range_projector` along its coarsened rows, when the run's output
+    # will be made consistent with its slices: the error in that range is then projected away, so fine-tuning
+    # and scoring count only the rest (None: the plain error).
+    projection: torch.Tensor | None = None
 
     def subset(self, chosen: torch.Tensor) -> "ScanPairs":
+        def pick(x):
+            return None if x is None else x[chosen]
+
         return ScanPairs(self.lr[chosen], self.truth[chosen], self.reference[chosen], self.mask[chosen],
-                         self.holdout[chosen], self.factor, None if self.texture is None else self.texture[chosen],
-                         None if self.like_inference is None else self.like_inference[chosen])
+                         self.holdout[chosen], self.factor, pick(self.texture), pick(self.like_inference),
+                         pick(self.projection))
 
     @property
     def for_fine_tuning(self) -> torch.Tensor:
@@ -87,7 +97,7 @@ class ScanPairs:
     def without_reference(self) -> "ScanPairs":
         """The same pairs with a blank reference and mask, as the networks see "no reference" (and no texture)."""
         return ScanPairs(self.lr, self.truth, torch.zeros_like(self.reference), torch.zeros_like(self.mask),
-                         self.holdout, self.factor, like_inference=self.like_inference)
+                         self.holdout, self.factor, like_inference=self.like_inference, projection=self.projection)
 
     def with_paired_texture(self, project, device: torch.device) -> "ScanPairs":
         """The pairs with the texture a paired run gives a texture-transfer network: matched in each patch's
@@ -102,12 +112,14 @@ class ScanPairs:
 
 def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], factor: float,
                reference: np.ndarray | None, context: int = 0, count: int = PAIRS, seed: int = 0,
-               run_planes: tuple[str, ...] = (), profile: str = "box") -> tuple[ScanPairs | None, str]:
+               run_planes: tuple[str, ...] = (), profile: str = "box",
+               projected: bool = False) -> tuple[ScanPairs | None, str]:
     """Pairs from `scan` (the input on its own grid, normalised) coarsened `factor`× along each acquired
     axis in turn with the slice `profile` (`degrade.PROFILES`); `reference`: the reference on the same grid,
     normalised (None: without); `run_planes`: the run's planes, which say what kind of axis inference has along
-    its columns (`ScanPairs.like_inference`; none given: every pair counts as like them). Returns the pairs,
-    or None and the reason there are none."""
+    its columns (`ScanPairs.like_inference`; none given: every pair counts as like them); `projected`: the run
+    makes its output consistent with its slices (`ScanPairs.projection`). Returns the pairs, or None and the
+    reason there are none."""
     acquired = [axis for axis in range(3) if axis not in upsampled]
     if not acquired:
         return None, "every axis of the input is upsampled, so it has no sharp axis to learn from"
@@ -120,7 +132,9 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
         coarse = thick_slices(native, axis, k, profile)
         interpolated = preinterpolate(coarse, resampled_grid(coarse.grid, volume.spacing)).array
         crop = tuple(slice(0, n) for n in interpolated.shape)
-        instances.append((axis, interpolated, scan[crop], None if reference is None else reference[crop]))
+        acquisition = (profile_matrix(profile, coarse.array.shape[2 - axis], interpolated.shape[2 - axis],
+                                      coarse.spacing[axis], volume.spacing[axis]) if projected else None)
+        instances.append((axis, interpolated, scan[crop], None if reference is None else reference[crop], acquisition))
     if not instances:
         return None, f"its acquired axes are too short for {k}× coarsening"
 
@@ -130,7 +144,7 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
     sharp_columns_at_inference = {any(AXIS_NAMES.index(name) not in upsampled for name in plane)
                                   for plane in run_planes}
     planes = []
-    for axis, lr, truth, ref in instances:
+    for axis, lr, truth, ref, acquisition in instances:
         rows = 2 - axis
         for columns in range(3):
             if columns == rows:
@@ -139,18 +153,18 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
             if size >= MIN_PATCH:
                 like = not run_planes or (2 - columns not in upsampled) in sharp_columns_at_inference
                 planes.append((oriented_slices(lr, rows, columns), oriented_slices(truth, rows, columns),
-                               None if ref is None else oriented_slices(ref, rows, columns), size, like))
+                               None if ref is None else oriented_slices(ref, rows, columns), size, like, acquisition))
     if not planes:
         return None, f"its slices are smaller than {MIN_PATCH} pixels"
     # Patches as large as the best planes allow: a plane across the thick axis has few pixels that way
     # (and its columns run along a coarse axis, unlike anything inference sees), so it would shrink them all.
     size = max(p[3] for p in planes)
     planes = [p for p in planes if p[3] == size]
-    items = {"lr": [], "truth": [], "reference": [], "mask": [], "holdout": [], "like_inference": []}
+    items = {"lr": [], "truth": [], "reference": [], "mask": [], "holdout": [], "like_inference": [], "projection": []}
     attempts = 0
     while len(items["lr"]) < count and attempts < count * 20:
         attempts += 1
-        lr, truth, ref, _, like = planes[rng.integers(len(planes))]
+        lr, truth, ref, _, like, acquisition = planes[rng.integers(len(planes))]
         s = int(rng.integers(lr.shape[0]))
         r = int(rng.integers(lr.shape[1] - size + 1))
         c = int(rng.integers(lr.shape[2] - size + 1))
@@ -167,12 +181,24 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
             items["mask"].append(np.ones((1, size, size), np.float32))
         items["holdout"].append(s % HOLDOUT_EVERY == HOLDOUT_PHASE)
         items["like_inference"].append(like)
+        if acquisition is not None:
+            items["projection"].append(range_projector(acquisition, r, size))
     if len(items["lr"]) < 16 or sum(items["holdout"]) < 4:
         return None, "it has too little foreground in its acquired planes"
     tensors = {name: torch.from_numpy(np.stack(values).astype(np.float32)) for name, values in items.items()
-               if name not in ("holdout", "like_inference")}
+               if name not in ("holdout", "like_inference", "projection")}
     return ScanPairs(**tensors, holdout=torch.tensor(items["holdout"]), factor=float(k),
-                     like_inference=torch.tensor(items["like_inference"])), ""
+                     like_inference=torch.tensor(items["like_inference"]),
+                     projection=torch.from_numpy(np.stack(items["projection"]).astype(np.float32))
+                     if projected else None), ""
+
+
+def _error(output: torch.Tensor, truth: torch.Tensor, projection: torch.Tensor | None) -> torch.Tensor:
+    """output − truth, less its part along each patch's rows that the run's consistency step projects away."""
+    error = output.float() - truth
+    if projection is None:
+        return error
+    return error - torch.einsum("nij,ncjw->nciw", projection, error)
 
 
 def _pooled_psnr(squared_errors: list[torch.Tensor]) -> float:
@@ -190,8 +216,9 @@ def score(network: torch.nn.Module, pairs: ScanPairs, device: torch.device, batc
             lr, truth, ref, mask = (x[first:first + batch].to(device) for x in
                                     (pairs.lr, pairs.truth, pairs.reference, pairs.mask))
             texture = {} if pairs.texture is None else {"texture": pairs.texture[first:first + batch].to(device)}
-            model_errors.append((network(lr, ref, mask, **texture, **factor_argument(network, pairs.factor)).float()
-                                 - truth) ** 2)
+            projection = None if pairs.projection is None else pairs.projection[first:first + batch].to(device)
+            output = network(lr, ref, mask, **texture, **factor_argument(network, pairs.factor))
+            model_errors.append(_error(output, truth, projection) ** 2)
             cubic_errors.append((lr[:, :1] - truth) ** 2)
     network.train(was_training)
     return _pooled_psnr(model_errors), _pooled_psnr(cubic_errors)
@@ -229,12 +256,15 @@ def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: to
         for _ in range(steps):
             chosen = torch.randint(len(training), (min(ADAPT_BATCH, len(training)),), generator=generator)
             lr, truth, ref, mask = (x[chosen] for x in (training.lr, training.truth, training.reference, training.mask))
+            projection = None if training.projection is None else training.projection[chosen]
             flips = [d for d, flip in zip((-2, -1), torch.rand(2, generator=generator) < 0.5) if flip]
             if flips:
                 lr, truth, ref, mask = (x.flip(flips) for x in (lr, truth, ref, mask))
+                if projection is not None and -2 in flips:  # the rows reversed: P becomes J P J
+                    projection = projection.flip((-2, -1))
             with autocast(device):
                 output = adapted(*(x.to(device) for x in (lr, ref, mask)), **factor_argument(adapted, pairs.factor))
-            loss = torch.nn.functional.l1_loss(output.float(), truth.to(device))
+            loss = _error(output, truth.to(device), None if projection is None else projection.to(device)).abs().mean()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -51,6 +51,17 @@ def profile_matrix(profile: str, n_in: int, n_out: int, spacing_in: float, spaci
     return weights / np.where(np.abs(totals) > 1e-12, totals, 1.0)
 
 
+def range_projector(matrix: np.ndarray, first: int = 0, size: int | None = None) -> np.ndarray:
+    """`A⁺A` on output voxels first … first + size − 1 of one axis, for the slices of `matrix`
+    (`profile_matrix`) that lie within them: the part of an output line those slices see, which the projection
+    sets from them. What is left to get right is the rest, `I − A⁺A`."""
+    inside = matrix[:, first:None if size is None else first + size]
+    within = inside[inside.sum(axis=1) >= 1 - 1e-3]  # rows sum to 1: these slices lie (almost) wholly inside
+    if not len(within):
+        return np.zeros((inside.shape[1],) * 2)
+    return within.T @ np.linalg.pinv(within @ within.T) @ within
+
+
 def _along(matrix: np.ndarray, array: np.ndarray, axis_np: int) -> np.ndarray:
     """`matrix` applied along numpy axis `axis_np` of `array`."""
     moved = np.tensordot(matrix.astype(np.float32), np.moveaxis(array, axis_np, 0), axes=(1, 0))

@@ -166,11 +166,11 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
         if reference_array is None and mode == "paired":
             mode = _fallback_mode(plan)
     if self_check:
-        profile = _profile_of_the_scan(network, volume, input_scale, plan, lr, reference_array, reference_mask,
-                                       torch_device, progress, cancel, report)
+        profile, clear = _profile_of_the_scan(network, volume, input_scale, plan, lr, reference_array,
+                                              reference_mask, torch_device, progress, cancel, report)
         network, use_cubic, reference_helps = _check_and_adapt(
             network, volume, input_scale, reference_native, plan, torch_device, fallback, progress, cancel, report,
-            profile)
+            profile, projected=consistency and clear)
         if use_cubic:
             return interpolated, _no_matches(plan) if card.maps_confidence else None
         if not reference_helps:
@@ -344,14 +344,15 @@ def _misplacement(volume: Volume, reference: Volume, report: dict) -> str:
 
 def _profile_of_the_scan(network, volume: Volume, input_scale: IntensityScale, plan: Plan, lr: np.ndarray,
                          reference: np.ndarray | None, reference_mask: np.ndarray | None, device: torch.device,
-                         progress, cancel, report: dict) -> str:
+                         progress, cancel, report: dict) -> tuple[str, bool]:
     """The slice profile the scan's own pairs are coarsened with: the nearer of box and Gaussian
     (`consistency.estimate_profile`) given the pretrained model's output on a block at the centre of the scan
-    (`PROFILE_BLOCK` voxels along each axis it does not upsample, all of every upsampled one). Box pairs taught
+    (`PROFILE_BLOCK` voxels along each axis it does not upsample, all of every upsampled one); and whether it is
+    clear enough that the consistency step will likely project onto it. Box pairs taught
     a scan of Gaussian slices the wrong blur: on val/ (4x Gaussian, no reference) adaptation then cost 0.19 dB
     (BraTS t2w) and 0.71 dB (openms T2) while its own pairs said it helped."""
     if plan.model.texture_transfer:
-        return "box"
+        return "box", False
     stage = StageReporter("check", 1, progress, cancel)
     margin = getattr(network, "context", 0) + 2
     block, inner = [slice(None)] * 3, [slice(None)] * 3
@@ -378,13 +379,18 @@ def _profile_of_the_scan(network, volume: Volume, input_scale: IntensityScale, p
     report["pairs_profile"] = profile
     stage.finish(f"the scan's own pairs are coarsened with a {profile} profile: {estimate.describe()}, from the "
                  f"model on {' × '.join(str(n) for n in output[inner].shape[::-1])} voxels at the scan's centre")
-    return profile
+    return profile, estimate.profile == profile
 
 
 def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, reference_native, plan: Plan,
-                     device: torch.device, fallback: bool, progress, cancel, report: dict, profile: str = "box"):
+                     device: torch.device, fallback: bool, progress, cancel, report: dict, profile: str = "box",
+                     projected: bool = False):
     """The self-check, the reference check, adaptation for the plan's steps (none with `adapt=0`) and the
     fallback decision: (network, use cubic, keep the reference).
+
+    `projected`: the output will be made consistent with the input's slices, so the pairs score, and
+    fine-tuning learns, only the error that step leaves (`adapt.ScanPairs.projection`): on val/ the part it
+    fixes is what adaptation and the projection both gained, so without this adaptation added less.
 
     The reference check scores the model on the scan's own held-out pairs with the reference and without it
     (blank, as the networks see "none"), and drops the reference unless it helps there: a reference that is
@@ -393,7 +399,7 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
     stage = StageReporter("check", 1, progress, cancel)
     pairs, why = scan_adaptation.scan_pairs(input_scale.normalise(volume.array), volume, plan.upsampled,
                                             max(plan.factors), reference_native, getattr(network, "context", 0),
-                                            run_planes=plan.planes, profile=profile)
+                                            run_planes=plan.planes, profile=profile, projected=projected)
     if pairs is None:
         report["self_check"] = f"skipped: {why}"
         stage.finish(f"self-check skipped: {why}")
@@ -419,7 +425,8 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
                    "let it be registered (without --no-register-reference), or check that it is the same session"),
                 warning=True)
     gain = float(model_psnr - cubic_psnr)
-    report.update(self_check="done", estimated_gain_db=round(gain, 3), self_check_pairs=len(held_out))
+    report.update(self_check="done", estimated_gain_db=round(gain, 3), self_check_pairs=len(held_out),
+                  self_check_after_consistency=held_out.projection is not None)
     message = f"estimated gain over cubic on this scan's own acquired planes: {gain:+.2f} dB"
     if texture_transfer:
         # Self or unpaired texture from the scan's own planes would hold these pairs' truth: checked without.
