@@ -43,9 +43,10 @@ CPU_MACS_PER_SECOND_PER_THREAD_BY_ARCHITECTURE = {"edsr": 30e9, "progressive": 3
 CUDA_MACS_PER_SECOND = 2e12
 # How many times faster bfloat16 autocast runs than float32 on a CPU that computes it natively
 # (`devices.uses_bfloat16`): one thread of a 2-core AMD EPYC with AVX-512 BF16, each registered network's
-# forward pass on two 128² tiles and a fine-tuning step of 8 × 64² patches, rounded down.
-# DAASR's matching and TransMRSR's windows are memory-bound, so they gain least.
-BFLOAT16_SPEEDUP = {"edsr": 1.9, "srcnn": 2.0, "cnn-vit": 1.8, "rfdn": 1.7, "progressive": 1.7, "vdsr": 1.4,
+# forward pass on two 128² tiles and a fine-tuning step of 8 × 64² patches, rounded down; EDSR's on four 192²
+# tiles, nearer inference's 256² (2.2; 1.96 on 128²). DAASR's matching and TransMRSR's windows are memory-bound,
+# so they gain least. scripts/benchmark.py then took the default as a user runs it 73.8 s against 141.0 s.
+BFLOAT16_SPEEDUP = {"edsr": 2.2, "srcnn": 2.0, "cnn-vit": 1.8, "rfdn": 1.7, "progressive": 1.7, "vdsr": 1.4,
                     "rcan": 1.4, "daasr": 1.2, "transmrsr": 1.1}
 BFLOAT16_TRAINING_SPEEDUP = {"edsr": 1.8, "srcnn": 2.0, "cnn-vit": 1.5, "rfdn": 1.3, "progressive": 1.4,
                              "vdsr": 1.3, "rcan": 1.3, "daasr": 1.1, "transmrsr": 1.1}
