@@ -19,6 +19,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISION_VARIABLE = "MRISUPERRES_PRECISION"
 PRECISIONS = ("auto", "float32")
 
+
 def _mps_available(torch) -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
@@ -63,7 +64,7 @@ def uses_bfloat16(device) -> bool:
 
     Only on a CPU that computes bfloat16 natively. There, measured on 2-core AMD EPYC with AVX-512 BF16
     (one thread, `plan.BFLOAT16_SPEEDUP`), edsr-large's forward pass takes 0.45× the float32 time and its
-    fine-tuning step 0.55×. On val/ the output moves by far less than the models' error (README, *Speed*).
+    fine-tuning step 0.55×. On val/ PSNR moved by at most 0.003 dB (README, *How it works*, Precision).
     GPUs stay in float32: their runs already take seconds, and bfloat16 there is not measured."""
     precision = os.environ.get(PRECISION_VARIABLE, "auto")
     if precision not in PRECISIONS:
