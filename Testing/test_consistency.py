@@ -13,6 +13,8 @@ from MRISuperResLib.consistency import ProfileOperator, estimate_profile, profil
 from MRISuperResLib.degrade import kspace_truncate, thick_slices
 from MRISuperResLib.geometry import resampled_grid
 from MRISuperResLib.phantom import make_phantom
+from MRISuperResLib.pipeline import _consistent_with_input, plan_run
+from MRISuperResLib.resample import preinterpolate
 
 
 def truth_volume() -> Volume:
@@ -124,6 +126,21 @@ def test_the_self_check_and_adaptation_count_the_error_the_consistency_step_leav
     assert not reports[False]["self_check_after_consistency"]
     # The part of the error the acquired slices fix no longer counts, so the estimate differs.
     assert reports[True]["estimated_gain_db"] != reports[False]["estimated_gain_db"]
+
+
+def test_a_model_adapted_for_a_profile_is_projected_onto_it_whatever_the_estimate():
+    truth = truth_volume()
+    thick = thick_slices(truth, 2, 4, "box")
+    plan = plan_run(thick, target_spacing=truth.spacing, model="cubic")
+    # Cubic interpolation passes through the slice centres: no profile fits it clearly.
+    output = preinterpolate(thick, plan.target).array
+    report: dict = {}
+    assert _consistent_with_input(thick, output, plan, None, None, report) is output
+    assert report["slice_profile"] is None
+    made = _consistent_with_input(thick, output, plan, None, None, report, tuned_for="box")
+    assert report["slice_profile"] == "box"
+    acquired = ProfileOperator.between("box", thick, made.shape, plan.target.spacing, plan.upsampled).acquire(made)
+    np.testing.assert_allclose(acquired, thick.array, atol=1e-3 * float(np.ptp(thick.array)))
 
 
 def test_a_cubic_run_is_plain_cubic_interpolation():
