@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from MRISuperResLib import MRISuperResError
-from MRISuperResLib.advice import EXAMPLE_GRID, SLOW_SECONDS, device_advice
 import numpy as np
+import pytest
 import torch
 
 from conftest import smooth_volume
-from MRISuperResLib import devices, superresolve
+from MRISuperResLib import MRISuperResError, devices, superresolve
+from MRISuperResLib.advice import EXAMPLE_GRID, SLOW_SECONDS, device_advice
 from MRISuperResLib.devices import PRECISION_VARIABLE, TorchBuild, installed_torch, resolve_device, uses_bfloat16
 from MRISuperResLib.models.registry import ModelRegistry
 from MRISuperResLib.plan import BFLOAT16_SPEEDUP, BFLOAT16_TRAINING_SPEEDUP, format_seconds, make_plan
@@ -166,7 +164,7 @@ def test_the_plan_counts_bfloat16s_speed_in_the_network_and_in_adaptation(monkey
     assert BFLOAT16_SPEEDUP[default.architecture] > 1
 
 
-def test_bfloat16_moves_a_runs_output_far_less_than_the_models_error(monkeypatch):
+def test_bfloat16_moves_a_runs_output_by_at_most_two_percent_of_its_range(monkeypatch):
     # On a CPU without bfloat16 instructions both runs are float32 and must agree exactly.
     volume = smooth_volume()
     outputs = {}
