@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import smooth_volume
-from MRISuperResLib import Volume, superresolve
+from MRISuperResLib import Volume, pipeline, superresolve
 from MRISuperResLib.consistency import ProfileOperator, estimate_profile, profile_matrix, project, range_projector
 from MRISuperResLib.degrade import kspace_truncate, thick_slices
 from MRISuperResLib.geometry import resampled_grid
@@ -141,6 +141,18 @@ def test_a_model_adapted_for_a_profile_is_projected_onto_it_whatever_the_estimat
     assert report["slice_profile"] == "box"
     acquired = ProfileOperator.between("box", thick, made.shape, plan.target.spacing, plan.upsampled).acquire(made)
     np.testing.assert_allclose(acquired, thick.array, atol=1e-3 * float(np.ptp(thick.array)))
+
+
+def test_an_output_resampled_along_a_kept_axis_is_neither_projected_nor_checked_as_if_it_would_be(monkeypatch):
+    truth = truth_volume()
+    thick = thick_slices(truth, 2, 4, "box")
+    report: dict = {}
+    # Even when the central block's profile is clear.
+    monkeypatch.setattr(pipeline, "_profile_of_the_scan", lambda *args: ("box", True))
+    # Coarser in-plane, finer through the slices: the in-plane axes are resampled, not upsampled.
+    superresolve(thick, model="vdsr-mixed", target_spacing=(1.5, 1.5, 1.0), threads=2, adapt=0, report=report)
+    assert report["self_check"] == "done" and not report["self_check_after_consistency"]
+    assert "slice_profile" not in report
 
 
 def test_a_cubic_run_is_plain_cubic_interpolation():

@@ -171,7 +171,7 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
                                               reference_mask, torch_device, progress, cancel, report)
         network, use_cubic, reference_helps = _check_and_adapt(
             network, volume, input_scale, reference_native, plan, torch_device, fallback, progress, cancel, report,
-            profile, projected=consistency and clear)
+            profile, projected=consistency and clear and _projectable(volume, plan))
         if consistency and clear and report.get("adapted"):
             # Tuned to leave what the projection fixes to it, so the projection must follow, onto this profile.
             tuned_for = profile
@@ -198,6 +198,12 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
     return result, Volume.on_grid(confidence, plan.target)
 
 
+def _projectable(volume: Volume, plan: Plan) -> bool:
+    """Whether the output keeps the input's grid along every axis it does not upsample, which the projection
+    onto the input's slices needs."""
+    return all(plan.target.size[a] == volume.array.shape[2 - a] for a in range(3) if a not in plan.upsampled)
+
+
 def _consistent_with_input(volume: Volume, output: np.ndarray, plan: Plan, progress, cancel, report: dict,
                            tuned_for: str | None = None) -> np.ndarray:
     """`output` projected onto the volumes that acquire exactly the input's slices, when the slice profile
@@ -205,8 +211,7 @@ def _consistent_with_input(volume: Volume, output: np.ndarray, plan: Plan, progr
     profile's projection leaves, so the output is projected onto it whatever the estimate (on val/ at 2× such
     outputs, left unprojected when the estimate was not clear, lost 0.7-1.6 dB)."""
     stage = StageReporter("consistency", 1, progress, cancel)
-    kept = [a for a in range(3) if a not in plan.upsampled]
-    if any(output.shape[2 - a] != volume.array.shape[2 - a] for a in kept):
+    if not _projectable(volume, plan):
         stage.finish("slice profile not estimated: the output is resampled along an axis it does not upsample")
         return output
     estimate = estimate_profile(volume, output, plan.target.spacing, plan.upsampled)
