@@ -169,10 +169,11 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
     if self_check:
         profile, clear = _profile_of_the_scan(network, volume, input_scale, plan, lr, reference_array,
                                               reference_mask, torch_device, progress, cancel, report)
+        projected = consistency and clear and _projectable(volume, plan)
         network, use_cubic, reference_helps = _check_and_adapt(
             network, volume, input_scale, reference_native, plan, torch_device, fallback, progress, cancel, report,
-            profile, projected=consistency and clear and _projectable(volume, plan))
-        if consistency and clear and report.get("adapted"):
+            profile, projected)
+        if projected and report.get("adapted"):
             # Tuned to leave what the projection fixes to it, so the projection must follow, onto this profile.
             tuned_for = profile
         if use_cubic:
