@@ -139,9 +139,9 @@ def main() -> None:
             options = dict(VARIANTS[name])
             projected = options.pop("projected", False)
             # The same seconds: the whole network's steps cost more (the plan counts them as with a reference).
-            variant_steps = adaptation_steps(args.seconds, card.architecture, card.macs_per_pixel, "cpu", 2,
-                                             options["whole_network"],
-                                             card.adapt_steps.get("reference" if options["whole_network"] else "alone"))
+            whole = options["whole_network"]
+            variant_steps = adaptation_steps(args.seconds, card.architecture, card.macs_per_pixel, "cpu", 2, whole,
+                                             card.adapt_step_ceiling(whole))
             started = time.perf_counter()
             adapted = adapt.fine_tune(network, pairs if projected else plain, variant_steps, device, **options)
             seconds = time.perf_counter() - started

@@ -115,8 +115,7 @@ class Case:
         mask = None if self.mask is None else crop_to(self.mask, result.array.shape)
         return result.array, {"case": self.name, "degradation": kind, "factor": factor, "model": model,
                               "reference": reference, "seconds": round(time.perf_counter() - started, 1),
-                              "precision": "bfloat16" if uses_bfloat16(installed_torch().auto_device) else "float32",
-                              **dict(product_settings(model)),
+                              "precision": precision_now(), **dict(product_settings(model)),
                               **score(result.array, truth, mask),
                               **{k: v for k, v in report.items() if mode and k in REPORTED}}
 
@@ -140,13 +139,17 @@ def cache_key(case: str, kind: str, factor: int, model: str, reference: str, sha
 PRODUCT_SETTINGS = (("consistency", True), ("self_check", "after consistency"), ("precision", "bfloat16"))
 
 
+def precision_now() -> str:
+    """The precision the networks of a run started now use (`devices.uses_bfloat16` on the auto device)."""
+    return "bfloat16" if uses_bfloat16(installed_torch().auto_device) else "float32"
+
+
 def product_settings(model: str) -> tuple:
     """The `PRODUCT_SETTINGS` a `+adapt` row scored now has, as (name, value) pairs; rows of the network alone
     have none."""
     if not model.endswith("+adapt"):
         return ()
-    bfloat16 = uses_bfloat16(installed_torch().auto_device)
-    return tuple(setting for setting in PRODUCT_SETTINGS if setting[0] != "precision" or bfloat16)
+    return tuple(setting for setting in PRODUCT_SETTINGS if setting[0] != "precision" or setting[1] == precision_now())
 
 
 def settings_of(row: dict) -> tuple:

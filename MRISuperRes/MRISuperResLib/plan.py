@@ -357,8 +357,7 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
             notes.append(f"model {model.name} does texture transfer: it is checked on this scan, not adapted to it")
         elif adapt_seconds and adapt_seconds > 0:
             steps, steps_alone = (adaptation_steps(adapt_seconds, model.architecture, model.macs_per_pixel, device,
-                                                   threads, with_reference,
-                                                   model.adapt_steps.get("reference" if with_reference else "alone"))
+                                                   threads, with_reference, model.adapt_step_ceiling(with_reference))
                                   for with_reference in (uses_reference, False))
         check_seconds = SELF_CHECK_SECONDS + steps * adaptation_step_seconds(model.architecture, model.macs_per_pixel,
                                                                             device, threads, uses_reference)

@@ -53,6 +53,10 @@ class ModelCard:
     # plan's seconds allow, so a faster CPU or a GPU finishes sooner (empty: `plan.MAX_ADAPT_STEPS`).
     adapt_steps: dict = field(default_factory=dict)
 
+    def adapt_step_ceiling(self, with_reference: bool) -> int | None:
+        """The most fine-tuning steps worth taking, with or without a reference (None: no ceiling of its own)."""
+        return self.adapt_steps.get("reference" if with_reference else "alone")
+
     @property
     def is_interpolation(self) -> bool:
         return self.architecture == INTERPOLATION
