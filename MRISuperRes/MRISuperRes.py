@@ -91,6 +91,7 @@ class MRISuperResParameterNode:
     referenceMode: str = ""
     confidenceMap: bool = False
     adaptToScan: bool = True
+    keepAcquiredSlices: bool = True
     planes: str = ""
     batchSize: Annotated[int, WithinRange(1, 256)] = 8
 
@@ -364,7 +365,8 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             settings = dict(model=parameters.model or None, device=parameters.device,
                             registerReference=parameters.registerReference, planes=parameters.planes.split() or None,
                             batchSize=parameters.batchSize, **self.targetArguments(),
-                            adapt=None if parameters.adaptToScan else 0, force=force, **self.textureArguments())
+                            adapt=None if parameters.adaptToScan else 0,
+                            consistency=parameters.keepAcquiredSlices, force=force, **self.textureArguments())
             outputs = [parameters.outputVolume] + [None] * (len(inputs) - 1)
             self._run = self.logic.processVolumes(inputs, parameters.referenceVolume, outputVolumes=outputs,
                                                   waitForCompletion=False, **settings)
@@ -475,7 +477,7 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
     def process(self, inputVolume, referenceVolume=None, outputVolume=None, model=None, targetSpacing=None,
                 device="auto", registerReference=True, waitForCompletion=True, progressCallback=None, scale=None,
                 planes=None, batchSize=None, installDependencies=True, referenceMode=None, confidenceMap=False,
-                adapt=None, force=False):
+                adapt=None, consistency=True, force=False):
         """Super-resolve `inputVolume` and return the output node (a new `<input>_SR` unless given).
 
         Texture-transfer models take `referenceMode` (paired, unpaired or self; None: paired with a
@@ -486,6 +488,8 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
         Every run scores the model against interpolation on the scan's own sharp planes (the estimate shows
         in the progress messages) and fine-tunes it there first: `adapt` seconds of work (None: the default
         budget, 0: never); the fine-tuned model is used only when it does better on held-out slices.
+        `consistency` (default True): the output is made to agree with the input's thick slices when their
+        profile is clear (False: the network's output as it is, like `--no-consistency`).
         `force=True` runs even when the memory estimate exceeds what is free.
 
         With `waitForCompletion=False` it returns the running job at once (poll `pending_events()`, then
@@ -497,7 +501,7 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
         runner = self._readyRunner([QueuedVolume(inputVolume, referenceVolume, outputVolume)], installDependencies)
         options = self._runOptions(model=model, targetSpacing=targetSpacing, scale=scale, planes=planes, device=device,
                                    batchSize=batchSize, registerReference=registerReference,
-                                   referenceMode=referenceMode, adapt=adapt, force=force)
+                                   referenceMode=referenceMode, adapt=adapt, consistency=consistency, force=force)
         run = runner.start(slicer.mrmlScene, inputVolume, referenceVolume, outputVolume, options, confidenceMap)
         if not waitForCompletion:
             return run
@@ -565,13 +569,13 @@ class MRISuperResLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _runOptions(model=None, targetSpacing=None, scale=None, planes=None, device="auto", batchSize=None,
-                    registerReference=True, referenceMode=None, adapt=None, force=False):
+                    registerReference=True, referenceMode=None, adapt=None, consistency=True, force=False):
         # The run gets the thread count its plan line was computed with (torch's default in a fresh process).
         return RunOptions(model=model, target_spacing=tuple(targetSpacing) if targetSpacing else None,
                           scale=tuple(scale) if scale else None, planes=tuple(planes) if planes else None,
                           device=device, threads=installed_torch().cpu_threads, batch_size=batchSize,
                           register_reference=registerReference,
-                          reference_mode=referenceMode, adapt=adapt, force=force)
+                          reference_mode=referenceMode, adapt=adapt, consistency=consistency, force=force)
 
     @staticmethod
     def showResult(node):

@@ -19,7 +19,7 @@ from .inference import plane_axes, plane_factors, predict_planes
 from .intensity import IntensityScale
 from .models.registry import ModelRegistry, load_network
 from .plan import (DEFAULT_ADAPT_SECONDS, DEFAULT_TILE, PROFILE_BLOCK, TILE_OVERLAP, Plan, check_memory, make_plan,
-                   resolve_reference_mode)
+                   profile_block_margin, resolve_reference_mode)
 from .progress import CancelFlag, ProgressCallback, StageReporter
 from .registration import (BARELY_MOVED_VOXELS, RegistrationFailed, describe_transform, largest_displacement_mm,
                            register_rigid)
@@ -368,7 +368,7 @@ def _profile_of_the_scan(network, volume: Volume, input_scale: IntensityScale, p
     if plan.model.texture_transfer:
         return "box", False
     stage = StageReporter("check", 1, progress, cancel)
-    margin = getattr(network, "context", 0) + 2
+    margin = profile_block_margin(getattr(network, "context", 0))
     block, inner = [slice(None)] * 3, [slice(None)] * 3
     for axis in range(3):
         if axis in plan.upsampled:

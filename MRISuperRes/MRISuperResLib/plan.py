@@ -92,6 +92,7 @@ SELF_CHECK_SECONDS = 4.0
 # Before the self-check the model runs on a block at the scan's centre, this many voxels along each axis it
 # does not upsample (plus a few for the 2.5D neighbours), to estimate the slice profile (`pipeline`).
 PROFILE_BLOCK = 48
+
 TILE_OVERLAP = 16
 # Registering a paired reference (the default; ITK, on the CPU whatever the device), resampling it a second
 # time and scoring the edge agreement of both placements, per input voxel and thread: calibrated on
@@ -180,6 +181,12 @@ class Plan:
                 "threads": self.threads, "batch_size": self.batch_size, "tile": self.tile,
                 "memory_bytes": self.memory_bytes, "seconds": round(self.seconds, 1),
                 "check_seconds": round(self.check_seconds, 1), "notes": self.notes, "warnings": self.warnings}
+
+
+def profile_block_margin(context: int) -> int:
+    """Slices the profile block (`PROFILE_BLOCK`) gains on each side of each axis it is cut along: a 2.5D
+    network's neighbours and two more, so that the inner block's slices see real neighbours."""
+    return context + 2
 
 
 def format_bytes(count: float) -> str:
@@ -362,7 +369,8 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
         check_seconds = SELF_CHECK_SECONDS + steps * adaptation_step_seconds(model.architecture, model.macs_per_pixel,
                                                                             device, threads, uses_reference)
         if not model.texture_transfer:
-            block_share = float(np.prod([min(1.0, (PROFILE_BLOCK + 8) / target.size[a])
+            margin = profile_block_margin(model.arguments.get("context", 0))
+            block_share = float(np.prod([min(1.0, (PROFILE_BLOCK + 2 * margin) / target.size[a])
                                          for a in range(3) if a not in upsampled]))
             check_seconds += network_seconds * block_share
     if uses_reference and (register_reference or self_check):
