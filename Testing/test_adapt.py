@@ -17,6 +17,7 @@ from MRISuperResLib.intensity import IntensityScale
 from MRISuperResLib.models.architectures import build_architecture
 from MRISuperResLib.models.registry import ModelRegistry
 from MRISuperResLib.pipeline import plan_run
+from MRISuperResLib.plan import DEFAULT_ADAPT_SECONDS, adaptation_step_seconds
 
 
 def _textured(shape_kji=(12, 48, 44), seed=0):
@@ -39,6 +40,19 @@ def test_pairs_come_from_the_acquired_planes_with_the_coarsened_axis_along_rows(
     row_error = np.abs(np.diff(lr, axis=1) - np.diff(truth, axis=1)).mean()
     column_error = np.abs(np.diff(lr, axis=2) - np.diff(truth, axis=2)).mean()
     assert row_error > column_error
+
+
+def test_the_first_patches_of_a_larger_draw_are_a_smaller_draw():
+    volume = _textured()
+    scan = IntensityScale.fit(volume.array).normalise(volume.array)
+    arguments = dict(upsampled=(2,), factor=4.0, reference=None, context=1)
+    small, why = scan_pairs(scan, volume, **arguments, count=32)
+    large, _ = scan_pairs(scan, volume, **arguments, count=128)
+    assert small is not None and len(large) == 128, why
+    first = large.first(32)
+    for name in ("lr", "truth", "reference", "mask", "holdout", "like_inference"):
+        assert torch.equal(getattr(first, name), getattr(small, name)), name
+    assert len(large.first(4)) == 128  # too few held out among 4 to score: all of them
 
 
 def test_projected_pairs_know_which_rows_each_of_their_coarse_slices_covers():
@@ -168,18 +182,25 @@ def test_without_a_reference_edsr_plans_more_adaptation_steps_in_the_same_second
     volume = _textured()
     inverted = Volume(volume.array.max() - volume.array, volume.spacing, volume.origin, volume.direction)
     plans = {}
+    card = ModelRegistry().get("edsr-large")
     for bfloat16 in (False, True):
         monkeypatch.setattr(devices, "cpu_computes_bfloat16", lambda bfloat16=bfloat16: bfloat16)
         alone = plan_run(volume, model="edsr-large", threads=2)
         guided = plan_run(volume, inverted, model="edsr-large", threads=2)
         assert guided.uses_reference and alone.adapt_steps == alone.adapt_steps_without_reference
         assert alone.adapt_steps == guided.adapt_steps_without_reference
-        # The later half's cheaper steps fill the same seconds.
         assert guided.adapt_steps < alone.adapt_steps
-        assert alone.check_seconds == pytest.approx(guided.check_seconds, rel=0.1)
+        # The later half's cheaper steps fill the same seconds, unless the card's ceiling stops them sooner.
+        for plan, with_reference in ((alone, False), (guided, True)):
+            seconds = plan.adapt_steps * adaptation_step_seconds(card.architecture, card.macs_per_pixel, "cpu", 2,
+                                                                 with_reference)
+            if plan.adapt_steps < card.adapt_step_ceiling(with_reference):
+                assert seconds == pytest.approx(DEFAULT_ADAPT_SECONDS, rel=0.05)
+            else:
+                assert seconds <= DEFAULT_ADAPT_SECONDS
         plans[bfloat16] = alone, guided
     # Never more steps than the card's, where adaptation stopped gaining on val/; bfloat16 only gets there sooner.
-    card = ModelRegistry().get("edsr-large").adapt_steps
+    card = card.adapt_steps
     for alone, guided in plans.values():
         assert alone.adapt_steps <= card["alone"] and guided.adapt_steps <= card["reference"]
     assert plans[True][1].check_seconds <= plans[False][1].check_seconds
@@ -245,16 +266,21 @@ def test_the_self_check_drops_a_reference_that_does_not_help_on_the_scan_and_kee
     misplaced = t1.with_array(t1.array)
     misplaced.origin = tuple(np.asarray(t1.origin) + np.array([6.0, -6.0, 5.0]))  # about 10 mm off
     options = dict(model="edsr-large", adapt=0, threads=2, register_reference=False, gate_reference=False)
-    aligned_report, misplaced_report, events = {}, {}, []
+    aligned_report, misplaced_report, without_report, events = {}, {}, {}, []
     superresolve(low, t1, report=aligned_report, **options)
     result = superresolve(low, misplaced, report=misplaced_report, progress=events.append, **options)
-    without = superresolve(low, None, **options)
+    without = superresolve(low, None, report=without_report, **options)
 
     assert aligned_report["reference"] == "used" and aligned_report["reference_gain_db"] > 0.5
     assert misplaced_report["reference"] == "dropped by the self-check"
     assert misplaced_report["reference_gain_db"] <= 0
     assert any("reference not used: on this scan's own planes" in e.message and e.warning for e in events)
     np.testing.assert_array_equal(result.array, without.array)
+    # A run with a reference scores the first `PAIRS_WITH_REFERENCE` patches; once it drops the reference it is
+    # a run without one, on every patch drawn.
+    assert aligned_report["self_check_pairs"] < without_report["self_check_pairs"]
+    assert misplaced_report["self_check_pairs"] == without_report["self_check_pairs"]
+    assert misplaced_report["estimated_gain_db"] == without_report["estimated_gain_db"]
 
 
 def test_texture_models_are_checked_too_and_an_inverted_reference_is_dropped_for_self_texture():

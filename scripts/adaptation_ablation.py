@@ -102,6 +102,16 @@ def sampled_psnr(network: torch.nn.Module, run: dict, consistent: bool = False) 
     return float(model_psnr), float(cubic_psnr)
 
 
+def blended(pretrained: torch.nn.Module, adapted: torch.nn.Module, weight: float) -> torch.nn.Module:
+    """pretrained + weight (adapted − pretrained), parameter by parameter."""
+    import copy
+    mixed = copy.deepcopy(adapted)
+    start = pretrained.state_dict()
+    mixed.load_state_dict({k: (start[k] + weight * (v - start[k])) if v.is_floating_point() else v
+                           for k, v in adapted.state_dict().items()})
+    return mixed.eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -111,6 +121,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=sorted(VARIANTS))
     parser.add_argument("--seconds", type=float, default=50.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pairs", type=int, default=adapt.PAIRS, help="patches drawn from the scan's planes")
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="times the card's step ceiling")
+    parser.add_argument("--learning-rate", type=float, default=adapt.ADAPT_LEARNING_RATE)
+    parser.add_argument("--blend", type=float, nargs="*", default=[],
+                        help="also score pretrained + w (adapted - pretrained) for each weight w")
     parser.add_argument("--consistent", action="store_true",
                         help="score outputs as the consistency step makes them (box slices)")
     args = parser.parse_args()
@@ -123,7 +138,7 @@ def main() -> None:
         run = prepared(Case(args.data, case), card.name, args.reference)
         pairs, why = adapt.scan_pairs(run["scan"], run["low"], run["plan"].upsampled, max(run["plan"].factors),
                                       run["reference_native"], getattr(network, "context", 0),
-                                      run_planes=run["plan"].planes, projected=True)
+                                      run_planes=run["plan"].planes, projected=True, count=args.pairs)
         if pairs is None or not pairs.for_fine_tuning.any():
             # The product checks such a scan but does not adapt it (no pairs like inference's slices).
             print(json.dumps({"case": case[0], "skipped": why or "no pairs like inference's slices"}))
@@ -142,15 +157,26 @@ def main() -> None:
             whole = options["whole_network"]
             variant_steps = adaptation_steps(args.seconds, card.architecture, card.macs_per_pixel, "cpu", 2, whole,
                                              card.adapt_step_ceiling(whole))
+            variant_steps = int(round(variant_steps * args.steps_scale))
             started = time.perf_counter()
-            adapted = adapt.fine_tune(network, pairs if projected else plain, variant_steps, device, **options)
+            adapted = adapt.fine_tune(network, pairs if projected else plain, variant_steps, device,
+                                      learning_rate=args.learning_rate, **options)
             seconds = time.perf_counter() - started
             held, _ = adapt.score(adapted, held_out, device)
             true, _ = sampled_psnr(adapted, run, args.consistent)
             print(json.dumps({**row, "variant": name, "steps": variant_steps, "seconds": round(seconds, 1),
                               "true_gain": true - true_cubic, "held_out_gain": held - held_cubic,
-                              "adaptation_true": true - true_model, "adaptation_held_out": held - held_model}),
+                              "adaptation_true": true - true_model, "adaptation_held_out": held - held_model,
+                              "pairs": args.pairs, "learning_rate": args.learning_rate}),
                   flush=True)
+            for weight in args.blend:
+                mixed = blended(network, adapted, weight)
+                held, _ = adapt.score(mixed, held_out, device)
+                true, _ = sampled_psnr(mixed, run, args.consistent)
+                print(json.dumps({**row, "variant": f"{name} blend {weight}", "steps": variant_steps,
+                                  "true_gain": true - true_cubic, "held_out_gain": held - held_cubic,
+                                  "adaptation_true": true - true_model, "adaptation_held_out": held - held_model,
+                                  "pairs": args.pairs, "learning_rate": args.learning_rate}), flush=True)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 import _paths  # noqa: F401
-from MRISuperResLib import read_volume, superresolve
+from MRISuperResLib import adapt, read_volume, superresolve
 from MRISuperResLib.degrade import kspace_truncate, thick_slices
 from MRISuperResLib.devices import installed_torch, uses_bfloat16
 from MRISuperResLib.figures import save_panels
@@ -135,8 +135,10 @@ def cache_key(case: str, kind: str, factor: int, model: str, reference: str, sha
 
 # What has changed a `+adapt` row's numbers besides the weights, in the order it came: the consistency step;
 # the self-check and adaptation counting only the error that step leaves; bfloat16, where this machine's CPU
-# runs it (adaptation's steps then differ by rounding).
-PRODUCT_SETTINGS = (("consistency", True), ("self_check", "after consistency"), ("precision", "bfloat16"))
+# runs it (adaptation's steps then differ by rounding); more of the scan's own patches without a reference
+# (and, for `edsr-large`, the card's step ceiling raised with them).
+PRODUCT_SETTINGS = (("consistency", True), ("self_check", "after consistency"), ("precision", "bfloat16"),
+                    ("adapt_pairs", f"{adapt.PAIRS}, {adapt.PAIRS_WITH_REFERENCE} with a reference"))
 
 
 def precision_now() -> str:

@@ -40,9 +40,16 @@ from .volume import AXIS_NAMES, Volume
 
 PATCH = ADAPT_PATCH
 MIN_PATCH = 24
-PAIRS = 256
+# Patches drawn from the scan's planes. Without a reference, 256 left fine-tuning 7-12 passes over about 200
+# patches, and more steps then fitted the scan's own planes, not its thick axis; with 2048 the gain grows with
+# the steps (and the card's ceiling with it). With a reference the run uses the first 256 only (the patches it
+# always used): 1024 or 2048 cost up to 0.24 dB there as users run it (val/, 4x thick; README, *Validation*,
+# "More patches"). Scoring a fifth of 2048 takes a few seconds.
+PAIRS = 2048
+PAIRS_WITH_REFERENCE = 256
 HOLDOUT_EVERY = 5       # slices with index % HOLDOUT_EVERY == HOLDOUT_PHASE are held out
 HOLDOUT_PHASE = 2
+MIN_HELD_OUT = 4
 FOREGROUND = 0.05       # patches whose truth is darker than this on average are mostly background
 ADAPT_LEARNING_RATE = 1e-4
 # The adapted weights are kept only when they beat the pretrained ones on the held-out pairs by this much.
@@ -89,6 +96,12 @@ class ScanPairs:
 
     def __len__(self) -> int:
         return self.lr.shape[0]
+
+    def first(self, count: int) -> "ScanPairs":
+        """The first `count` patches drawn (those a draw of `count` gives), or all when they would hold out
+        too few to score."""
+        chosen = self.subset(torch.arange(min(count, len(self))))
+        return chosen if int(chosen.holdout.sum()) >= MIN_HELD_OUT else self
 
     @property
     def has_reference(self) -> bool:
@@ -183,7 +196,7 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
         items["like_inference"].append(like)
         if acquisition is not None:
             items["projection"].append(range_projector(acquisition, r, size))
-    if len(items["lr"]) < 16 or sum(items["holdout"]) < 4:
+    if len(items["lr"]) < 16 or sum(items["holdout"]) < MIN_HELD_OUT:
         return None, "it has too little foreground in its acquired planes"
     tensors = {name: torch.from_numpy(np.stack(values).astype(np.float32)) for name, values in items.items()
                if name not in ("holdout", "like_inference", "projection")}
@@ -234,7 +247,7 @@ def adapted_parameters(network: torch.nn.Module, whole_network: bool) -> list[to
 
 def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: torch.device, seed: int = 0,
               progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
-              whole_network: bool | None = None) -> torch.nn.Module:
+              whole_network: bool | None = None, learning_rate: float = ADAPT_LEARNING_RATE) -> torch.nn.Module:
     """A copy of `network` fine-tuned on the pairs that are not held out (L1, Adam, flips), seeded.
 
     `whole_network` None: the whole network when the pairs carry a reference, else only its
@@ -249,7 +262,7 @@ def fine_tune(network: torch.nn.Module, pairs: ScanPairs, steps: int, device: to
     chosen_ids = {id(p) for p in trainable}
     for parameter in adapted.parameters():
         parameter.requires_grad_(id(parameter) in chosen_ids)
-    optimiser = torch.optim.Adam(trainable, lr=ADAPT_LEARNING_RATE)
+    optimiser = torch.optim.Adam(trainable, lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
     reporter = StageReporter("adapt", steps, progress, cancel)
     with torch.inference_mode(False), torch.enable_grad():

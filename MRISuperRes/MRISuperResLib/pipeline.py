@@ -419,6 +419,9 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
         report["self_check"] = f"skipped: {why}"
         stage.finish(f"self-check skipped: {why}")
         return network, False, True
+    every_pair = pairs
+    if reference_native is not None:
+        pairs = pairs.first(scan_adaptation.PAIRS_WITH_REFERENCE)
     held_out = pairs.subset(pairs.holdout)
     texture_transfer = plan.model.texture_transfer
     if texture_transfer and plan.reference_mode == "paired" and reference_native is not None:
@@ -430,7 +433,10 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
         reference_helps = bool(model_psnr > without_psnr + scan_adaptation.REFERENCE_MARGIN_DB)
         report["reference_gain_db"] = round(float(model_psnr - without_psnr), 3)
         if not reference_helps:
-            pairs, held_out, model_psnr = pairs.without_reference(), held_out.without_reference(), without_psnr
+            # From here on the run is one without a reference, on every pair drawn.
+            pairs = every_pair.without_reference()
+            held_out = pairs.subset(pairs.holdout)
+            model_psnr, cubic_psnr = scan_adaptation.score(network, held_out, device)
             report["reference"] = "dropped by the self-check"
             StageReporter("check", 1, progress, cancel).finish(
                 f"reference not used: on this scan's own planes the model does {report['reference_gain_db']:+.2f} dB "
