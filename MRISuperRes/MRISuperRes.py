@@ -245,6 +245,7 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.confidenceMapCheckBox.enabled = card.maps_confidence
         # Texture-transfer models are checked on the scan but not fine-tuned on it.
         self.ui.adaptCheckBox.enabled = not card.texture_transfer and not card.is_interpolation
+        self.ui.keepSlicesCheckBox.enabled = not card.is_interpolation
         self.ui.planLabel.text = self.planLine()
         self.ui.deviceInfoLabel.text = self.deviceLine()
         if self._run is None:

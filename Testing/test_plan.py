@@ -151,7 +151,8 @@ def test_the_time_estimate_counts_the_self_check_and_adaptation(cli, tmp_path):
     from MRISuperResLib.io import write_volume
     from MRISuperResLib.plan import DEFAULT_ADAPT_SECONDS, SELF_CHECK_SECONDS
 
-    volume = smooth_volume(shape_kji=(24, 64, 64), spacing=(1.0, 1.0, 4.0))
+    # Large enough in-plane that a whole run costs more than scoring the held-out patches.
+    volume = smooth_volume(shape_kji=(24, 256, 256), spacing=(1.0, 1.0, 4.0))
     adapted = plan_run(volume, model="edsr-mixed", threads=2)
     unadapted = plan_run(volume, model="edsr-mixed", threads=2, adapt=0.0)
     unchecked = plan_run(volume, model="edsr-mixed", threads=2, self_check=False)

@@ -121,7 +121,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=sorted(VARIANTS))
     parser.add_argument("--seconds", type=float, default=50.0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--pairs", type=int, default=adapt.PAIRS, help="patches drawn from the scan's planes")
+    parser.add_argument("--pairs", type=int, default=None,
+                        help="patches drawn from the scan's planes (default: as the product, adapt.PAIRS, or "
+                             "adapt.PAIRS_WITH_REFERENCE with --reference)")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="times the card's step ceiling")
     parser.add_argument("--learning-rate", type=float, default=adapt.ADAPT_LEARNING_RATE)
     parser.add_argument("--blend", type=float, nargs="*", default=[],
@@ -130,6 +132,8 @@ def main() -> None:
                         help="score outputs as the consistency step makes them (box slices)")
     args = parser.parse_args()
     set_threads(args.threads)
+    if args.pairs is None:
+        args.pairs = adapt.PAIRS_WITH_REFERENCE if args.reference else adapt.PAIRS
     registry = ModelRegistry()
     card = registry.get(args.model)
     network = load_network(registry, card, torch.device("cpu"))

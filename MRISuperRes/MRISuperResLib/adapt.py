@@ -32,7 +32,7 @@ from .degrade import thick_slices
 from .devices import autocast
 from .geometry import resampled_grid
 from .inference import factor_argument, oriented_slices, with_neighbours
-from .plan import ADAPT_BATCH, ADAPT_PATCH
+from .plan import ADAPT_BATCH, ADAPT_PAIRS, ADAPT_PAIRS_WITH_REFERENCE, ADAPT_PATCH, HOLDOUT_EVERY
 from .progress import CancelFlag, ProgressCallback, StageReporter
 from .resample import preinterpolate
 from .texture import TextureSource
@@ -44,11 +44,10 @@ MIN_PATCH = 24
 # patches, and more steps then fitted the scan's own planes, not its thick axis; with 2048 the gain grows with
 # the steps (and the card's ceiling with it). With a reference the run uses the first 256 only (the patches it
 # always used): 1024 or 2048 cost up to 0.24 dB there as users run it (val/, 4x thick; README, *Validation*,
-# "More patches"). Scoring a fifth of 2048 takes a few seconds.
-PAIRS = 2048
-PAIRS_WITH_REFERENCE = 256
-HOLDOUT_EVERY = 5       # slices with index % HOLDOUT_EVERY == HOLDOUT_PHASE are held out
-HOLDOUT_PHASE = 2
+# "More patches").
+PAIRS = ADAPT_PAIRS
+PAIRS_WITH_REFERENCE = ADAPT_PAIRS_WITH_REFERENCE
+HOLDOUT_PHASE = 2       # slices with index % HOLDOUT_EVERY == HOLDOUT_PHASE are held out
 MIN_HELD_OUT = 4
 FOREGROUND = 0.05       # patches whose truth is darker than this on average are mostly background
 ADAPT_LEARNING_RATE = 1e-4
@@ -98,10 +97,10 @@ class ScanPairs:
         return self.lr.shape[0]
 
     def first(self, count: int) -> "ScanPairs":
-        """The first `count` patches drawn (those a draw of `count` gives), or all when they would hold out
-        too few to score."""
-        chosen = self.subset(torch.arange(min(count, len(self))))
-        return chosen if int(chosen.holdout.sum()) >= MIN_HELD_OUT else self
+        """The first `count` patches drawn (those a draw of `count` gives), or as many more as it takes to
+        hold out `MIN_HELD_OUT` to score."""
+        enough = int(torch.searchsorted(torch.cumsum(self.holdout.int(), 0), MIN_HELD_OUT)) + 1
+        return self.subset(torch.arange(min(len(self), max(count, enough))))
 
     @property
     def has_reference(self) -> bool:
@@ -198,11 +197,11 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
             items["projection"].append(range_projector(acquisition, r, size))
     if len(items["lr"]) < 16 or sum(items["holdout"]) < MIN_HELD_OUT:
         return None, "it has too little foreground in its acquired planes"
-    tensors = {name: torch.from_numpy(np.stack(values).astype(np.float32)) for name, values in items.items()
+    tensors = {name: torch.from_numpy(np.stack(values, dtype=np.float32)) for name, values in items.items()
                if name not in ("holdout", "like_inference", "projection")}
     return ScanPairs(**tensors, holdout=torch.tensor(items["holdout"]), factor=float(k),
                      like_inference=torch.tensor(items["like_inference"]),
-                     projection=torch.from_numpy(np.stack(items["projection"]).astype(np.float32))
+                     projection=torch.from_numpy(np.stack(items["projection"], dtype=np.float32))
                      if projected else None), ""
 
 

@@ -86,8 +86,13 @@ MAX_ADAPT_STEPS = 600
 STEP_OVERHEAD_SECONDS = 0.01
 ADAPT_PATCH = 64
 ADAPT_BATCH = 8
-# The self-check: making the scan's own pairs (a few coarsened copies of the input) and scoring about a
-# hundred 64² patches, twice when adaptation runs; measured 2-4 s on the benchmark volume, 2 threads.
+# Patches drawn from the scan's own planes (`adapt.scan_pairs`), and how many of them a run with a reference
+# uses; those on every `HOLDOUT_EVERY`-th slice are held out and scored.
+ADAPT_PAIRS = 2048
+ADAPT_PAIRS_WITH_REFERENCE = 256
+HOLDOUT_EVERY = 5
+# The self-check besides scoring: making the scan's own pairs (a few coarsened copies of the input); measured
+# 2-4 s with scoring on the benchmark volume, 2 threads, when a run scored about fifty patches.
 SELF_CHECK_SECONDS = 4.0
 # Before the self-check the model runs on a block at the scan's centre, this many voxels along each axis it
 # does not upsample (plus a few for the 2.5D neighbours), to estimate the slice profile (`pipeline`).
@@ -366,8 +371,12 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
             steps, steps_alone = (adaptation_steps(adapt_seconds, model.architecture, model.macs_per_pixel, device,
                                                    threads, with_reference, model.adapt_step_ceiling(with_reference))
                                   for with_reference in (uses_reference, False))
-        check_seconds = SELF_CHECK_SECONDS + steps * adaptation_step_seconds(model.architecture, model.macs_per_pixel,
-                                                                            device, threads, uses_reference)
+        # The held-out patches are scored once, with a reference also without it, and again when adapted.
+        held_out = (ADAPT_PAIRS_WITH_REFERENCE if uses_reference else ADAPT_PAIRS) / HOLDOUT_EVERY
+        scorings = 1 + int(uses_reference) + int(steps > 0)
+        check_seconds = (SELF_CHECK_SECONDS + scorings * held_out * ADAPT_PATCH ** 2 * model.macs_per_pixel / rate
+                         + steps * adaptation_step_seconds(model.architecture, model.macs_per_pixel, device, threads,
+                                                           uses_reference))
         if not model.texture_transfer:
             margin = profile_block_margin(model.arguments.get("context", 0))
             block_share = float(np.prod([min(1.0, (PROFILE_BLOCK + 2 * margin) / target.size[a])
