@@ -17,6 +17,7 @@ One JSON line per case and variant: true and held-out gain over cubic, and what 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from dataclasses import replace
@@ -104,7 +105,6 @@ def sampled_psnr(network: torch.nn.Module, run: dict, consistent: bool = False) 
 
 def blended(pretrained: torch.nn.Module, adapted: torch.nn.Module, weight: float) -> torch.nn.Module:
     """pretrained + weight (adapted − pretrained), parameter by parameter."""
-    import copy
     mixed = copy.deepcopy(adapted)
     start = pretrained.state_dict()
     mixed.load_state_dict({k: (start[k] + weight * (v - start[k])) if v.is_floating_point() else v

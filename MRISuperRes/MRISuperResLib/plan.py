@@ -99,7 +99,6 @@ SELF_CHECK_SECONDS = 2.0
 # Before the self-check the model runs on a block at the scan's centre, this many voxels along each axis it
 # does not upsample (plus a few for the 2.5D neighbours), to estimate the slice profile (`pipeline`).
 PROFILE_BLOCK = 48
-
 TILE_OVERLAP = 16
 # Registering a paired reference (the default; ITK, on the CPU whatever the device), resampling it a second
 # time and scoring the edge agreement of both placements, per input voxel and thread: calibrated on
