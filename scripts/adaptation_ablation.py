@@ -154,6 +154,15 @@ def main() -> None:
         row = {"case": case[0], "model": card.name, "reference": args.reference}
         print(json.dumps({**row, "variant": "pretrained", "true_gain": true_model - true_cubic,
                           "held_out_gain": held_model - held_cubic}), flush=True)
+
+        def measured(model: torch.nn.Module) -> dict:
+            """`model`'s true and held-out gain over cubic, and what it adds to the pretrained network's."""
+            held, _ = adapt.score(model, held_out, device)
+            true, _ = sampled_psnr(model, run, args.consistent)
+            return {"true_gain": true - true_cubic, "held_out_gain": held - held_cubic,
+                    "adaptation_true": true - true_model, "adaptation_held_out": held - held_model,
+                    "pairs": args.pairs, "learning_rate": args.learning_rate}
+
         for name in args.variants:
             options = dict(VARIANTS[name])
             projected = options.pop("projected", False)
@@ -166,21 +175,11 @@ def main() -> None:
             adapted = adapt.fine_tune(network, pairs if projected else plain, variant_steps, device,
                                       learning_rate=args.learning_rate, **options)
             seconds = time.perf_counter() - started
-            held, _ = adapt.score(adapted, held_out, device)
-            true, _ = sampled_psnr(adapted, run, args.consistent)
             print(json.dumps({**row, "variant": name, "steps": variant_steps, "seconds": round(seconds, 1),
-                              "true_gain": true - true_cubic, "held_out_gain": held - held_cubic,
-                              "adaptation_true": true - true_model, "adaptation_held_out": held - held_model,
-                              "pairs": args.pairs, "learning_rate": args.learning_rate}),
-                  flush=True)
+                              **measured(adapted)}), flush=True)
             for weight in args.blend:
-                mixed = blended(network, adapted, weight)
-                held, _ = adapt.score(mixed, held_out, device)
-                true, _ = sampled_psnr(mixed, run, args.consistent)
                 print(json.dumps({**row, "variant": f"{name} blend {weight}", "steps": variant_steps,
-                                  "true_gain": true - true_cubic, "held_out_gain": held - held_cubic,
-                                  "adaptation_true": true - true_model, "adaptation_held_out": held - held_model,
-                                  "pairs": args.pairs, "learning_rate": args.learning_rate}), flush=True)
+                                  **measured(blended(network, adapted, weight))}), flush=True)
 
 
 if __name__ == "__main__":
