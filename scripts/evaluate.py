@@ -12,10 +12,12 @@ coincides with the input's. Texture-transfer models have their own ablation (`ev
 A model name may carry a suffix: `NAME` alone scores the network itself (no self-check, adaptation,
 fallback or consistency with the acquired slices, as `--no-self-check --no-consistency`); `NAME+adapt` is what
 a user gets by default (self-check, the default budget of adaptation on the scan's own planes, fallback, and the
-projection onto the acquired slices when their profile is clear). Rows of `+adapt` runs also hold the
-self-check's estimate, plotted against the true gain of the network alone (`self_check_vs_true_gain.png`).
+projection onto the acquired slices when their profile is clear); `NAME+check` is the same without adaptation
+(`adapt=0`): what the self-check's estimate describes. Rows of `+adapt` runs also hold the self-check's
+estimate, plotted against the true gain of `NAME+check` where the cache holds it, else of the network alone
+(`self_check_vs_true_gain.png`).
 
-Rows are cached in `<output>/evaluation_rows.jsonl` under the model's weights sha256 (and, for `+adapt` rows,
+Rows are cached in `<output>/evaluation_rows.jsonl` under the model's weights sha256 (and, for product rows,
 the product path's `PRODUCT_SETTINGS`: older rows predate some and no longer count), so an interrupted run
 continues where it stopped and retrained weights are scored again. Every row records its `precision`; the
 network alone moves by at most 0.003 dB between float32 and bfloat16 (README, *How it works*, Precision), so
@@ -107,7 +109,7 @@ class Case:
     def run(self, kind: str, factor: int, model: str, reference: str, threads: int) -> tuple[np.ndarray, dict]:
         started = time.perf_counter()
         name, _, mode = model.partition("+")
-        options = {"": {"self_check": False, "consistency": False}, "adapt": {}}[mode]
+        options = {"": {"self_check": False, "consistency": False}, "adapt": {}, "check": {"adapt": 0}}[mode]
         report: dict = {}
         result = superresolve(self.low(kind, factor), self.references[reference], model=name,
                               target_spacing=self.truth.spacing, threads=threads, report=report, **options)
@@ -133,7 +135,7 @@ def cache_key(case: str, kind: str, factor: int, model: str, reference: str, sha
     return case, kind, factor, model, reference, sha, product_settings(model)
 
 
-# What has changed a `+adapt` row's numbers besides the weights, in the order it came: the consistency step;
+# What has changed a product row's (`+adapt`, `+check`) numbers besides the weights, in the order it came: the consistency step;
 # the self-check and adaptation counting only the error that step leaves; bfloat16, where this machine's CPU
 # runs it (adaptation's steps then differ by rounding); more of the scan's own patches without a reference
 # (and, for `edsr-large`, the card's step ceiling raised with them).
@@ -146,17 +148,22 @@ def precision_now() -> str:
     return "bfloat16" if uses_bfloat16(installed_torch().auto_device) else "float32"
 
 
+def is_product(model: str) -> bool:
+    """A row of the product path: `NAME+adapt` (as users run it) or `NAME+check` (the same, not adapted)."""
+    return model.partition("+")[2] in ("adapt", "check")
+
+
 def product_settings(model: str) -> tuple:
-    """The `PRODUCT_SETTINGS` a `+adapt` row scored now has, as (name, value) pairs; rows of the network alone
-    have none."""
-    if not model.endswith("+adapt"):
+    """The `PRODUCT_SETTINGS` a product row (`+adapt`, `+check`) scored now has, as (name, value) pairs; rows of
+    the network alone have none."""
+    if not is_product(model):
         return ()
     return tuple(setting for setting in PRODUCT_SETTINGS if setting[0] != "precision" or setting[1] == precision_now())
 
 
 def settings_of(row: dict) -> tuple:
     """A cached row's `product_settings` (rows that predate a setting lack it)."""
-    if not row["model"].endswith("+adapt"):
+    if not is_product(row["model"]):
         return ()
     return tuple((name, value) for name, value in PRODUCT_SETTINGS if row.get(name) == value)
 
@@ -299,7 +306,9 @@ def gain_plot(rows: list[dict], variants, default: str, path: Path) -> None:
 def estimate_plot(rows: list[dict], path: Path, default: str) -> dict:
     """The self-check's estimated gain (on the scan's own planes) against the true gain of the same model on
     the same input (against the truth), one point per model, case, degradation and reference (a colour per
-    model, the default first; filled with the reference). Returns, per model, how far the estimates were."""
+    model, the default first; filled with the reference). The estimate is of the model before adaptation, after
+    the consistency step, so the true gain is that of `NAME+check` where the cache holds it; else, as before
+    that mode existed, of the network alone. Returns, per model, how far the estimates were."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,16 +321,17 @@ def estimate_plot(rows: list[dict], path: Path, default: str) -> dict:
         if r["model"].endswith("+adapt") and "estimated_gain_db" in r:
             key = (r["case"], r["degradation"], r["factor"])
             model = r["model"].partition("+")[0]
-            true = plain.get(key + (model, r["reference"]))
+            checked = plain.get(key + (f"{model}+check", r["reference"]))
+            true = checked if checked is not None else plain.get(key + (model, r["reference"]))
             if true is not None and key in cubic:
-                points.append((r["estimated_gain_db"], true - cubic[key], r["reference"], model))
+                points.append((r["estimated_gain_db"], true - cubic[key], r["reference"], model, checked is not None))
     if not points:
         return {}
     figure, axis = plt.subplots(figsize=(4.6, 4.2), dpi=110)
     models = sorted({p[3] for p in points}, key=lambda name: (name != default, name))
     for model, colour in zip(models, plt.get_cmap("tab10").colors):
         for reference, marker in (("paired", "o"), ("none", "s")):
-            chosen = [(x, y) for x, y, ref, m in points if ref == reference and m == model]
+            chosen = [(x, y) for x, y, ref, m, _ in points if ref == reference and m == model]
             if chosen:
                 # Filled: with the reference; hollow: without.
                 axis.scatter(*zip(*chosen), marker=marker, edgecolors=colour,
@@ -333,18 +343,19 @@ def estimate_plot(rows: list[dict], path: Path, default: str) -> dict:
     axis.axhline(0, color="grey", lw=0.5, ls=":")
     axis.axvline(0, color="grey", lw=0.5, ls=":")
     axis.set_xlabel("self-check estimate (dB over cubic, scan's own planes)")
-    axis.set_ylabel("true gain over cubic (dB, against the truth)")
+    axis.set_ylabel("true gain over cubic (dB, against the truth)\nof the model not adapted")
     axis.legend(fontsize=6)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
     errors = {}
     for model in models:
-        misses = [x - y for x, y, _, m in points if m == model]
+        misses = [x - y for x, y, _, m, _ in points if m == model]
         errors[model] = {"points": len(misses), "within_0.5_db": sum(abs(d) <= 0.5 for d in misses),
+                         "against_not_adapted_product": sum(c for *_, m, c in points if m == model),
                          "median_error_db": float(np.median(misses)), "worst_under_db": float(min(misses)),
                          "worst_over_db": float(max(misses)),
-                         "below_cubic_missed": sum(y < 0 <= x for x, y, _, m in points if m == model)}
+                         "below_cubic_missed": sum(y < 0 <= x for x, y, _, m, _ in points if m == model)}
     return errors
 
 
@@ -393,9 +404,11 @@ def _update(manifest: dict, rows: list[dict], degradations, variants) -> None:
         card["validation"] = validation
 
 
-def variants_of(registry, models: list[str], wrong: list[str], product_models: list[str]) -> list[tuple[str, str]]:
+def variants_of(registry, models: list[str], wrong: list[str], product_models: list[str],
+                check_models: list[str] = ()) -> list[tuple[str, str]]:
     """(model, reference) pairs to score: each reference-guided model with and without its reference (and with a
-    wrong one for `wrong`), the others alone, and the product path (+adapt) of `product_models`."""
+    wrong one for `wrong`), the others alone, the product path (+adapt) of `product_models` and the product
+    without adaptation (+check) of `check_models`."""
     variants = [("cubic", "none")]
     for name in models:
         if registry.get(name).uses_reference:
@@ -404,6 +417,8 @@ def variants_of(registry, models: list[str], wrong: list[str], product_models: l
             variants.append((name, "none"))
     for name in product_models:
         variants += [(f"{name}+adapt", "paired"), (f"{name}+adapt", "none")]
+    for name in check_models:
+        variants += [(f"{name}+check", "paired"), (f"{name}+check", "none")]
     return variants
 
 
@@ -417,8 +432,9 @@ def table_scope(registry, cache: Path, asked) -> tuple[list[tuple[str, str]], li
     wrong = {m for m, ref in held if ref == "wrong"}
     models = sorted([m for m in registry.names() if m != "cubic" and not registry.get(m).texture_transfer
                      and any(model == m for model, _ in held)], key=lambda name: (name not in wrong, name != default))
-    product = [m for m in registry.names() if (f"{m}+adapt", "none") in held or (f"{m}+adapt", "paired") in held]
-    variants = [v for v in variants_of(registry, models, sorted(wrong), product) if v in held or v[0] == "cubic"]
+    product, check = ([m for m in registry.names() if (f"{m}+{mode}", "none") in held or (f"{m}+{mode}", "paired") in held]
+                      for mode in ("adapt", "check"))
+    variants = [v for v in variants_of(registry, models, sorted(wrong), product, check) if v in held or v[0] == "cubic"]
     held_degradations = {(r["degradation"], r["factor"]) for r in rows}
     degradations = [parse_degradation(d) for d in DEGRADATIONS]
     degradations += sorted(d for d in held_degradations | set(asked) if d not in degradations)
@@ -437,6 +453,9 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", help="case names to run (default: all)")
     parser.add_argument("--product-models", nargs="+", default=[],
                         help="also score these as users get them: self-check and adaptation (NAME+adapt)")
+    parser.add_argument("--check-models", nargs="+", default=[],
+                        help="also score these as users get them but not adapted (NAME+check): what the self-check's "
+                             "estimate describes")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=REPO / "Resources",
                         help="folder for the row cache, evaluation.json/.md and the figures")
@@ -449,7 +468,7 @@ def main() -> None:
     models = args.models or [n for n in registry.names() if n != "cubic" and not registry.get(n).texture_transfer]
     wrong = args.wrong_reference_models or [default]
     models = sorted(models, key=lambda name: (name not in wrong, name != default))
-    variants = variants_of(registry, models, wrong, args.product_models)
+    variants = variants_of(registry, models, wrong, args.product_models, args.check_models)
 
     def weights_sha(name: str) -> str | None:
         return registry.get(name.partition("+")[0]).sha256
