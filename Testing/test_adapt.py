@@ -134,6 +134,48 @@ def test_a_scan_without_pairs_like_its_slices_is_adapted_only_when_the_model_los
     assert any(m.startswith("not adapted: this scan's own planes") for m in messages)
 
 
+def test_an_input_coarse_in_plane_is_checked_but_adapted_only_when_the_model_loses_to_cubic(
+        untrained_models_dir, monkeypatch):
+    import MRISuperResLib.adapt as scan_adaptation
+    from MRISuperResLib import pipeline
+
+    # As the profile estimate finds a k-space truncated input (ProfileEstimate.k_space_truncated).
+    monkeypatch.setattr(pipeline, "_profile_of_the_scan", lambda *args: ("box", False, True))
+    volume = _textured(shape_kji=(40, 24, 22))  # k: 40 sharp slices; i and j coarse, as if made so in-plane
+
+    def run():
+        report, events = {}, []
+        superresolve(volume, model="tiny", models_dir=str(untrained_models_dir), scale=(2, 2, 1), adapt=5,
+                     fallback=False, report=report, progress=events.append)
+        return report, [e.message for e in events]
+
+    report, messages = run()
+    assert report["self_check"] == "done" and report["estimated_gain_db"] < 0
+    assert report["adaptation_steps"] >= 5 and "adapted" in report
+    assert report["adaptation"].startswith("on pairs coarsened unlike its input, which looks coarse in-plane")
+    score = scan_adaptation.score
+
+    def one_db_above_cubic(network, pairs, device):
+        cubic = score(network, pairs, device)[1]
+        return cubic + 1.0, cubic
+
+    monkeypatch.setattr(scan_adaptation, "score", one_db_above_cubic)
+    report, messages = run()
+    assert report["estimated_gain_db"] == pytest.approx(1.0) and "adapted" not in report
+    assert report["adaptation"].startswith("skipped: the input looks coarse in-plane")
+    assert any(m.startswith("not adapted: the input looks coarse in-plane") for m in messages)
+
+
+def test_the_profile_estimate_tells_an_input_coarse_in_plane_from_thick_slices():
+    from MRISuperResLib.consistency import ProfileEstimate
+
+    # Measured on the lumbar spine (real_lr/) made 2x coarse in-plane, and on box slices of the benchmark volume.
+    assert ProfileEstimate(None, {"box": 0.1155, "gaussian": 0.1578, "point": 0.0681, "sinc": 0.0642}).k_space_truncated
+    assert not ProfileEstimate("box", {"box": 0.0185, "gaussian": 0.0589, "point": 0.07, "sinc": 0.0562}).k_space_truncated
+    # A close call is not clear: such an input keeps its adaptation.
+    assert not ProfileEstimate(None, {"box": 0.0283, "gaussian": 0.0706, "sinc": 0.0273}).k_space_truncated
+
+
 def test_no_pairs_when_every_axis_is_upsampled():
     volume = _textured()
     scan = IntensityScale.fit(volume.array).normalise(volume.array)

@@ -148,7 +148,7 @@ def test_an_output_resampled_along_a_kept_axis_is_neither_projected_nor_checked_
     thick = thick_slices(truth, 2, 4, "box")
     report: dict = {}
     # Even when the central block's profile is clear.
-    monkeypatch.setattr(pipeline, "_profile_of_the_scan", lambda *args: ("box", True))
+    monkeypatch.setattr(pipeline, "_profile_of_the_scan", lambda *args: ("box", True, False))
     # Coarser in-plane, finer through the slices: the in-plane axes are resampled, not upsampled.
     superresolve(thick, model="vdsr-mixed", target_spacing=(1.5, 1.5, 1.0), threads=2, adapt=0, report=report)
     assert report["self_check"] == "done" and not report["self_check_after_consistency"]

@@ -10,7 +10,9 @@ the scan's own grid) at the same place. Whole slices are held out (every fifth) 
 letting fine-tuning see them. Every pair serves the check; fine-tuning learns only from pairs whose columns
 run along the kind of axis (sharp, or upsampled) that the run's planes have along theirs
 (`ScanPairs.like_inference`): on a scan whose only pairs differ there, it is skipped, unless the pretrained
-model loses to cubic on them (then they are all it has; `pipeline._check_and_adapt`). When the run will make
+model loses to cubic on them (then they are all it has; `pipeline._check_and_adapt`). So is fine-tuning on an
+input that looks coarse in-plane (k-space truncated) rather than thick-sliced, which a slice profile does not
+mimic (`pipeline._adaptation_mismatch`). When the run will make
 its output consistent with the input's slices, each pair also carries the projector onto what its own coarse
 slices see along its rows: the check scores, and fine-tuning learns, only the error that step leaves.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -167,12 +168,12 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
             mode = _fallback_mode(plan)
     tuned_for = None
     if self_check:
-        profile, clear = _profile_of_the_scan(network, volume, input_scale, plan, lr, reference_array,
-                                              reference_mask, torch_device, progress, cancel, report)
+        profile, clear, in_plane = _profile_of_the_scan(network, volume, input_scale, plan, lr, reference_array,
+                                                        reference_mask, torch_device, progress, cancel, report)
         projected = consistency and clear and _projectable(volume, plan)
         network, use_cubic, reference_helps = _check_and_adapt(
             network, volume, input_scale, reference_native, plan, torch_device, fallback, progress, cancel, report,
-            profile, projected)
+            profile, projected, in_plane)
         if projected and report.get("adapted"):
             # Tuned to leave what the projection fixes to it, so the projection must follow, onto this profile.
             tuned_for = profile
@@ -358,15 +359,16 @@ def _misplacement(volume: Volume, reference: Volume, report: dict) -> str:
 
 def _profile_of_the_scan(network, volume: Volume, input_scale: IntensityScale, plan: Plan, lr: np.ndarray,
                          reference: np.ndarray | None, reference_mask: np.ndarray | None, device: torch.device,
-                         progress, cancel, report: dict) -> tuple[str, bool]:
+                         progress, cancel, report: dict) -> tuple[str, bool, bool]:
     """The slice profile the scan's own pairs are coarsened with: the nearer of box and Gaussian
     (`consistency.estimate_profile`) given the pretrained model's output on a block at the centre of the scan
-    (`PROFILE_BLOCK` voxels along each axis it does not upsample, all of every upsampled one); and whether it is
-    clear enough that the consistency step will likely project onto it. Box pairs taught
+    (`PROFILE_BLOCK` voxels along each axis it does not upsample, all of every upsampled one); whether it is
+    clear enough that the consistency step will likely project onto it; and whether the input rather looks
+    coarse in-plane (`ProfileEstimate.k_space_truncated`), which no slice profile mimics. Box pairs taught
     a scan of Gaussian slices the wrong blur: on val/ (4x Gaussian, no reference) adaptation then cost 0.19 dB
     (BraTS t2w) and 0.71 dB (openms T2) while its own pairs said it helped."""
     if plan.model.texture_transfer:
-        return "box", False
+        return "box", False, False
     stage = StageReporter("check", 1, progress, cancel)
     margin = profile_block_margin(getattr(network, "context", 0))
     block, inner = [slice(None)] * 3, [slice(None)] * 3
@@ -393,12 +395,12 @@ def _profile_of_the_scan(network, volume: Volume, input_scale: IntensityScale, p
     report["pairs_profile"] = profile
     stage.finish(f"the scan's own pairs are coarsened with a {profile} profile: {estimate.describe()}, from the "
                  f"model on {' × '.join(str(n) for n in output[inner].shape[::-1])} voxels at the scan's centre")
-    return profile, estimate.profile == profile
+    return profile, estimate.profile == profile, estimate.k_space_truncated
 
 
 def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, reference_native, plan: Plan,
                      device: torch.device, fallback: bool, progress, cancel, report: dict, profile: str = "box",
-                     projected: bool = False):
+                     projected: bool = False, in_plane: bool = False):
     """The self-check, the reference check, adaptation for the plan's steps (none with `adapt=0`) and the
     fallback decision: (network, use cubic, keep the reference).
 
@@ -406,6 +408,10 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
     fine-tuning learns, only the error that step leaves (`adapt.ScanPairs.projection`): the estimate is of the
     output a user gets, and fine-tuning does not spend its steps on what the projection fixes anyway (on val/
     +0.00 to +0.07 dB per run, one case −0.03: README, *Validation*).
+
+    `in_plane`: the input looks coarse in-plane (k-space truncated) rather than thick-sliced. Its pairs,
+    coarsened through its slices with a slice profile, still serve the check, but fine-tuning on them is
+    skipped as on pairs shaped unlike inference's (`_adaptation_mismatch`).
 
     The reference check scores the model on the scan's own held-out pairs with the reference and without it
     (blank, as the networks see "none"), and drops the reference unless it helps there: a reference that is
@@ -460,23 +466,21 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
     steps = plan.adapt_steps if pairs.has_reference else plan.adapt_steps_without_reference
     if texture_transfer:
         report["adaptation"] = "not available for texture-transfer models"
-    if steps and not bool(pairs.for_fine_tuning.any()):
-        # E.g. a 0.9 x 0.9 x 5 mm spine thick along a 0.9 mm axis: its only pairs have the thick axis along their
-        # columns, while its one plane has the sharp 0.9 mm axis there; fine-tuning on them cost a model that
-        # knew the anatomy 0.2-0.3 dB. One that does worse than cubic here would otherwise give way to cubic:
-        # on those pairs a model that never saw spines gained (README, *Leave one anatomy out*).
+    mismatch = _adaptation_mismatch(pairs, in_plane) if steps else None
+    if mismatch:
+        # One that does worse than cubic here would otherwise give way to cubic: on unlike pairs a model that
+        # never saw spines gained (README, *Leave one anatomy out*).
         if gain < 0:
             pairs = replace(pairs, like_inference=None)
-            report["adaptation"] = "on pairs shaped unlike its inference slices, since the model loses to cubic"
+            report["adaptation"] = f"on {mismatch.pairs}, since the model loses to cubic"
             StageReporter("check", 1, progress, cancel).finish(
-                "adapting on this scan's own planes although their pairs are shaped unlike its slices: the "
-                "pretrained model does worse than interpolation here, and cubic interpolation is the alternative")
+                f"adapting on this scan's own planes although {mismatch.why}: the pretrained model does worse than "
+                "interpolation here, and cubic interpolation is the alternative")
         else:
             steps = 0
-            report["adaptation"] = "skipped: the scan's own planes give no pairs shaped like its inference slices"
+            report["adaptation"] = f"skipped: {mismatch.skipped}"
             StageReporter("check", 1, progress, cancel).finish(
-                "not adapted: this scan's own planes give no pairs whose columns run along the kind of axis "
-                "(sharp or upsampled) its planes have; the pretrained weights are used")
+                f"not adapted: {mismatch.why}; the pretrained weights are used")
     if steps:
         adapted = scan_adaptation.fine_tune(network, pairs, steps, device, progress=progress, cancel=cancel)
         adapted_psnr, _ = scan_adaptation.score(adapted, held_out, device)
@@ -494,6 +498,41 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
             f"the model does worse than cubic interpolation on this scan ({gain:+.2f} dB): the output is cubic "
             "interpolation (turn this off with --no-fallback)", warning=True)
     return network, use_cubic, reference_helps
+
+
+class AdaptationMismatch(NamedTuple):
+    """Why fine-tuning on the scan's own pairs would teach what inference does not ask, worded for the report
+    and the progress line."""
+
+    pairs: str    # what the pairs are ("on ..." when adapted anyway)
+    skipped: str  # the report's reason when not adapted
+    why: str      # the progress line's reason
+
+
+def _adaptation_mismatch(pairs, in_plane: bool) -> AdaptationMismatch | None:
+    """Why fine-tuning on the scan's own pairs would teach what inference does not ask, or None.
+
+    - No pair shaped like the inference slices: e.g. a 0.9 x 0.9 x 5 mm spine thick along a 0.9 mm axis, whose
+      only pairs have the thick axis along their columns while its one plane has the sharp 0.9 mm axis there;
+      fine-tuning on them cost a model that knew the anatomy 0.2-0.3 dB.
+    - An input coarse in-plane: its pairs coarsen a sharp axis with a slice profile, not as it was made coarse.
+      On val/ (2x in-plane, no reference) adapting cost 0.25-0.29 dB on the openms brains, and on the lumbar
+      spine of real_lr/ 0.28; pairs made by k-space truncation instead helped there (+0.25) but, through the
+      val/ brains' softer slice axis, told the check that the model lost to cubic on openms T2 (README,
+      *Validation*, "In-plane inputs")."""
+    if not bool(pairs.for_fine_tuning.any()):
+        return AdaptationMismatch(
+            "pairs shaped unlike its inference slices",
+            "the scan's own planes give no pairs shaped like its inference slices",
+            "this scan's own planes give no pairs whose columns run along the kind of axis (sharp or upsampled) "
+            "its planes have")
+    if in_plane:
+        return AdaptationMismatch(
+            "pairs coarsened unlike its input, which looks coarse in-plane",
+            "the input looks coarse in-plane (k-space truncated), unlike the pairs the scan's own planes give",
+            "the input looks coarse in-plane (k-space truncated), while the pairs this scan's own planes give "
+            "are coarsened through its slices")
+    return None
 
 
 def _coarse_reference(volume: Volume, reference: Volume, plan: Plan) -> str:
