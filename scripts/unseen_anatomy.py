@@ -59,7 +59,7 @@ def run(truth, kind: str, axis: int, factor: int, variant: str, threads: int) ->
 
 def picture(path: Path, truth, model: str, threads: int) -> None:
     """Input, cubic, the network alone, as users run it, and the truth at 4× sagittal slices, on an axial slice
-    (rows along the thick axis, left-right)."""
+    (the thick axis, left-right, across: the slab is 38 voxels wide)."""
     low = degrade(truth, "thick", 0, 4)
     results = {label: superresolve(low, None, model=name, target_spacing=truth.spacing, threads=threads,
                                    **MODES[mode]).array
@@ -68,7 +68,7 @@ def picture(path: Path, truth, model: str, threads: int) -> None:
     target = crop_to(truth.array, next(iter(results.values())).shape)
 
     def cut(array: np.ndarray) -> np.ndarray:
-        return array[PICTURE_SLICE, PICTURE_COLUMNS, :].T
+        return array[PICTURE_SLICE, PICTURE_COLUMNS, :]
 
     thick = np.repeat(low.array, 4, axis=2)[tuple(slice(0, n) for n in target.shape)]
     panels = [("input: 4x sagittal slices", cut(thick))]

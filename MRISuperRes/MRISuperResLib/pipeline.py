@@ -471,7 +471,8 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
         # One that does worse than cubic here would otherwise give way to cubic: on unlike pairs a model that
         # never saw spines gained (README, *Leave one anatomy out*).
         if gain < 0:
-            pairs = replace(pairs, like_inference=None)
+            if not bool(pairs.for_fine_tuning.any()):
+                pairs = replace(pairs, like_inference=None)
             report["adaptation"] = f"on {mismatch.pairs}, since the model loses to cubic"
             StageReporter("check", 1, progress, cancel).finish(
                 f"adapting on this scan's own planes although {mismatch.why}: the pretrained model does worse than "
