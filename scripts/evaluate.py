@@ -305,10 +305,10 @@ def gain_plot(rows: list[dict], variants, default: str, path: Path) -> None:
 
 def estimate_plot(rows: list[dict], path: Path, default: str) -> dict:
     """The self-check's estimated gain (on the scan's own planes) against the true gain of the same model on
-    the same input (against the truth), one point per model, case, degradation and reference (a colour per
-    model, the default first; filled with the reference). The estimate is of the model before adaptation, after
-    the consistency step, so the true gain is that of `NAME+check` where the cache holds it; else, as before
-    that mode existed, of the network alone. Returns, per model, how far the estimates were."""
+    the same input (against the truth), one point per model, case, thick-slice factor and reference (a colour
+    per model, the default first; filled with the reference). The estimate is of the model before adaptation,
+    after the consistency step, so the true gain is that of `NAME+check` where the cache holds it; else, as
+    before that mode existed, of the network alone. Returns, per model, how far the estimates were."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -318,7 +318,7 @@ def estimate_plot(rows: list[dict], path: Path, default: str) -> dict:
     plain = {(r["case"], r["degradation"], r["factor"], r["model"], r["reference"]): r["psnr"] for r in rows}
     points = []
     for r in rows:
-        if r["model"].endswith("+adapt") and "estimated_gain_db" in r:
+        if r["model"].endswith("+adapt") and "estimated_gain_db" in r and r["degradation"] == "thick":
             key = (r["case"], r["degradation"], r["factor"])
             model = r["model"].partition("+")[0]
             checked = plain.get(key + (f"{model}+check", r["reference"]))

@@ -517,10 +517,10 @@ def _adaptation_mismatch(pairs, in_plane: bool) -> AdaptationMismatch | None:
       only pairs have the thick axis along their columns while its one plane has the sharp 0.9 mm axis there;
       fine-tuning on them cost a model that knew the anatomy 0.2-0.3 dB.
     - An input coarse in-plane: its pairs coarsen a sharp axis with a slice profile, not as it was made coarse.
-      On val/ (2x in-plane, no reference) adapting cost 0.25-0.29 dB on the openms brains, and on the lumbar
-      spine of real_lr/ 0.28; pairs made by k-space truncation instead helped there (+0.25) but, through the
-      val/ brains' softer slice axis, told the check that the model lost to cubic on openms T2 (README,
-      *Validation*, "In-plane inputs")."""
+      On val/'s brains at 2x in-plane adapting cost 0.18 dB on average without the reference and 0.11 with
+      it (4x: 0.01), and 0.28 on the lumbar spine of real_lr/; pairs made by k-space truncation instead helped
+      there (+0.25) but, through the val/ brains' softer slice axis, told the check that the model lost to
+      cubic on openms T2 (README, *Validation*, "In-plane inputs")."""
     if not bool(pairs.for_fine_tuning.any()):
         return AdaptationMismatch(
             "pairs shaped unlike its inference slices",
