@@ -105,20 +105,41 @@ def test_fine_tuning_learns_only_from_pairs_shaped_like_the_runs_slices():
     assert pairs_for((1,), ()).like_inference.all()  # no planes given: every pair counts
 
 
-def test_a_scan_without_pairs_like_its_slices_is_adapted_only_when_the_model_loses_to_cubic(
-        untrained_models_dir, monkeypatch):
+# Pairs that would teach what inference does not ask (`pipeline._adaptation_mismatch`): a scan whose only pairs
+# have its thick axis along their columns, and an input coarse in-plane (as the profile estimate finds one:
+# `ProfileEstimate.k_space_truncated`) whose pairs are coarsened through its slices with a slice profile.
+MISMATCHES = {
+    "unlike slices": (_spine_like, {"target_spacing": (0.9, 0.9, 5.0)}, None,
+                      "pairs shaped unlike its inference slices", "the scan's own planes give no pairs shaped like",
+                      "this scan's own planes"),
+    "in-plane": (lambda: _textured(shape_kji=(40, 24, 22)), {"scale": (2, 2, 1)}, ("box", False, True),
+                 "pairs coarsened unlike its input, which looks coarse in-plane", "the input looks coarse in-plane",
+                 "the input looks coarse in-plane"),
+}
+
+
+@pytest.mark.parametrize("mismatch", list(MISMATCHES))
+def test_pairs_unlike_the_input_are_adapted_on_only_when_the_model_loses_to_cubic(
+        untrained_models_dir, monkeypatch, mismatch):
     import MRISuperResLib.adapt as scan_adaptation
+    from MRISuperResLib import pipeline
+
+    make_volume, grid, profile, pairs, skipped, why = MISMATCHES[mismatch]
+    if profile:
+        monkeypatch.setattr(pipeline, "_profile_of_the_scan", lambda *args: profile)
+    volume = make_volume()
 
     def run():
         report, events = {}, []
-        superresolve(_spine_like(), model="tiny", models_dir=str(untrained_models_dir),
-                     target_spacing=(0.9, 0.9, 5.0), adapt=5, fallback=False, report=report, progress=events.append)
+        superresolve(volume, model="tiny", models_dir=str(untrained_models_dir), adapt=5, fallback=False,
+                     report=report, progress=events.append, **grid)
         return report, [e.message for e in events]
 
-    # The untrained network loses to cubic on the scan's own planes: the unlike pairs are its only rescue.
+    # The untrained network loses to cubic on the scan's own planes: those pairs are its only rescue.
     report, messages = run()
-    assert report["estimated_gain_db"] < 0 and report["adaptation_steps"] >= 5 and "adapted" in report
-    assert report["adaptation"].startswith("on pairs shaped unlike its inference slices")
+    assert report["self_check"] == "done" and report["estimated_gain_db"] < 0
+    assert report["adaptation_steps"] >= 5 and "adapted" in report
+    assert report["adaptation"].startswith(f"on {pairs}")
     assert any(m.startswith("adapting on this scan's own planes although") for m in messages)
     # A model that beats cubic there keeps its pretrained weights: fine-tuning on such pairs costs it.
     score = scan_adaptation.score
@@ -130,40 +151,8 @@ def test_a_scan_without_pairs_like_its_slices_is_adapted_only_when_the_model_los
     monkeypatch.setattr(scan_adaptation, "score", one_db_above_cubic)
     report, messages = run()
     assert report["estimated_gain_db"] == pytest.approx(1.0) and "adapted" not in report
-    assert report["adaptation"].startswith("skipped: the scan's own planes give no pairs shaped like")
-    assert any(m.startswith("not adapted: this scan's own planes") for m in messages)
-
-
-def test_an_input_coarse_in_plane_is_checked_but_adapted_only_when_the_model_loses_to_cubic(
-        untrained_models_dir, monkeypatch):
-    import MRISuperResLib.adapt as scan_adaptation
-    from MRISuperResLib import pipeline
-
-    # As the profile estimate finds a k-space truncated input (ProfileEstimate.k_space_truncated).
-    monkeypatch.setattr(pipeline, "_profile_of_the_scan", lambda *args: ("box", False, True))
-    volume = _textured(shape_kji=(40, 24, 22))  # k: 40 sharp slices; i and j coarse, as if made so in-plane
-
-    def run():
-        report, events = {}, []
-        superresolve(volume, model="tiny", models_dir=str(untrained_models_dir), scale=(2, 2, 1), adapt=5,
-                     fallback=False, report=report, progress=events.append)
-        return report, [e.message for e in events]
-
-    report, messages = run()
-    assert report["self_check"] == "done" and report["estimated_gain_db"] < 0
-    assert report["adaptation_steps"] >= 5 and "adapted" in report
-    assert report["adaptation"].startswith("on pairs coarsened unlike its input, which looks coarse in-plane")
-    score = scan_adaptation.score
-
-    def one_db_above_cubic(network, pairs, device):
-        cubic = score(network, pairs, device)[1]
-        return cubic + 1.0, cubic
-
-    monkeypatch.setattr(scan_adaptation, "score", one_db_above_cubic)
-    report, messages = run()
-    assert report["estimated_gain_db"] == pytest.approx(1.0) and "adapted" not in report
-    assert report["adaptation"].startswith("skipped: the input looks coarse in-plane")
-    assert any(m.startswith("not adapted: the input looks coarse in-plane") for m in messages)
+    assert report["adaptation"].startswith(f"skipped: {skipped}")
+    assert any(m.startswith(f"not adapted: {why}") for m in messages)
 
 
 def test_the_profile_estimate_tells_an_input_coarse_in_plane_from_thick_slices():
