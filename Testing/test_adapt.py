@@ -12,6 +12,7 @@ import torch
 from conftest import smooth_volume
 from MRISuperResLib import Volume, devices, superresolve
 from MRISuperResLib.adapt import MIN_HELD_OUT, _error, fine_tune, scan_pairs
+from MRISuperResLib.adapt import score as score_on_pairs
 from MRISuperResLib.errors import CancelledError
 from MRISuperResLib.intensity import IntensityScale
 from MRISuperResLib.models.architectures import build_architecture
@@ -108,13 +109,15 @@ def test_fine_tuning_learns_only_from_pairs_shaped_like_the_runs_slices():
 # Pairs that would teach what inference does not ask (`pipeline._adaptation_mismatch`): a scan whose only pairs
 # have its thick axis along their columns, and an input coarse in-plane (as the profile estimate finds one:
 # `ProfileEstimate.k_space_truncated`) whose pairs are coarsened through its slices with a slice profile.
+# Adapted on anyway, the unlike pairs are all fine-tuning has; an input coarse in-plane keeps to those of its
+# pairs that are shaped like its slices (`like_inference` kept).
 MISMATCHES = {
     "unlike slices": (_spine_like, {"target_spacing": (0.9, 0.9, 5.0)}, None,
                       "pairs shaped unlike its inference slices", "the scan's own planes give no pairs shaped like",
-                      "this scan's own planes"),
+                      "this scan's own planes", False),
     "in-plane": (lambda: _textured(shape_kji=(40, 24, 22)), {"scale": (2, 2, 1)}, ("box", False, True),
                  "pairs coarsened unlike its input, which looks coarse in-plane", "the input looks coarse in-plane",
-                 "the input looks coarse in-plane"),
+                 "the input looks coarse in-plane", True),
 }
 
 
@@ -124,10 +127,17 @@ def test_pairs_unlike_the_input_are_adapted_on_only_when_the_model_loses_to_cubi
     import MRISuperResLib.adapt as scan_adaptation
     from MRISuperResLib import pipeline
 
-    make_volume, grid, profile, pairs, skipped, why = MISMATCHES[mismatch]
+    make_volume, grid, profile, pairs, skipped, why, keeps_like_inference = MISMATCHES[mismatch]
     if profile:
         monkeypatch.setattr(pipeline, "_profile_of_the_scan", lambda *args: profile)
     volume = make_volume()
+    fine_tune, tuned_on = scan_adaptation.fine_tune, []
+
+    def recording_fine_tune(network, pairs, *args, **kwargs):
+        tuned_on.append(pairs)
+        return fine_tune(network, pairs, *args, **kwargs)
+
+    monkeypatch.setattr(scan_adaptation, "fine_tune", recording_fine_tune)
 
     def run():
         report, events = {}, []
@@ -141,18 +151,41 @@ def test_pairs_unlike_the_input_are_adapted_on_only_when_the_model_loses_to_cubi
     assert report["adaptation_steps"] >= 5 and "adapted" in report
     assert report["adaptation"].startswith(f"on {pairs}")
     assert any(m.startswith("adapting on this scan's own planes although") for m in messages)
+    assert len(tuned_on) == 1 and (tuned_on[0].like_inference is not None) == keeps_like_inference
     # A model that beats cubic there keeps its pretrained weights: fine-tuning on such pairs costs it.
-    score = scan_adaptation.score
-
-    def one_db_above_cubic(network, pairs, device):
-        cubic = score(network, pairs, device)[1]
-        return cubic + 1.0, cubic
-
-    monkeypatch.setattr(scan_adaptation, "score", one_db_above_cubic)
+    monkeypatch.setattr(scan_adaptation, "score", _one_db_above_cubic)
     report, messages = run()
-    assert report["estimated_gain_db"] == pytest.approx(1.0) and "adapted" not in report
+    assert report["estimated_gain_db"] == pytest.approx(1.0) and "adapted" not in report and len(tuned_on) == 1
     assert report["adaptation"].startswith(f"skipped: {skipped}")
     assert any(m.startswith(f"not adapted: {why}") for m in messages)
+
+
+def _one_db_above_cubic(network, pairs, device):
+    """`adapt.score` for a model 1 dB better than cubic on the pairs."""
+    cubic = score_on_pairs(network, pairs, device)[1]
+    return cubic + 1.0, cubic
+
+
+@pytest.mark.parametrize("shape_kji, scale, in_plane", [((40, 24, 22), (2, 2, 1), True), ((12, 48, 44), (1, 1, 2), False)],
+                         ids=["in-plane", "thick"])
+def test_only_an_input_with_several_upsampled_axes_counts_as_coarse_in_plane(untrained_models_dir, monkeypatch,
+                                                                             shape_kji, scale, in_plane):
+    import MRISuperResLib.adapt as scan_adaptation
+    from MRISuperResLib import pipeline
+    from MRISuperResLib.consistency import ProfileEstimate
+
+    # Whatever the block, the estimate says k-space truncation fits clearly best.
+    sinc_fits = ProfileEstimate(None, {"box": 0.1155, "gaussian": 0.1578, "point": 0.0681, "sinc": 0.0642})
+    monkeypatch.setattr(pipeline, "estimate_profile", lambda *args: sinc_fits)
+    monkeypatch.setattr(scan_adaptation, "score", _one_db_above_cubic)
+    report: dict = {}
+    superresolve(_textured(shape_kji=shape_kji), model="tiny", models_dir=str(untrained_models_dir), scale=scale,
+                 adapt=5, consistency=False, report=report)
+    assert report["self_check"] == "done" and report["pairs_profile"] == "box"
+    if in_plane:
+        assert report["adaptation"].startswith("skipped: the input looks coarse in-plane") and "adapted" not in report
+    else:
+        assert "adaptation" not in report and report["adaptation_steps"] >= 5
 
 
 def test_the_profile_estimate_tells_an_input_coarse_in_plane_from_thick_slices():

@@ -109,7 +109,7 @@ class Case:
     def run(self, kind: str, factor: int, model: str, reference: str, threads: int) -> tuple[np.ndarray, dict]:
         started = time.perf_counter()
         name, _, mode = model.partition("+")
-        options = {"": {"self_check": False, "consistency": False}, "adapt": {}, "check": {"adapt": 0}}[mode]
+        options = MODE_OPTIONS[mode]
         report: dict = {}
         result = superresolve(self.low(kind, factor), self.references[reference], model=name,
                               target_spacing=self.truth.spacing, threads=threads, report=report, **options)
@@ -122,7 +122,9 @@ class Case:
                               **{k: v for k, v in report.items() if mode and k in REPORTED}}
 
 
-REPORTED = ("estimated_gain_db", "adapted", "adapted_gain_db", "fell_back_to_cubic", "slice_profile")
+# `superresolve`'s options per model suffix: the network alone, as users run it, and the same not adapted.
+MODE_OPTIONS = {"": {"self_check": False, "consistency": False}, "adapt": {}, "check": {"adapt": 0}}
+REPORTED = ("estimated_gain_db", "adapted", "adapted_gain_db", "fell_back_to_cubic", "slice_profile", "adaptation")
 
 
 def row_key(row: dict) -> tuple:
@@ -405,7 +407,7 @@ def _update(manifest: dict, rows: list[dict], degradations, variants) -> None:
 
 
 def variants_of(registry, models: list[str], wrong: list[str], product_models: list[str],
-                check_models: list[str] = ()) -> list[tuple[str, str]]:
+                check_models: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """(model, reference) pairs to score: each reference-guided model with and without its reference (and with a
     wrong one for `wrong`), the others alone, the product path (+adapt) of `product_models` and the product
     without adaptation (+check) of `check_models`."""

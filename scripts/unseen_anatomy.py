@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 import _paths  # noqa: F401
-from evaluate import REPO, REPORTED, crop_to, parse_degradation, precision_now, product_settings
+from evaluate import (MODE_OPTIONS, REPO, REPORTED, crop_to, parse_degradation, precision_now, product_settings,
+                      settings_of)
 from MRISuperResLib import read_volume, superresolve
 from MRISuperResLib.degrade import kspace_truncate, thick_slices
 from MRISuperResLib.figures import save_panels
@@ -32,7 +33,6 @@ from MRISuperResLib.models.registry import ModelRegistry
 
 SCAN = "real_lr/spine_lumbar_t2/t2.nii.gz"
 AXES = {0: "x (sagittal slices)", 1: "y (coronal slices)", 2: "z (axial slices)"}
-MODES = {"": {"self_check": False, "consistency": False}, "check": {"adapt": 0}, "adapt": {}}
 # The picture: an axial slice through a lumbar vertebral body, its spinal canal and the muscles behind it.
 PICTURE_SLICE, PICTURE_COLUMNS = 100, slice(60, 200)
 
@@ -50,9 +50,9 @@ def run(truth, kind: str, axis: int, factor: int, variant: str, threads: int) ->
     report: dict = {}
     started = time.perf_counter()
     result = superresolve(low, None, model=name, target_spacing=truth.spacing, threads=threads, report=report,
-                          **MODES[mode])
+                          **MODE_OPTIONS[mode])
     return {"degradation": kind, "axis": axis, "factor": factor, "model": variant, "seconds": round(time.perf_counter() - started, 1),
-            "precision": precision_now(), **dict(settings(variant)),
+            "precision": precision_now(), **dict(product_settings(variant)),
             **score(result.array, crop_to(truth.array, result.array.shape)),
             **{k: v for k, v in report.items() if mode and k in REPORTED}}
 
@@ -62,7 +62,7 @@ def picture(path: Path, truth, model: str, threads: int) -> None:
     (the thick axis, left-right, across: the slab is 38 voxels wide)."""
     low = degrade(truth, "thick", 0, 4)
     results = {label: superresolve(low, None, model=name, target_spacing=truth.spacing, threads=threads,
-                                   **MODES[mode]).array
+                                   **MODE_OPTIONS[mode]).array
                for label, name, mode in (("cubic", "cubic", ""), (f"{model} alone", model, ""),
                                          (f"{model} as users run it", model, "adapt"))}
     target = crop_to(truth.array, next(iter(results.values())).shape)
@@ -77,14 +77,9 @@ def picture(path: Path, truth, model: str, threads: int) -> None:
     save_panels(panels, path, (0.0, float(np.percentile(target, 99.5))))
 
 
-def settings(variant: str) -> tuple:
-    """What besides the weights changes a variant's numbers: the product's settings (`evaluate.PRODUCT_SETTINGS`)."""
-    return product_settings(variant.replace("+check", "+adapt"))
-
-
 def key(row: dict) -> tuple:
-    return (row["degradation"], row["axis"], row["factor"], row["model"], row.get("sha256"),
-            tuple((name, row.get(name)) for name, _ in settings(row["model"])))
+    """A cached row's identity; the product's settings it has as `evaluate.settings_of` reads them."""
+    return row["degradation"], row["axis"], row["factor"], row["model"], row.get("sha256"), settings_of(row)
 
 
 def table(rows: list[dict], variants: list[str]) -> str:
@@ -132,7 +127,7 @@ def main() -> None:
         return registry.get(variant.partition("+")[0]).sha256
 
     def wanted(kind: str, axis: int, factor: int, variant: str) -> tuple:
-        return kind, axis, factor, variant, sha(variant), settings(variant)
+        return kind, axis, factor, variant, sha(variant), product_settings(variant)
 
     def current(row: dict) -> bool:
         return key(row) == wanted(row["degradation"], row["axis"], row["factor"], row["model"])

@@ -121,7 +121,8 @@ class ProfileEstimate:
     def k_space_truncated(self) -> bool:
         """Whether k-space truncation (in-plane low resolution) explains the input clearly (by `MARGIN`) better
         than either slice profile. Made coarse in-plane, val/'s openms T2 (4x) and the lumbar spine of real_lr/
-        (2x) fit a sinc at 0.60 and 0.56 of the box's misfit; box slices fit a box at 0.33 of the sinc's."""
+        (2x) fit a sinc at 0.60 and 0.56 of the better slice profile's (the box's) misfit; box slices fit a box
+        at 0.33 of the sinc's."""
         best_slice_profile = min(self.misfits.get(name, np.inf) for name in PROJECTED)
         return self.misfits.get("sinc", np.inf) <= MARGIN * best_slice_profile
 

@@ -364,7 +364,8 @@ def _profile_of_the_scan(network, volume: Volume, input_scale: IntensityScale, p
     (`consistency.estimate_profile`) given the pretrained model's output on a block at the centre of the scan
     (`PROFILE_BLOCK` voxels along each axis it does not upsample, all of every upsampled one); whether it is
     clear enough that the consistency step will likely project onto it; and whether the input rather looks
-    coarse in-plane (`ProfileEstimate.k_space_truncated`), which no slice profile mimics. Box pairs taught
+    coarse in-plane (two or more upsampled axes, and `ProfileEstimate.k_space_truncated`), which no slice
+    profile mimics. Box pairs taught
     a scan of Gaussian slices the wrong blur: on val/ (4x Gaussian, no reference) adaptation then cost 0.19 dB
     (BraTS t2w) and 0.71 dB (openms T2) while its own pairs said it helped."""
     if plan.model.texture_transfer:
@@ -395,7 +396,10 @@ def _profile_of_the_scan(network, volume: Volume, input_scale: IntensityScale, p
     report["pairs_profile"] = profile
     stage.finish(f"the scan's own pairs are coarsened with a {profile} profile: {estimate.describe()}, from the "
                  f"model on {' × '.join(str(n) for n in output[inner].shape[::-1])} voxels at the scan's centre")
-    return profile, estimate.profile == profile, estimate.k_space_truncated
+    # Two or more upsampled axes make an in-plane run (as `plan.make_plan` judges the factors); a thick-slice
+    # input whose block happens to fit a sinc best is still thick-sliced.
+    in_plane = len(plan.upsampled) > 1 and estimate.k_space_truncated
+    return profile, estimate.profile == profile, in_plane
 
 
 def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, reference_native, plan: Plan,
@@ -411,7 +415,8 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
 
     `in_plane`: the input looks coarse in-plane (k-space truncated) rather than thick-sliced. Its pairs,
     coarsened through its slices with a slice profile, still serve the check, but fine-tuning on them is
-    skipped as on pairs shaped unlike inference's (`_adaptation_mismatch`).
+    skipped as on pairs shaped unlike inference's, unless the model loses to cubic there
+    (`_adaptation_mismatch`).
 
     The reference check scores the model on the scan's own held-out pairs with the reference and without it
     (blank, as the networks see "none"), and drops the reference unless it helps there: a reference that is
@@ -473,7 +478,7 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
         if gain < 0:
             if not bool(pairs.for_fine_tuning.any()):
                 pairs = replace(pairs, like_inference=None)
-            report["adaptation"] = f"on {mismatch.pairs}, since the model loses to cubic"
+            report["adaptation"] = f"on {mismatch.adapted_on}, since the model loses to cubic"
             StageReporter("check", 1, progress, cancel).finish(
                 f"adapting on this scan's own planes although {mismatch.why}: the pretrained model does worse than "
                 "interpolation here, and cubic interpolation is the alternative")
@@ -505,9 +510,9 @@ class AdaptationMismatch(NamedTuple):
     """Why fine-tuning on the scan's own pairs would teach what inference does not ask, worded for the report
     and the progress line."""
 
-    pairs: str    # what the pairs are ("on ..." when adapted anyway)
-    skipped: str  # the report's reason when not adapted
-    why: str      # the progress line's reason
+    adapted_on: str  # what the pairs are, for the report when adapted on anyway
+    skipped: str     # the report's reason when not adapted
+    why: str         # the progress line's reason
 
 
 def _adaptation_mismatch(pairs, in_plane: bool) -> AdaptationMismatch | None:
