@@ -127,15 +127,15 @@ def test_pairs_unlike_the_input_are_adapted_on_only_when_the_model_loses_to_cubi
     import MRISuperResLib.adapt as scan_adaptation
     from MRISuperResLib import pipeline
 
-    make_volume, grid, profile, pairs, skipped, why, keeps_like_inference = MISMATCHES[mismatch]
+    make_volume, grid, profile, adapted_on, skipped, why, keeps_like_inference = MISMATCHES[mismatch]
     if profile:
         monkeypatch.setattr(pipeline, "_profile_of_the_scan", lambda *args: profile)
     volume = make_volume()
-    fine_tune, tuned_on = scan_adaptation.fine_tune, []
+    real_fine_tune, tuned_on = scan_adaptation.fine_tune, []
 
     def recording_fine_tune(network, pairs, *args, **kwargs):
         tuned_on.append(pairs)
-        return fine_tune(network, pairs, *args, **kwargs)
+        return real_fine_tune(network, pairs, *args, **kwargs)
 
     monkeypatch.setattr(scan_adaptation, "fine_tune", recording_fine_tune)
 
@@ -149,7 +149,7 @@ def test_pairs_unlike_the_input_are_adapted_on_only_when_the_model_loses_to_cubi
     report, messages = run()
     assert report["self_check"] == "done" and report["estimated_gain_db"] < 0
     assert report["adaptation_steps"] >= 5 and "adapted" in report
-    assert report["adaptation"].startswith(f"on {pairs}")
+    assert report["adaptation"].startswith(f"on {adapted_on}")
     assert any(m.startswith("adapting on this scan's own planes although") for m in messages)
     assert len(tuned_on) == 1 and (tuned_on[0].like_inference is not None) == keeps_like_inference
     # A model that beats cubic there keeps its pretrained weights: fine-tuning on such pairs costs it.

@@ -91,13 +91,15 @@ def degrade(truth: Volume, kind: str, factor: int, case) -> Volume:
 
 
 class Case:
-    """One val/ case's truth, references and mask, loaded once; its degraded inputs made on demand."""
+    """One case's truth, references and mask, loaded once; its degraded inputs made on demand. A case without
+    a paired or wrong reference (None in its tuple: a single-contrast scan) runs without one there."""
 
     def __init__(self, data: Path, case) -> None:
         self.case, self.name = case, case[0]
         self.truth = read_volume(data / case[1])
-        self.references = {"paired": read_volume(data / case[2], "reference"), "none": None,
-                           "wrong": centred_on(read_volume(data / case[6], "reference"), self.truth)}
+        self.references = {"paired": read_volume(data / case[2], "reference") if case[2] else None, "none": None,
+                           "wrong": centred_on(read_volume(data / case[6], "reference"), self.truth)
+                           if case[6] else None}
         self.mask = read_volume(data / case[3]).array if case[3] else None
         self._inputs: dict[tuple[str, int], Volume] = {}
 

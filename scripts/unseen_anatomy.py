@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
 import _paths  # noqa: F401
-from evaluate import (MODE_OPTIONS, REPO, REPORTED, crop_to, parse_degradation, precision_now, product_settings,
-                      settings_of)
-from MRISuperResLib import read_volume, superresolve
-from MRISuperResLib.degrade import kspace_truncate, thick_slices
+from evaluate import MODE_OPTIONS, REPO, Case, crop_to, parse_degradation, sweep
+from MRISuperResLib import superresolve
 from MRISuperResLib.figures import save_panels
 from MRISuperResLib.metrics import score
 from MRISuperResLib.models.registry import ModelRegistry
@@ -37,30 +34,17 @@ AXES = {0: "x (sagittal slices)", 1: "y (coronal slices)", 2: "z (axial slices)"
 PICTURE_SLICE, PICTURE_COLUMNS = 100, slice(60, 200)
 
 
-def degrade(truth, kind: str, axis: int, factor: int):
-    """Thick slices along `axis`, or k-space truncation of the other two (the plane whose normal is `axis`)."""
-    if kind == "thick":
-        return thick_slices(truth, axis, factor, "box")
-    return kspace_truncate(truth, tuple(a for a in AXES if a != axis), factor)
+def lumbar_case(data: Path, axis: int) -> Case:
+    """The scan as an `evaluate.Case` made thick along `axis`, or coarse in-plane across it (the other two
+    axes), without a reference."""
+    return Case(data, (f"lumbar_t2 {'xyz'[axis]}", SCAN, None, None, axis, tuple(a for a in AXES if a != axis),
+                       None))
 
 
-def run(truth, kind: str, axis: int, factor: int, variant: str, threads: int) -> dict:
-    name, _, mode = variant.partition("+")
-    low = degrade(truth, kind, axis, factor)
-    report: dict = {}
-    started = time.perf_counter()
-    result = superresolve(low, None, model=name, target_spacing=truth.spacing, threads=threads, report=report,
-                          **MODE_OPTIONS[mode])
-    return {"degradation": kind, "axis": axis, "factor": factor, "model": variant, "seconds": round(time.perf_counter() - started, 1),
-            "precision": precision_now(), **dict(product_settings(variant)),
-            **score(result.array, crop_to(truth.array, result.array.shape)),
-            **{k: v for k, v in report.items() if mode and k in REPORTED}}
-
-
-def picture(path: Path, truth, model: str, threads: int) -> None:
+def picture(path: Path, case: Case, model: str, threads: int) -> None:
     """Input, cubic, the network alone, as users run it, and the truth at 4× sagittal slices, on an axial slice
     (the thick axis, left-right, across: the slab is 38 voxels wide)."""
-    low = degrade(truth, "thick", 0, 4)
+    low, truth = case.low("thick", 4), case.truth
     results = {label: superresolve(low, None, model=name, target_spacing=truth.spacing, threads=threads,
                                    **MODE_OPTIONS[mode]).array
                for label, name, mode in (("cubic", "cubic", ""), (f"{model} alone", model, ""),
@@ -77,26 +61,19 @@ def picture(path: Path, truth, model: str, threads: int) -> None:
     save_panels(panels, path, (0.0, float(np.percentile(target, 99.5))))
 
 
-def key(row: dict) -> tuple:
-    """A cached row's identity; the product's settings it has as `evaluate.settings_of` reads them."""
-    return row["degradation"], row["axis"], row["factor"], row["model"], row.get("sha256"), settings_of(row)
-
-
 def table(rows: list[dict], variants: list[str]) -> str:
     """PSNR of cubic, and every variant's gain over it, per degradation, axis and factor."""
     lines = ["| degradation | cubic (dB) | " + " | ".join(variants) + " |", "|" + " --- |" * (len(variants) + 2)]
+    psnr = {(r["degradation"], r["case"], r["factor"], r["model"]): r["psnr"] for r in rows}
     for kind, label in (("thick", "thick along {axis}"), ("kspace", "in-plane, normal {axis}")):
         for axis in AXES:
             for factor in sorted({r["factor"] for r in rows}, reverse=True):
-                where = (kind, axis, factor)
-                cubic = [r["psnr"] for r in rows if (r["degradation"], r["axis"], r["factor"], r["model"]) == (*where, "cubic")]
-                if not cubic:
+                where = (kind, f"lumbar_t2 {'xyz'[axis]}", factor)
+                if (*where, "cubic") not in psnr:
                     continue
-                cells = []
-                for variant in variants:
-                    hit = [r for r in rows if (r["degradation"], r["axis"], r["factor"], r["model"]) == (*where, variant)]
-                    cells.append(f"{hit[0]['psnr'] - cubic[0]:+.2f}" if hit else "")
-                lines.append(f"| {label.format(axis=AXES[axis])}, {factor}× | {cubic[0]:.2f} | " + " | ".join(cells) + " |")
+                cubic = psnr[(*where, "cubic")]
+                cells = [f"{psnr[(*where, v)] - cubic:+.2f}" if (*where, v) in psnr else "" for v in variants]
+                lines.append(f"| {label.format(axis=AXES[axis])}, {factor}× | {cubic:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -114,46 +91,24 @@ def main() -> None:
     args = parser.parse_args()
     registry = ModelRegistry()
     models = args.models or [registry.default_name]
-    variants = [v for name in models for v in (name, f"{name}+check", f"{name}+adapt")]
-    truth = read_volume(args.data / SCAN)
     if args.picture:
-        picture(args.picture, truth, models[0], args.threads)
+        picture(args.picture, lumbar_case(args.data, 0), models[0], args.threads)
         return
+    variants = [v for name in models for v in (name, f"{name}+check", f"{name}+adapt")]
     args.output.mkdir(parents=True, exist_ok=True)
-    cache = args.output / "unseen_anatomy_rows.jsonl"
-    rows = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
-
-    def sha(variant: str) -> str | None:
-        return registry.get(variant.partition("+")[0]).sha256
-
-    def wanted(kind: str, axis: int, factor: int, variant: str) -> tuple:
-        return kind, axis, factor, variant, sha(variant), product_settings(variant)
-
-    def current(row: dict) -> bool:
-        return key(row) == wanted(row["degradation"], row["axis"], row["factor"], row["model"])
-
-    done = {key(r) for r in rows if current(r)}
-    for kind, factor in args.degradations:
-        for axis in args.axes:
-            for variant in ["cubic"] + variants:
-                if wanted(kind, axis, factor, variant) in done:
-                    continue
-                row = {**run(truth, kind, axis, factor, variant, args.threads), "sha256": sha(variant)}
-                rows.append(row)
-                done.add(key(row))
-                with open(cache, "a") as stream:
-                    stream.write(json.dumps(row) + "\n")
-                print(json.dumps(row), flush=True)
-    current_rows = [r for r in rows if current(r)]
+    # Rows are cached and kept current as `evaluate.sweep` keeps val/'s (weights sha256, product settings).
+    rows = sweep([lumbar_case(args.data, axis) for axis in args.axes], args.degradations,
+                 [(v, "none") for v in ["cubic"] + variants], args.threads, args.output / "unseen_anatomy_rows.jsonl",
+                 lambda name: registry.get(name.partition("+")[0]).sha256)
     text = ("Gain over cubic (PSNR dB over the foreground) on the lumbar spine, an anatomy absent from train/ "
             f"(`{SCAN}`, every axis 1 mm, made thick with a box profile or coarse in-plane by k-space truncation; no "
             "reference).\n\n"
-            + table(current_rows, variants) +
+            + table(rows, variants) +
             "\n`NAME`: the network alone; `+check`: the self-check, fallback and consistency step without "
             "adaptation; `+adapt`: as users run it.\n")
     print(text)
     (args.output / "unseen_anatomy.md").write_text(text)
-    (args.output / "unseen_anatomy.json").write_text(json.dumps(current_rows, indent=2) + "\n")
+    (args.output / "unseen_anatomy.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":
