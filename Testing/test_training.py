@@ -270,3 +270,53 @@ def test_every_shipped_training_config_reads(config):
 
     loaded = TrainingConfig.from_yaml(config)
     assert loaded.name == config.stem and loaded.train
+
+
+def test_synthetic_lesions_are_local_soft_blobs_the_reference_mostly_shares_and_sometimes_holds_alone(monkeypatch):
+    from MRISuperResLib.training import lesions
+
+    rng = np.random.default_rng(0)
+    truth = (0.5 + 0.02 * rng.standard_normal((40, 48, 48))).astype(np.float32)
+    reference = (0.4 + 0.02 * rng.standard_normal((40, 48, 48))).astype(np.float32)
+    before = truth.copy(), reference.copy()
+    counts = {"both": 0, "target only": 0, "reference only": 0}
+    for seed in range(40):
+        with_truth, with_reference = lesions.with_lesions(truth, reference, (1.0, 1.0, 2.0), random.Random(seed))
+        changed, changed_reference = np.abs(with_truth - truth) > 0.05, np.abs(with_reference - reference) > 0.05
+        # A few blobs, not a volume-wide change.
+        assert changed.mean() < 0.1 and changed_reference.mean() < 0.1
+        counts["both"] += bool((changed & changed_reference).any())
+        counts["target only"] += bool((changed & ~changed_reference).any())
+        counts["reference only"] += bool((changed_reference & ~changed).any())
+        np.testing.assert_array_equal(
+            with_truth, lesions.with_lesions(truth, reference, (1.0, 1.0, 2.0), random.Random(seed))[0])
+    assert all(counts.values()), counts
+    np.testing.assert_array_equal(truth, before[0])  # the scan itself is never changed
+    np.testing.assert_array_equal(reference, before[1])
+    # One lesion at a time (the test volume is small): at most 12 mm across, give or take its elongation and soft edge (here 1 mm
+    # in-plane, 2 mm slices), with partial-volume values between the surround and the lesion.
+    monkeypatch.setattr(lesions, "VOLUME_PER_LESION_MM3", 1e9)
+    for seed in range(20):
+        with_truth, _ = lesions.with_lesions(truth, None, (1.0, 1.0, 2.0), random.Random(seed))
+        difference = np.abs(with_truth - truth)
+        changed = difference > 0.05
+        extent = [np.ptp(np.nonzero(changed.any(axis=tuple(a for a in range(3) if a != axis)))[0]) + 1
+                  for axis in range(3)]
+        assert extent[0] <= 10 and max(extent[1:]) <= 18, extent
+        assert ((difference > 0.03) & (difference < 0.5 * difference.max())).any()
+
+
+def test_lesions_go_into_the_truth_before_it_is_degraded_and_a_config_without_them_draws_as_before():
+    from MRISuperResLib.training.config import PairSpec
+    from MRISuperResLib.training.pairs import Degradations, Scan, degrade_instance
+
+    phantom = make_phantom((32, 48, 48), seed=1)["T2"]
+    scan = Scan(phantom.array / phantom.array.max(), None, PairSpec("t", None, None, (2,)), phantom)
+    plain_rng, lesion_free_rng = random.Random(5), random.Random(5)
+    plain = degrade_instance(scan, plain_rng, Degradations(factors=(4,)))
+    degrade_instance(scan, lesion_free_rng, Degradations(factors=(4,), lesion_probability=0.0))
+    assert plain_rng.random() == lesion_free_rng.random()  # no extra random number drawn
+    lesioned = degrade_instance(scan, random.Random(5), Degradations(factors=(4,), lesion_probability=1.0))
+    assert lesioned.truth.shape == plain.truth.shape and not np.array_equal(lesioned.truth, plain.truth)
+    # The input is the lesioned truth made thick: it differs where the truth does.
+    assert not np.array_equal(lesioned.lr, plain.lr)

@@ -28,6 +28,7 @@ from ..intensity import IntensityScale
 from ..io import read_volume
 from ..resample import preinterpolate
 from .config import PairSpec, TrainingConfig
+from .lesions import with_lesions
 
 
 @dataclass
@@ -72,11 +73,12 @@ class Degradations:
     inplane_factors: tuple[int, ...] = (2, 4)
     gamma_range: float = 0.0
     halfway: bool = False  # also simulate the acquisition at half the factor
+    lesion_probability: float = 0.0  # of an instance holding synthetic lesions (`lesions`)
 
     @classmethod
     def from_config(cls, config: TrainingConfig, halfway: bool = False) -> "Degradations":
         return cls(tuple(config.factors), config.noise_probability, config.inplane_probability,
-                   tuple(config.inplane_factors), config.gamma_range, halfway)
+                   tuple(config.inplane_factors), config.gamma_range, halfway, config.lesion_probability)
 
 
 def _gamma(array: np.ndarray, rng: random.Random, gamma_range: float) -> np.ndarray:
@@ -104,6 +106,9 @@ def _simulate(volume, scan: Scan, rng: random.Random, degradations: Degradations
 def degrade_instance(scan: Scan, rng: random.Random, degradations: Degradations) -> Instance:
     """Simulate a low-resolution acquisition of `scan` and pre-interpolate it back onto the truth's grid."""
     truth, reference = scan.truth, scan.reference
+    # Configs without lesions or gamma draw no extra random number, so their pairs stay as they were.
+    if degradations.lesion_probability > 0 and rng.random() < degradations.lesion_probability:
+        truth, reference = with_lesions(truth, reference, scan.template.spacing, rng)
     # Configs without gamma draw no extra random number, so their pairs stay as they were.
     if degradations.gamma_range > 1:
         truth = _gamma(truth, rng, degradations.gamma_range)
