@@ -293,8 +293,8 @@ def test_synthetic_lesions_are_local_soft_blobs_the_reference_mostly_shares_and_
     assert all(counts.values()), counts
     np.testing.assert_array_equal(truth, before[0])  # the scan itself is never changed
     np.testing.assert_array_equal(reference, before[1])
-    # One lesion at a time (the test volume is small): at most 12 mm across, give or take its elongation and soft edge (here 1 mm
-    # in-plane, 2 mm slices), with partial-volume values between the surround and the lesion.
+    # One lesion at a time (as in a small volume): at most 12 mm across, give or take its elongation and soft
+    # edge (here 1 mm in-plane, 2 mm slices), with partial-volume values between the surround and the lesion.
     monkeypatch.setattr(lesions, "VOLUME_PER_LESION_MM3", 1e9)
     for seed in range(20):
         with_truth, _ = lesions.with_lesions(truth, None, (1.0, 1.0, 2.0), random.Random(seed))

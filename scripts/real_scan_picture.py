@@ -28,7 +28,7 @@ REPORTED = ("slice_profile", "estimated_gain_db", "adapted", "adaptation_steps",
 def middle_slices(array: np.ndarray) -> list[tuple[str, np.ndarray]]:
     """The middle coronal (fixed j) and sagittal (fixed i) slices of a (k, j, i) array, k up and j reversed: with
     LPS axes near the scanner's, superior up, the patient's right on the left and anterior on the left."""
-    k, j, i = array.shape
+    _, j, i = array.shape
     return [("coronal", array[::-1, j // 2, :]), ("sagittal", array[::-1, ::-1, i // 2])]
 
 

@@ -62,7 +62,7 @@ class TrainingConfig:
     # Intensity augmentation: target and reference each raised to a random power in [1/g, g] (0: off), so
     # that contrast relations and intensity curves unseen in train/ are less of a surprise.
     gamma_range: float = 0.0
-    # Share of instances holding synthetic lesions, so that small ones come back at their contrast (`lesions`).
+    # Share of instances holding synthetic lesions (`lesions`; tried for small lesions, README *Pathology*).
     lesion_probability: float = 0.0
     # Reference imperfections
     shift_probability: float = 0.0

@@ -106,7 +106,7 @@ def _simulate(volume, scan: Scan, rng: random.Random, degradations: Degradations
 def degrade_instance(scan: Scan, rng: random.Random, degradations: Degradations) -> Instance:
     """Simulate a low-resolution acquisition of `scan` and pre-interpolate it back onto the truth's grid."""
     truth, reference = scan.truth, scan.reference
-    # Configs without lesions or gamma draw no extra random number, so their pairs stay as they were.
+    # Configs without lesions draw no extra random number, so their pairs stay as they were.
     if degradations.lesion_probability > 0 and rng.random() < degradations.lesion_probability:
         truth, reference = with_lesions(truth, reference, scan.template.spacing, rng)
     # Configs without gamma draw no extra random number, so their pairs stay as they were.
