@@ -476,7 +476,7 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
         # One that does worse than cubic here would otherwise give way to cubic: on unlike pairs a model that
         # never saw spines gained (README, *Leave one anatomy out*).
         if gain < 0:
-            if not bool(pairs.for_fine_tuning.any()):
+            if mismatch.no_pair_like_inference:
                 pairs = replace(pairs, like_inference=None)
             report["adaptation"] = f"on {mismatch.adapted_on}, since the model loses to cubic"
             StageReporter("check", 1, progress, cancel).finish(
@@ -513,6 +513,8 @@ class AdaptationMismatch(NamedTuple):
     adapted_on: str  # what the pairs are, for the report when adapted on anyway
     skipped: str     # the report's reason when not adapted
     why: str         # the progress line's reason
+    # No pair is shaped like the inference slices: adapted on anyway, fine-tuning must take them all.
+    no_pair_like_inference: bool = False
 
 
 def _adaptation_mismatch(pairs, in_plane: bool) -> AdaptationMismatch | None:
@@ -531,7 +533,7 @@ def _adaptation_mismatch(pairs, in_plane: bool) -> AdaptationMismatch | None:
             "pairs shaped unlike its inference slices",
             "the scan's own planes give no pairs shaped like its inference slices",
             "this scan's own planes give no pairs whose columns run along the kind of axis (sharp or upsampled) "
-            "its planes have")
+            "its planes have", no_pair_like_inference=True)
     if in_plane:
         return AdaptationMismatch(
             "pairs coarsened unlike its input, which looks coarse in-plane",

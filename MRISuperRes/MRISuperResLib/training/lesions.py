@@ -43,7 +43,8 @@ def _soft_ellipsoid(shape: tuple[int, ...], centre, radii) -> tuple[tuple[slice,
 
 def _paint(array: np.ndarray, box, occupancy: np.ndarray, contrast: float, rng: np.random.Generator) -> None:
     region = array[box]
-    surround = float(np.median(region[occupancy < 0.05])) if (occupancy < 0.05).any() else float(region.mean())
+    outside = occupancy < 0.05
+    surround = float(np.median(region[outside])) if outside.any() else float(region.mean())
     # A little texture, so that a lesion is not a flat plateau the network could learn by heart.
     value = surround * contrast * (1.0 + 0.05 * rng.standard_normal(region.shape).astype(np.float32))
     array[box] = region * (1.0 - occupancy) + value * occupancy
