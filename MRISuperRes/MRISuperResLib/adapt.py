@@ -98,12 +98,6 @@ class ScanPairs:
     def __len__(self) -> int:
         return self.lr.shape[0]
 
-    def first(self, count: int) -> "ScanPairs":
-        """The first `count` patches drawn (those a draw of `count` gives), or as many more as it takes to
-        hold out `MIN_HELD_OUT` to score."""
-        enough = int(torch.searchsorted(torch.cumsum(self.holdout.int(), 0), MIN_HELD_OUT)) + 1
-        return self.subset(torch.arange(min(len(self), max(count, enough))))
-
     @property
     def has_reference(self) -> bool:
         return bool(self.mask.any())
@@ -176,7 +170,10 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
     planes = [p for p in planes if p[3] == size]
     items = {"lr": [], "truth": [], "reference": [], "mask": [], "holdout": [], "like_inference": [], "projection": []}
     attempts = 0
-    while len(items["lr"]) < count and attempts < count * 20:
+    # `count` patches, or as many more as it takes to hold out `MIN_HELD_OUT` to score; a draw of fewer is the
+    # start of a draw of more (the same seed), so a run that drops its reference draws the rest anew.
+    held_out = 0
+    while (len(items["lr"]) < count or held_out < MIN_HELD_OUT) and attempts < count * 20:
         attempts += 1
         lr, truth, ref, _, like, acquisition = planes[rng.integers(len(planes))]
         s = int(rng.integers(lr.shape[0]))
@@ -194,10 +191,11 @@ def scan_pairs(scan: np.ndarray, volume: Volume, upsampled: tuple[int, ...], fac
             items["reference"].append(ref[s, r:r + size, c:c + size][None])
             items["mask"].append(np.ones((1, size, size), np.float32))
         items["holdout"].append(s % HOLDOUT_EVERY == HOLDOUT_PHASE)
+        held_out += items["holdout"][-1]
         items["like_inference"].append(like)
         if acquisition is not None:
             items["projection"].append(range_projector(acquisition, r, size))
-    if len(items["lr"]) < 16 or sum(items["holdout"]) < MIN_HELD_OUT:
+    if len(items["lr"]) < 16 or held_out < MIN_HELD_OUT:
         return None, "it has too little foreground in its acquired planes"
     tensors = {name: torch.from_numpy(np.stack(values, dtype=np.float32)) for name, values in items.items()
                if name not in ("holdout", "like_inference", "projection")}

@@ -423,16 +423,19 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
     a few mm or degrees off, or of a contrast relation the model never saw, passes the edge gate but costs
     PSNR (measured on val/: README, *A reference that does not fit*)."""
     stage = StageReporter("check", 1, progress, cancel)
-    pairs, why = scan_adaptation.scan_pairs(input_scale.normalise(volume.array), volume, plan.upsampled,
-                                            max(plan.factors), reference_native, getattr(network, "context", 0),
-                                            run_planes=plan.planes, profile=profile, projected=projected)
+    scan = input_scale.normalise(volume.array)
+
+    def draw(reference, count):
+        return scan_adaptation.scan_pairs(scan, volume, plan.upsampled, max(plan.factors), reference,
+                                          getattr(network, "context", 0), count=count, run_planes=plan.planes,
+                                          profile=profile, projected=projected)
+
+    pairs, why = draw(reference_native, scan_adaptation.PAIRS if reference_native is None
+                      else scan_adaptation.PAIRS_WITH_REFERENCE)
     if pairs is None:
         report["self_check"] = f"skipped: {why}"
         stage.finish(f"self-check skipped: {why}")
         return network, False, True
-    every_pair = pairs
-    if reference_native is not None:
-        pairs = pairs.first(scan_adaptation.PAIRS_WITH_REFERENCE)
     held_out = pairs.subset(pairs.holdout)
     texture_transfer = plan.model.texture_transfer
     if texture_transfer and plan.reference_mode == "paired" and reference_native is not None:
@@ -444,8 +447,9 @@ def _check_and_adapt(network, volume: Volume, input_scale: IntensityScale, refer
         reference_helps = bool(model_psnr > without_psnr + scan_adaptation.REFERENCE_MARGIN_DB)
         report["reference_gain_db"] = round(float(model_psnr - without_psnr), 3)
         if not reference_helps:
-            # From here on the run is one without a reference, on every pair drawn.
-            pairs = every_pair.without_reference()
+            # From here on the run is one without a reference, on the pairs such a run draws (the first of them
+            # the patches just scored, with a blank reference).
+            pairs, _ = draw(None, scan_adaptation.PAIRS)
             held_out = pairs.subset(pairs.holdout)
             model_psnr, cubic_psnr = scan_adaptation.score(network, held_out, device)
             report["reference"] = "dropped by the self-check"

@@ -381,12 +381,19 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
             steps, steps_alone = (adaptation_steps(adapt_seconds, model.architecture, model.macs_per_pixel, device,
                                                    threads, with_reference, model.adapt_step_ceiling(with_reference))
                                   for with_reference in (uses_reference, False))
+        # An input coarse along two axes is most often coarse in-plane (k-space truncated): the run checks the
+        # model on it and fine-tunes only if the model loses to cubic there (`pipeline._check_and_adapt`), so
+        # the time counts no fine-tuning (it counted 50 s that such runs did not spend).
+        timed_steps = 0 if len(upsampled) > 1 else steps
+        if steps and not timed_steps:
+            notes.append("the input is coarse along two axes: if it was acquired coarse in-plane, the model is checked "
+                         "on this scan and adapted to it only if it does worse than interpolation there")
         # The held-out patches are scored once, with a reference also without it, and again when adapted.
         held_out = (ADAPT_PAIRS_WITH_REFERENCE if uses_reference else ADAPT_PAIRS) / HOLDOUT_EVERY
-        scorings = 1 + int(uses_reference) + int(steps > 0)
+        scorings = 1 + int(uses_reference) + int(timed_steps > 0)
         check_seconds = (SELF_CHECK_SECONDS + scorings * held_out * ADAPT_PATCH ** 2 * model.macs_per_pixel / rate
-                         + steps * adaptation_step_seconds(model.architecture, model.macs_per_pixel, device, threads,
-                                                           uses_reference))
+                         + timed_steps * adaptation_step_seconds(model.architecture, model.macs_per_pixel, device,
+                                                                 threads, uses_reference))
         if not model.texture_transfer:
             margin = profile_block_margin(model.arguments.get("context", 0))
             block_share = float(np.prod([min(1.0, (PROFILE_BLOCK + 2 * margin) / target.size[a])
