@@ -13,7 +13,9 @@ from MRISuperResLib import MRISuperResError, devices, superresolve
 from MRISuperResLib.advice import EXAMPLE_GRID, SLOW_SECONDS, device_advice
 from MRISuperResLib.devices import PRECISION_VARIABLE, TorchBuild, installed_torch, resolve_device, uses_bfloat16
 from MRISuperResLib.models.registry import ModelRegistry
-from MRISuperResLib.plan import BFLOAT16_SPEEDUP, BFLOAT16_TRAINING_SPEEDUP, format_seconds, make_plan
+from MRISuperResLib import plan as planning
+from MRISuperResLib.plan import (BFLOAT16_SPEEDUP, BFLOAT16_TRAINING_SPEEDUP, CPU_TRAINING_SHARE_BY_VECTOR_EXTENSION,
+                                 format_seconds, make_plan)
 from MRISuperResLib.volume import Grid
 
 MODULE_FOLDER = Path(__file__).resolve().parents[1] / "MRISuperRes"
@@ -152,6 +154,8 @@ def test_a_run_with_an_unknown_precision_exits_with_that_sentence_and_writes_not
 def test_the_plan_counts_bfloat16s_speed_in_the_network_and_in_adaptation(monkeypatch):
     default = ModelRegistry().default
     plans = {}
+    # Every CPU with bfloat16 instructions has AVX-512, where the float32 rates were measured.
+    monkeypatch.setattr(planning, "cpu_vector_extension", lambda: "AVX512")
     for native in (False, True):
         monkeypatch.setattr(devices, "cpu_computes_bfloat16", lambda native=native: native)
         plans[native] = make_plan(EXAMPLE_GRID, default, device="cpu", threads=2, has_reference=True,
@@ -162,6 +166,30 @@ def test_the_plan_counts_bfloat16s_speed_in_the_network_and_in_adaptation(monkey
     steps = plans[True].adapt_steps / plans[False].adapt_steps
     assert steps == pytest.approx(BFLOAT16_TRAINING_SPEEDUP[default.architecture], rel=0.05)
     assert BFLOAT16_SPEEDUP[default.architecture] > 1
+
+
+def test_the_plan_counts_fewer_adaptation_steps_where_float32_training_is_slower(monkeypatch):
+    default = ModelRegistry().default
+    monkeypatch.setattr(devices, "cpu_computes_bfloat16", lambda: False)
+    plans = {}
+    for extension in ("AVX512", "AVX2"):
+        monkeypatch.setattr(planning, "cpu_vector_extension", lambda extension=extension: extension)
+        plans[extension] = make_plan(EXAMPLE_GRID, default, device="cpu", threads=2, has_reference=True,
+                                     adapt_seconds=20.0)
+    # Below the card's ceilings, the same seconds hold fewer of the slower steps, with and without a reference...
+    share = CPU_TRAINING_SHARE_BY_VECTOR_EXTENSION["AVX2"]
+    assert plans["AVX2"].adapt_steps / plans["AVX512"].adapt_steps == pytest.approx(share, rel=0.05)
+    assert (plans["AVX2"].adapt_steps_without_reference / plans["AVX512"].adapt_steps_without_reference
+            == pytest.approx(share, rel=0.05))
+    # ... and the plan's time stays that budget: the network's rate is the same on both.
+    assert plans["AVX2"].seconds == pytest.approx(plans["AVX512"].seconds, rel=0.02)
+    # A GPU's steps do not depend on the CPU.
+    gpu = {}
+    for extension in ("AVX512", "AVX2"):
+        monkeypatch.setattr(planning, "cpu_vector_extension", lambda extension=extension: extension)
+        gpu[extension] = make_plan(EXAMPLE_GRID, default, device="cuda", threads=2, has_reference=True,
+                                   adapt_seconds=1.0).adapt_steps
+    assert gpu["AVX512"] == gpu["AVX2"]
 
 
 def test_bfloat16_moves_a_runs_output_by_at_most_two_percent_of_its_range(monkeypatch):

@@ -59,6 +59,15 @@ def cpu_computes_bfloat16() -> bool:
                for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_vector_extension() -> str:
+    """The widest vector instructions PyTorch's CPU kernels use on this machine: "AVX512", "AVX2", or another
+    name PyTorch gives ("DEFAULT" where it uses none of those)."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def uses_bfloat16(device) -> bool:
     """Whether the networks run under bfloat16 autocast on `device` (a name or a torch.device).
 

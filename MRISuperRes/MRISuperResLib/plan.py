@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .devices import installed_torch, uses_bfloat16
+from .devices import cpu_vector_extension, installed_torch, uses_bfloat16
 from .errors import MRISuperResError
 from .geometry import SPACING_TOLERANCE, resampled_grid, scale_factors, upsampled_axes
 from .models.registry import REFERENCE_MODES, ModelCard
@@ -80,6 +80,13 @@ CUDA_TRAINING_MACS_PER_SECOND = 1e12
 # Without a reference, EDSR fine-tunes only its later half (`adapt.adapted_parameters`): the backward pass stops
 # halfway, 1.8x the steps per second (edsr-large: 0.49 against 0.87-0.91 s per step, one thread).
 LATER_HALF_SPEEDUP = {"edsr": 1.8}
+# The training rates above were measured on a CPU with AVX-512. In float32 on one whose widest vectors are AVX2
+# (`devices.cpu_vector_extension`), a fine-tuning step of edsr-large costs more: 0.43-0.49 s for the whole
+# network against the 0.28 s counted, 0.27-0.34 s for its later half against 0.16 (2 threads, a 2-core AMD
+# EPYC: scripts/adaptation_ablation.py's timings and a profiled benchmark-volume run), so 50 s of adaptation
+# took 75-100 s there. Its forward pass runs at the counted rate (66 GMAC/s on 64-channel convolutions), so
+# only training is scaled. Unmeasured vector extensions keep the AVX-512 rates.
+CPU_TRAINING_SHARE_BY_VECTOR_EXTENSION = {"AVX2": 0.58}
 # A ceiling, so that a fast device spends seconds, not the whole budget: the gain flattens well before it.
 MAX_ADAPT_STEPS = 600
 # What a step costs beyond its multiply-adds (Python, the optimiser, batching): it dominates tiny networks.
@@ -429,6 +436,8 @@ def adaptation_step_seconds(architecture: str, macs_per_pixel: int, device: str,
     rate = CUDA_TRAINING_MACS_PER_SECOND * gpu_share(device) if on_gpu(device) else per_thread * threads
     if uses_bfloat16(device):
         rate *= BFLOAT16_TRAINING_SPEEDUP.get(architecture, 1.0)
+    elif not on_gpu(device):
+        rate *= CPU_TRAINING_SHARE_BY_VECTOR_EXTENSION.get(cpu_vector_extension(), 1.0)
     if not with_reference:
         rate *= LATER_HALF_SPEEDUP.get(architecture, 1.0)
     return STEP_OVERHEAD_SECONDS + max(1, macs_per_pixel) * ADAPT_BATCH * ADAPT_PATCH ** 2 / rate
