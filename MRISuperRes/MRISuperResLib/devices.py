@@ -62,10 +62,11 @@ def cpu_computes_bfloat16() -> bool:
 @functools.lru_cache(maxsize=1)
 def cpu_vector_extension() -> str:
     """The widest vector instructions PyTorch's CPU kernels use on this machine: "AVX512", "AVX2", or another
-    name PyTorch gives ("DEFAULT" where it uses none of those)."""
+    name PyTorch gives ("DEFAULT" where it uses none of those; "unknown" from a PyTorch too old to say)."""
     import torch
 
-    return torch.backends.cpu.get_cpu_capability()
+    probe = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    return probe() if probe is not None else "unknown"
 
 
 def uses_bfloat16(device) -> bool:
