@@ -10,10 +10,10 @@ import torch
 
 from conftest import smooth_volume
 from MRISuperResLib import MRISuperResError, devices, superresolve
+from MRISuperResLib import plan as planning
 from MRISuperResLib.advice import EXAMPLE_GRID, SLOW_SECONDS, device_advice
 from MRISuperResLib.devices import PRECISION_VARIABLE, TorchBuild, installed_torch, resolve_device, uses_bfloat16
 from MRISuperResLib.models.registry import ModelRegistry
-from MRISuperResLib import plan as planning
 from MRISuperResLib.plan import (BFLOAT16_SPEEDUP, BFLOAT16_TRAINING_SPEEDUP, CPU_TRAINING_SHARE_BY_VECTOR_EXTENSION,
                                  format_seconds, make_plan)
 from MRISuperResLib.volume import Grid
@@ -171,11 +171,13 @@ def test_the_plan_counts_bfloat16s_speed_in_the_network_and_in_adaptation(monkey
 def test_the_plan_counts_fewer_adaptation_steps_where_float32_training_is_slower(monkeypatch):
     default = ModelRegistry().default
     monkeypatch.setattr(devices, "cpu_computes_bfloat16", lambda: False)
-    plans = {}
+    plans, gpu = {}, {}
     for extension in ("AVX512", "AVX2"):
         monkeypatch.setattr(planning, "cpu_vector_extension", lambda extension=extension: extension)
         plans[extension] = make_plan(EXAMPLE_GRID, default, device="cpu", threads=2, has_reference=True,
                                      adapt_seconds=20.0)
+        gpu[extension] = make_plan(EXAMPLE_GRID, default, device="cuda", threads=2, has_reference=True,
+                                   adapt_seconds=1.0).adapt_steps
     # Below the card's ceilings, the same seconds hold fewer of the slower steps, with and without a reference...
     share = CPU_TRAINING_SHARE_BY_VECTOR_EXTENSION["AVX2"]
     assert plans["AVX2"].adapt_steps / plans["AVX512"].adapt_steps == pytest.approx(share, rel=0.05)
@@ -184,11 +186,6 @@ def test_the_plan_counts_fewer_adaptation_steps_where_float32_training_is_slower
     # ... and the plan's time stays that budget: the network's rate is the same on both.
     assert plans["AVX2"].seconds == pytest.approx(plans["AVX512"].seconds, rel=0.02)
     # A GPU's steps do not depend on the CPU.
-    gpu = {}
-    for extension in ("AVX512", "AVX2"):
-        monkeypatch.setattr(planning, "cpu_vector_extension", lambda extension=extension: extension)
-        gpu[extension] = make_plan(EXAMPLE_GRID, default, device="cuda", threads=2, has_reference=True,
-                                   adapt_seconds=1.0).adapt_steps
     assert gpu["AVX512"] == gpu["AVX2"]
 
 
