@@ -13,6 +13,8 @@ T1 flipped and shifted away, self without a reference), and the texture stages a
 it by default: the self-check and the default adaptation budget (`plan.DEFAULT_ADAPT_SECONDS`). The
 reference is registered as in a user's run; `+unregistered` (e.g. `edsr-large+adapt+unregistered`) times the
 same run with `--no-register-reference`, and `+noref` (e.g. `edsr-large+adapt+noref`) without the reference.
+`--adaptation-steps [MODEL ...]` also times single fine-tuning steps (what the plan converts the adaptation
+budget into; alone, without `--models`, it times only these).
 
     python scripts/benchmark.py --threads 2 [--models cubic edsr-mixed edsr-mixed+adapt rfdn-tt:self] [--output bench.json]
 
@@ -146,6 +148,41 @@ def texture_per_slice(threads: int, device: str, repeats: int = 8) -> dict:
     return timings
 
 
+def adaptation_step_seconds_measured(models: list[str], threads: int, device: str, steps: int = 30) -> list[dict]:
+    """Seconds per fine-tuning step of each model (whole network, and the later half where the architecture
+    adapts only that without a reference), on random pairs of the size adaptation draws, against the plan's
+    `adaptation_step_seconds`: the rates behind the plan's step counts, checked on this machine."""
+    import torch
+
+    from MRISuperResLib.adapt import ScanPairs, fine_tune
+    from MRISuperResLib.devices import resolve_device, set_threads
+    from MRISuperResLib.models.registry import load_network
+    from MRISuperResLib.plan import ADAPT_BATCH, ADAPT_PATCH, LATER_HALF_SPEEDUP, adaptation_step_seconds
+
+    set_threads(threads)
+    torch_device = resolve_device(device)
+    registry = ModelRegistry()
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for name in models:
+        card = registry.get(name)
+        network = load_network(registry, card, torch_device)
+        count = 8 * ADAPT_BATCH
+        patches = lambda channels: torch.rand((count, channels, ADAPT_PATCH, ADAPT_PATCH), generator=generator)  # noqa: E731
+        pairs = ScanPairs(patches(1 + 2 * card.arguments.get("context", 0)), patches(1), patches(1),
+                          torch.ones((count, 1, ADAPT_PATCH, ADAPT_PATCH)), torch.zeros(count, dtype=torch.bool), FACTOR)
+        for whole in (True, False) if card.architecture in LATER_HALF_SPEEDUP else (True,):
+            fine_tune(network, pairs, 3, torch_device, whole_network=whole)  # warm-up: the optimiser's imports
+            started = time.perf_counter()
+            fine_tune(network, pairs, steps, torch_device, whole_network=whole)
+            measured = (time.perf_counter() - started) / steps
+            planned = adaptation_step_seconds(card.architecture, card.macs_per_pixel, device, threads, whole)
+            rows.append({"model": name, "whole_network": whole, "measured_seconds": round(measured, 3),
+                         "planned_seconds": round(planned, 3), "plan_error": round(planned / measured - 1, 2)})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
 def default_runs() -> list[str]:
     registry = ModelRegistry()
     runs = []
@@ -163,6 +200,9 @@ def main() -> None:
                         help="default: every model in the registry, texture-transfer ones in each mode (name:mode)")
     parser.add_argument("--output", help="also write the JSON here")
     parser.add_argument("--no-texture-stages", action="store_true", help="skip timing the texture stages per slice")
+    parser.add_argument("--adaptation-steps", nargs="*", metavar="MODEL",
+                        help="also time fine-tuning steps of these models (none named: every model that adapts) "
+                             "against the plan's per-step estimate")
     parser.add_argument("--child", nargs=2, metavar=("FOLDER", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -172,22 +212,31 @@ def main() -> None:
     texture = None if args.no_texture_stages else texture_per_slice(args.threads, args.device)
     if texture:
         print(json.dumps({"texture_per_slice": texture}), file=sys.stderr, flush=True)
+    steps = None
+    if args.adaptation_steps is not None:
+        registry = ModelRegistry()
+        steps = adaptation_step_seconds_measured(
+            args.adaptation_steps or [n for n in registry.names()
+                                    if registry.get(n).weights and not registry.get(n).texture_transfer],
+            args.threads, args.device)
     with tempfile.TemporaryDirectory() as folder:
         volume, reference = benchmark_volumes()
         write_volume(volume, Path(folder) / "input.nii")
         write_volume(reference, Path(folder) / "reference.nii")
         del volume, reference
-        for model in args.models or default_runs():
+        for model in ([] if steps is not None and not args.models else args.models or default_runs()):
             child = subprocess.run([sys.executable, __file__, "--child", folder, model, "--threads",
                                     str(args.threads), "--device", args.device],
                                    capture_output=True, text=True, check=True)
             results.append(json.loads(child.stdout.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     report = {"benchmark": f"256x256x64 at 0.9x0.9x3.6 mm -> 0.9 mm isotropic, {args.threads} threads",
-              "texture_per_256x256_slice": texture, "results": results,
+              "texture_per_256x256_slice": texture, "results": results, "adaptation_steps": steps,
               # The plan's time estimate is meant to come within 30 % of the measured time (issue 11, item 10).
               "plans_off_by_more_than_30_percent": [r["model"] + (f":{r['reference_mode']}" if r["reference_mode"] else "")
-                                                    for r in results if abs(r["plan_error"]) > 0.3]}
+                                                    for r in results if abs(r["plan_error"]) > 0.3]
+              + [f"{r['model']} fine-tuning step" + ("" if r["whole_network"] else " (later half)")
+                 for r in steps or [] if abs(r["plan_error"]) > 0.3]}
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:

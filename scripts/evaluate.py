@@ -21,7 +21,9 @@ Rows are cached in `<output>/evaluation_rows.jsonl` under the model's weights sh
 the product path's `PRODUCT_SETTINGS`: older rows predate some and no longer count), so an interrupted run
 continues where it stopped and retrained weights are scored again. Every row records its `precision`; the
 network alone moves by at most 0.003 dB between float32 and bfloat16 (README, *How it works*, Precision), so
-its rows count in either. The default model goes first.
+its rows count in either. Product rows scored in float32 on a CPU whose fine-tuning the plan slows (AVX2 only:
+fewer adaptation steps in the same seconds) also record its `vector_extension` and count only on such a CPU.
+The default model goes first.
 
     python scripts/evaluate.py --threads 2 --output Resources
 """
@@ -39,10 +41,11 @@ import numpy as np
 import _paths  # noqa: F401
 from MRISuperResLib import adapt, read_volume, superresolve
 from MRISuperResLib.degrade import kspace_truncate, thick_slices
-from MRISuperResLib.devices import installed_torch, uses_bfloat16
+from MRISuperResLib.devices import cpu_vector_extension, installed_torch, uses_bfloat16
 from MRISuperResLib.figures import save_panels
 from MRISuperResLib.metrics import score
 from MRISuperResLib.models.registry import ModelRegistry
+from MRISuperResLib.plan import CPU_TRAINING_SHARE_BY_VECTOR_EXTENSION, on_gpu
 from MRISuperResLib.volume import Volume
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,6 +155,17 @@ def precision_now() -> str:
     return "bfloat16" if uses_bfloat16(installed_torch().auto_device) else "float32"
 
 
+def machine_settings() -> tuple:
+    """What this machine changes in a product row besides `PRODUCT_SETTINGS`: in float32 on a CPU whose vector
+    extension the plan scales fine-tuning for (`plan.CPU_TRAINING_SHARE_BY_VECTOR_EXTENSION`), the same
+    adaptation seconds hold fewer steps, so such rows are keyed by that extension too."""
+    extension = cpu_vector_extension()
+    if (precision_now() == "float32" and not on_gpu(installed_torch().auto_device)
+            and extension in CPU_TRAINING_SHARE_BY_VECTOR_EXTENSION):
+        return (("vector_extension", extension),)
+    return ()
+
+
 def is_product(model: str) -> bool:
     """A row of the product path: `NAME+adapt` (as users run it) or `NAME+check` (the same, not adapted)."""
     return model.partition("+")[2] in ("adapt", "check")
@@ -162,14 +176,17 @@ def product_settings(model: str) -> tuple:
     the network alone have none."""
     if not is_product(model):
         return ()
-    return tuple(setting for setting in PRODUCT_SETTINGS if setting[0] != "precision" or setting[1] == precision_now())
+    return tuple(setting for setting in PRODUCT_SETTINGS
+                 if setting[0] != "precision" or setting[1] == precision_now()) + machine_settings()
 
 
 def settings_of(row: dict) -> tuple:
     """A cached row's `product_settings` (rows that predate a setting lack it)."""
     if not is_product(row["model"]):
         return ()
-    return tuple((name, value) for name, value in PRODUCT_SETTINGS if row.get(name) == value)
+    extension = row.get("vector_extension")
+    return (tuple((name, value) for name, value in PRODUCT_SETTINGS if row.get(name) == value)
+            + ((("vector_extension", extension),) if extension in CPU_TRAINING_SHARE_BY_VECTOR_EXTENSION else ()))
 
 
 def sweep(cases: list, degradations, variants: list[tuple[str, str]], threads: int, cache: Path,

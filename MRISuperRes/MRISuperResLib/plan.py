@@ -71,22 +71,28 @@ COARSE_PLANE_RATIO = 2.9
 DEFAULT_ADAPT_SECONDS = 50.0
 # Fine-tuning cost (forward + backward + Adam), per CPU thread, by architecture, in forward multiply-adds per
 # second: the wide half-resolution EDSR (16 × 64² patches × 123 k MAC/px per 0.28 s step on 2 threads) runs
-# convolutions far more efficiently than the thin full-resolution families (about 1.5e9, measured with
-# vdsr-mixed); the progressive network's and DAASR's figures are from single training steps measured next to
-# EDSR's on this machine (DAASR's matching and channel attention are memory-bound). And a CUDA device.
-TRAINING_MACS_PER_SECOND_PER_THREAD = {"edsr": 14e9, "progressive": 8e9, "daasr": 5e9, "transmrsr": 3e9, "cnn-vit": 10e9}
-THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD = 1.5e9
+# convolutions far more efficiently than the thin full-resolution families; DAASR's, TransMRSR's and CNN-ViT's
+# figures are from single training steps measured next to EDSR's on that machine (DAASR's matching and channel
+# attention are memory-bound). The thin families' (VDSR, SRCNN, RFDN, RCAN: 2.3-3.5e9, 2.5e9 taken) and the
+# progressive network's were measured later, on a CPU with AVX2 only (`scripts/benchmark.py
+# --adaptation-steps`): 1.7-2.5x the figures they had (1.5e9 and 8e9, from before the thin networks'
+# convolutions stopped copying their padded input), so on a CPU with AVX-512 they are at worst low, which
+# plans fewer steps, not a longer run. And a CUDA device.
+TRAINING_MACS_PER_SECOND_PER_THREAD = {"edsr": 14e9, "progressive": 20e9, "daasr": 5e9, "transmrsr": 3e9, "cnn-vit": 10e9}
+THIN_NETWORK_TRAINING_MACS_PER_SECOND_PER_THREAD = 3.0e9
 CUDA_TRAINING_MACS_PER_SECOND = 1e12
 # Without a reference, EDSR fine-tunes only its later half (`adapt.adapted_parameters`): the backward pass stops
 # halfway, 1.8x the steps per second (edsr-large: 0.49 against 0.87-0.91 s per step, one thread).
 LATER_HALF_SPEEDUP = {"edsr": 1.8}
-# The training rates above were measured on a CPU with AVX-512. In float32 on one whose widest vectors are AVX2
-# (`devices.cpu_vector_extension`), a fine-tuning step of edsr-large costs more: 0.43-0.49 s for the whole
-# network against the 0.28 s counted, 0.27-0.34 s for its later half against 0.16 (2 threads, a 2-core AMD
-# EPYC: scripts/adaptation_ablation.py's timings and a profiled benchmark-volume run), so 50 s of adaptation
-# took 75-100 s there. Its forward pass runs at the counted rate (66 GMAC/s on 64-channel convolutions), so
-# only training is scaled. Unmeasured vector extensions keep the AVX-512 rates.
-CPU_TRAINING_SHARE_BY_VECTOR_EXTENSION = {"AVX2": 0.58}
+# EDSR's, DAASR's and CNN-ViT's training rates above were measured on a CPU with AVX-512. In float32 on one whose
+# widest vectors are AVX2 (`devices.cpu_vector_extension`) their fine-tuning steps cost more: edsr-large
+# 0.43-0.49 s for the whole network against the 0.28 s counted, 0.27-0.34 s for its later half against 0.16
+# (2 threads, a 2-core AMD EPYC: scripts/adaptation_ablation.py's timings, a profiled benchmark-volume run and
+# `scripts/benchmark.py --adaptation-steps`), so 50 s of adaptation took 75-100 s there; daasr-mixed 0.30 s
+# against 0.27, cnn-vit 0.11 against 0.09. Their forward passes run at the counted rates (EDSR at 66 GMAC/s
+# on 64-channel convolutions), so only training is scaled, by architecture. Architectures not named here,
+# and unmeasured vector extensions, keep the rates above.
+CPU_TRAINING_SHARE_BY_VECTOR_EXTENSION = {"AVX2": {"edsr": 0.58, "daasr": 0.88, "cnn-vit": 0.83}}
 # A ceiling, so that a fast device spends seconds, not the whole budget: the gain flattens well before it.
 MAX_ADAPT_STEPS = 600
 # What a step costs beyond its multiply-adds (Python, the optimiser, batching): it dominates tiny networks.
@@ -437,7 +443,7 @@ def adaptation_step_seconds(architecture: str, macs_per_pixel: int, device: str,
     if uses_bfloat16(device):
         rate *= BFLOAT16_TRAINING_SPEEDUP.get(architecture, 1.0)
     elif not on_gpu(device):
-        rate *= CPU_TRAINING_SHARE_BY_VECTOR_EXTENSION.get(cpu_vector_extension(), 1.0)
+        rate *= CPU_TRAINING_SHARE_BY_VECTOR_EXTENSION.get(cpu_vector_extension(), {}).get(architecture, 1.0)
     if not with_reference:
         rate *= LATER_HALF_SPEEDUP.get(architecture, 1.0)
     return STEP_OVERHEAD_SECONDS + max(1, macs_per_pixel) * ADAPT_BATCH * ADAPT_PATCH ** 2 / rate
