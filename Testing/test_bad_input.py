@@ -143,6 +143,61 @@ def test_output_that_would_overwrite_the_input(tmp_path, cli, thick_file):
                    [thick_file], output=thick_file)
 
 
+def test_an_output_never_replaces_the_data_file_an_input_is_read_from(tmp_path, cli):
+    # A .mhd input keeps its voxels in in.raw; an .nhdr output named like it would write in.raw too.
+    header = write_volume(smooth_volume(), tmp_path / "in.mhd", compress=False)
+    data = tmp_path / "in.raw"
+    assert data.exists()
+    for command, args in (("run", [header, "--model", "cubic"]), ("degrade", [header, "--factor", "2"])):
+        for overwrite in ([], ["--overwrite"]):
+            assert_refused(cli, tmp_path, args + overwrite, "The output would overwrite the input "
+                           f"'{header}' ('in.raw' holds its voxels); choose another path.", [header, data],
+                           output=tmp_path / "in.nhdr", command=command)
+
+
+def test_an_existing_data_file_of_the_output_is_kept_unless_overwrite_is_given(tmp_path, cli, thick_file):
+    earlier = tmp_path / "result.raw"
+    earlier.write_bytes(b"an earlier result's voxels")
+    assert_refused(cli, tmp_path, [thick_file, "--model", "cubic"], f"The output's data file '{earlier}' already "
+                   "exists; choose another name or pass --overwrite.", [thick_file, earlier],
+                   output=tmp_path / "result.nhdr")
+    code, _, err = cli("run", thick_file, "-o", tmp_path / "result.nhdr", "--quiet", "--model", "cubic", "--overwrite")
+    assert code == 0 and earlier.read_bytes() != b"an earlier result's voxels", err
+
+
+def test_an_output_folder_where_nothing_can_be_created_is_refused_before_the_run(tmp_path, cli, thick_file,
+                                                                                 monkeypatch):
+    import tempfile
+
+    # Root passes os.access everywhere; what the write will do first is the test (as /proc or /sys refuse).
+    def refused_folder(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(tempfile, "mkdtemp", refused_folder)
+    assert_refused(cli, tmp_path, [thick_file, "--model", "cubic"], "cannot be written (Permission denied); choose "
+                   "a folder you can write to.", [thick_file])
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd"])
+def test_a_write_that_comes_out_short_is_refused_and_leaves_nothing(tmp_path, cli, thick_file, monkeypatch, suffix):
+    import os
+
+    from MRISuperResLib import io
+
+    real_write = io.sitk.WriteImage
+
+    def short_write(image, path, *args):  # a full disk: ITK's NIfTI writer prints an error and returns
+        real_write(image, path, *args)
+        with open(path, "r+b") as file:
+            file.truncate(os.path.getsize(path) // 2)
+        if not path.endswith((".nii", ".nii.gz")):
+            raise RuntimeError("Exception thrown in SimpleITK ImageFileWriter_Execute: No space left on device")
+    monkeypatch.setattr(io.sitk, "WriteImage", short_write)
+    output = tmp_path / ("result" + suffix)
+    message = assert_refused(cli, tmp_path, [thick_file, "--model", "cubic"], f"The output '{output}' could not be "
+                             "written (", [thick_file], output=output)
+    assert message.endswith("); free some space or choose another folder, then run again.")
+
+
 def test_output_folder_without_write_permission(tmp_path, cli, thick_file, monkeypatch):
     import os
 

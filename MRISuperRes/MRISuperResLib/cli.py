@@ -72,13 +72,10 @@ def command_run(args: argparse.Namespace) -> int:
             raise MRISuperResError(f"--confidence maps the matches of texture-transfer and DAASR models, and model "
                                    f"{card.name} makes none; choose one of those (see `mrisuperres models`).")
         outputs["confidence output"] = Path(args.confidence)
-    for what, path in outputs.items():
-        for role, given in (("input", args.input), ("reference", args.reference)):
-            if given and Path(given).resolve() == path.resolve():
-                raise MRISuperResError(f"The {what} would overwrite the {role} '{given}'; choose another path.")
     if len({path.resolve() for path in outputs.values()}) < len(outputs):
         raise MRISuperResError("The output and the confidence output are the same file; give them different paths.")
-    outputs = {what: check_new_output(path, args.overwrite, what) for what, path in outputs.items()}
+    inputs = {"input": args.input, "reference": args.reference}
+    outputs = {what: check_new_output(path, args.overwrite, what, inputs) for what, path in outputs.items()}
     volume = read_volume(args.input, "input")
     reference = read_volume(args.reference, "reference") if args.reference else None
     progress = _progress(args)
@@ -195,8 +192,9 @@ def _torch_threads() -> int:
 def command_degrade(args: argparse.Namespace) -> int:
     from .degrade import bicubic_downsample, kspace_truncate, thick_slices
 
-    output = check_new_output(args.output, args.overwrite)
-    volume = read_volume(args.input, "input")
+    output = check_new_output(args.output, args.overwrite, inputs={"input": args.input})
+    # Simulating an acquisition of a constant volume is pointless but harmless: nothing to refuse.
+    volume = read_volume(args.input, "input", allow_constant=True)
     if args.kspace and args.bicubic:
         raise MRISuperResError("--kspace and --bicubic are two different degradations; give one of them.")
     if args.kspace:
@@ -207,6 +205,12 @@ def command_degrade(args: argparse.Namespace) -> int:
         if len(args.axes) != 1:
             raise MRISuperResError("Thick slices are simulated along one axis; give one --axes value.")
         result = thick_slices(volume, args.axes[0], args.factor, args.profile)
+        left_over = volume.grid.size[args.axes[0]] % int(args.factor)
+        if left_over:
+            print(f"the last {left_over} of {volume.grid.size[args.axes[0]]} slices along axis {args.axes[0]} do not "
+                  f"fill a {int(args.factor)}-slice slab and are left out, so the output covers "
+                  f"{left_over * volume.spacing[args.axes[0]]:g} mm less (`mrisuperres evaluate` crops the truth "
+                  "to match)")
     write_volume(result, output)
     print(f"wrote {output} ({result.grid.describe()})")
     return 0

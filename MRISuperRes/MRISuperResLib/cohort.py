@@ -184,7 +184,7 @@ def _peak_rss_mb() -> float | None:
 def run_case(case: Case, options: dict, force: bool = False) -> dict:
     """Super-resolve one case (in whichever process runs it); returns its report row. Never raises for a
     bad case: a refusal or an error becomes the row's status."""
-    from .io import read_volume, write_volume
+    from .io import check_new_output, read_volume, write_volume
     from .pipeline import superresolve
 
     options = {**options, **case.options}
@@ -198,6 +198,8 @@ def run_case(case: Case, options: dict, force: bool = False) -> dict:
             return {**row, "status": "skipped", "message": "done before with the same options and model",
                     "model": record["model"]}
         Path(case.output).parent.mkdir(parents=True, exist_ok=True)
+        # A batch redoes its own outputs (above: unless done with the same options), never a file it reads.
+        check_new_output(case.output, overwrite=True, inputs={"input": case.input, "reference": case.reference})
         volume = read_volume(case.input, "input")
         reference = read_volume(case.reference, "reference") if case.reference else None
         report: dict = {}

@@ -273,18 +273,71 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise MRISuperResError(f"The output folder '{parent}' does not exist; create it or choose another output path.")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise MRISuperResError(f"The output '{path}' is not writable; choose a folder you can write to.")
+    try:  # what the write will do first; os.access answers yes to root even where nothing can be created
+        os.rmdir(tempfile.mkdtemp(prefix=STAGING_PREFIX + _staging_owner(), dir=parent))
+    except OSError as error:
+        raise MRISuperResError(f"The output '{path}' cannot be written ({error.strerror or error}); "
+                               "choose a folder you can write to.") from None
     return path
 
 
-def check_new_output(path: str | os.PathLike, overwrite: bool = False, what: str = "output") -> Path:
-    """`check_writable`, and refuse to replace an existing file unless asked to (`--overwrite`)."""
+def _detached_data_file(path: Path, compress: bool = True) -> Path | None:
+    """The data file ITK writes beside a .mhd or .nhdr header (`write_volume` compresses .mhd, not .nhdr)."""
+    name = path.name.lower()
+    if name.endswith(".mhd"):
+        return path.with_suffix(".zraw" if compress else ".raw")
+    if name.endswith(".nhdr"):
+        return path.with_suffix(".raw")
+    return None
+
+
+def files_of(path: str | os.PathLike) -> list[Path]:
+    """The files a volume at `path` is stored in: the file itself and, for a .mhd or .nhdr header, the data
+    file it names (when the header can be read)."""
+    path = Path(path)
+    files = [path]
+    name = path.name.lower()
+    keys = ("elementdatafile",) if name.endswith(".mhd") else ("data file", "datafile") if name.endswith(".nhdr") else ()
+    if keys and path.is_file():
+        try:
+            lines = path.read_text(errors="replace").splitlines()[:200]
+        except OSError:
+            lines = []
+        for line in lines:
+            key, separator, value = line.partition("=" if name.endswith(".mhd") else ":")
+            if separator and key.strip().lower() in keys and value.strip() and value.strip() != "LOCAL":
+                files.append(path.parent / value.strip())
+    return files
+
+
+def check_new_output(path: str | os.PathLike, overwrite: bool = False, what: str = "output",
+                     inputs: dict[str, str | os.PathLike | None] | None = None) -> Path:
+    """`check_writable`; refuse to replace an existing file, or the data file of a .mhd or .nhdr output, unless
+    asked to (`--overwrite`), and always refuse to replace a file that one of `inputs` (role: path) is read
+    from."""
     path = check_writable(path)
+    data = _detached_data_file(path)
+    for role, given in (inputs or {}).items():
+        if not given:
+            continue
+        for written in [path] + ([data] if data else []):
+            if any(written.resolve() == source.resolve() for source in files_of(given)):
+                held = "" if written == path else f" ('{written.name}' holds its voxels)"
+                raise MRISuperResError(f"The {what} would overwrite the {role} '{given}'{held}; choose another path.")
     if path.exists() and not overwrite:
         raise MRISuperResError(f"The {what} '{path}' already exists; choose another name or pass --overwrite.")
+    if data is not None and data.exists() and not overwrite:
+        raise MRISuperResError(f"The {what}'s data file '{data}' already exists; choose another name or pass "
+                               "--overwrite.")
     return path
 
 
 STAGING_PREFIX = ".mrisuperres-"
+
+
+def _staging_owner() -> str:
+    """The part of a staging folder's name that says which process on which host made it."""
+    return f"{socket.gethostname().replace('-', '_')}-{os.getpid()}-"
 # A staging folder whose writer cannot be identified (another machine, an older version) is stale after this.
 STAGING_MAX_AGE_SECONDS = 24 * 3600
 
@@ -331,10 +384,25 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
     by runs that were killed outright are removed by the next write into the same folder."""
     path = check_writable(path)
     remove_stale_staging(path.parent)
-    owner = f"{socket.gethostname().replace('-', '_')}-{os.getpid()}-"
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX + owner, dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX + _staging_owner(), dir=path.parent))
     try:
-        sitk.WriteImage(volume.to_sitk(), str(staging / path.name), compress and not path.name.lower().endswith(".nhdr"))
+        staged = staging / path.name
+        try:
+            sitk.WriteImage(volume.to_sitk(), str(staged), compress and not path.name.lower().endswith(".nhdr"))
+            # ITK's NIfTI writer reports a short write (a full disk) on stderr and carries on: read it back.
+            header = _read_nifti_header(staged)
+            if header is not None:
+                _scan_nifti_data(staged, header, "output")
+        except (RuntimeError, OSError, MRISuperResError) as error:
+            shutil.rmtree(staging, ignore_errors=True)  # the partial file's space counts as free
+            free = shutil.disk_usage(path.parent).free
+            reason = (f"the disk is full: {free / 2 ** 20:.1f} MB free for about "
+                      f"{volume.array.size * 4 / 2 ** 20:.0f} MB of voxels"
+                      if free < volume.array.size * 4 or "space left" in str(error) else
+                      "it came out incomplete" if isinstance(error, MRISuperResError) else
+                      str(error).strip().splitlines()[-1])
+            raise MRISuperResError(f"The output '{path}' could not be written ({reason}); free some space or "
+                                   "choose another folder, then run again.") from None
         # .nhdr/.mhd write a header beside a data file; move the data first so the header never dangles.
         for written in sorted(staging.iterdir(), key=lambda p: p.name == path.name):
             os.replace(written, path.parent / written.name)

@@ -308,7 +308,7 @@ def _paired_reference(volume: Volume, reference: Volume, plan: Plan, lr, registe
                                     warning=True)
             else:
                 registration.finish(f"reference left where it was: registration did not improve the match "
-                                    f"({change})")
+                                    f"by the {REGISTRATION_MARGIN:g} it takes to move it ({change})")
             del registered_array, registered_mask
     message, ignored = "", False
     if gate_reference:
@@ -394,8 +394,10 @@ def _profile_of_the_scan(network, volume: Volume, input_scale: IntensityScale, p
     # Unlike the projection, no margin: openms T2's Gaussian slices were a close call on the block.
     profile = estimate.closest_projected
     report["pairs_profile"] = profile
-    stage.finish(f"the scan's own pairs are coarsened with a {profile} profile: {estimate.describe()}, from the "
-                 f"model on {' × '.join(str(n) for n in output[inner].shape[::-1])} voxels at the scan's centre")
+    # A profile the estimate did not single out is still the closest of those the pairs can take: say so.
+    chosen = "" if estimate.profile == profile else ", the closest of the projected ones"
+    stage.finish(f"the scan's own pairs are coarsened with a {profile} profile{chosen}: {estimate.describe()}, "
+                 f"from the model on {' × '.join(str(n) for n in output[inner].shape[::-1])} voxels at the scan's centre")
     # Two or more upsampled axes make an in-plane run (as `plan.make_plan` judges the factors); a thick-slice
     # input whose block happens to fit a sinc best is still thick-sliced.
     in_plane = len(plan.upsampled) > 1 and estimate.k_space_truncated
