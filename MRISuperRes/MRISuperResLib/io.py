@@ -333,13 +333,13 @@ def check_new_output(path: str | os.PathLike, overwrite: bool = False, what: str
 
 
 STAGING_PREFIX = ".mrisuperres-"
+# A staging folder whose writer cannot be identified (another machine, an older version) is stale after this.
+STAGING_MAX_AGE_SECONDS = 24 * 3600
 
 
 def _staging_owner() -> str:
     """The part of a staging folder's name that says which process on which host made it."""
     return f"{socket.gethostname().replace('-', '_')}-{os.getpid()}-"
-# A staging folder whose writer cannot be identified (another machine, an older version) is stale after this.
-STAGING_MAX_AGE_SECONDS = 24 * 3600
 
 
 def _process_alive(pid: int) -> bool:

@@ -73,7 +73,7 @@ DEFAULT_ADAPT_SECONDS = 50.0
 # second: the wide half-resolution EDSR (16 × 64² patches × 123 k MAC/px per 0.28 s step on 2 threads) runs
 # convolutions far more efficiently than the thin full-resolution families; DAASR's, TransMRSR's and CNN-ViT's
 # figures are from single training steps measured next to EDSR's on that machine (DAASR's matching and channel
-# attention are memory-bound). The thin families' (VDSR, SRCNN, RFDN, RCAN: 2.3-3.5e9, 2.5e9 taken) and the
+# attention are memory-bound). The thin families' (VDSR, SRCNN, RFDN, RCAN: 2.3-3.9e9, 3.0e9 taken) and the
 # progressive network's were measured later, on a CPU with AVX2 only (`scripts/benchmark.py
 # --adaptation-steps`): 1.7-2.5x the figures they had (1.5e9 and 8e9, from before the thin networks'
 # convolutions stopped copying their padded input), so on a CPU with AVX-512 they are at worst low, which
