@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +210,28 @@ def test_bfloat16_moves_a_runs_output_by_at_most_two_percent_of_its_range(monkey
     assert np.abs(outputs["auto"] - outputs["float32"]).max() <= 0.02 * scale
     if not devices.cpu_computes_bfloat16():
         assert np.array_equal(outputs["auto"], outputs["float32"])
+
+
+@pytest.mark.parametrize("load, user_policy, expected", [(9.0, None, "PASSIVE"), (0.0, None, None),
+                                                         (9.0, "ACTIVE", "ACTIVE")])
+def test_a_command_started_on_a_busy_cpu_lets_its_waiting_threads_yield(load, user_policy, expected):
+    # A fresh process: OpenMP reads the policy when torch loads, so it is set before, and only then.
+    probe = ("import os, json\n"
+             f"os.getloadavg = lambda: ({load}, {load}, {load})\n"
+             "from MRISuperResLib.devices import wait_passively_when_the_cpu_is_busy\n"
+             "first = wait_passively_when_the_cpu_is_busy()\n"
+             "policy = os.environ.get('OMP_WAIT_POLICY')\n"
+             "os.environ.pop('OMP_WAIT_POLICY', None)\n"
+             "import torch\n"
+             "late = wait_passively_when_the_cpu_is_busy()\n"
+             "print(json.dumps([first, policy, late]))\n")
+    environment = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user_policy:
+        environment["OMP_WAIT_POLICY"] = user_policy
+    environment["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "MRISuperRes")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=environment)
+    assert result.returncode == 0, result.stderr
+    first, policy, late = json.loads(result.stdout.strip().splitlines()[-1])
+    assert policy == expected
+    assert (first == load) == (expected == "PASSIVE" and user_policy is None)
+    assert late is None  # once torch is loaded, changing the policy would be a no-op: nothing is set

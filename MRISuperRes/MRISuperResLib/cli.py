@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .devices import DEVICES
+from .devices import DEVICES, wait_passively_when_the_cpu_is_busy
 from .errors import MRISuperResError
 from .io import check_new_output, read_volume, write_volume
 from .plan import DEFAULT_ADAPT_SECONDS, DEFAULT_TILE, PLANES, REFERENCE_MODES
@@ -443,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _resolve_output(parser, args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    busy = wait_passively_when_the_cpu_is_busy()
+    if busy is not None:
+        log.info("the CPU is busy (load %.1f): waiting threads yield it (OMP_WAIT_POLICY=PASSIVE)", busy)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if main_thread else None
     try:

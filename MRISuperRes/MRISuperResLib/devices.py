@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 
 from .errors import MRISuperResError
@@ -18,6 +19,28 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 # natively (`uses_bfloat16`), "float32" never does.
 PRECISION_VARIABLE = "MRISUPERRES_PRECISION"
 PRECISIONS = ("auto", "float32")
+
+
+# OpenMP's worker threads (libgomp, in PyTorch's CPU builds) spin while they wait for work. With other processes
+# keeping the CPU busy, spinning threads take turns with them and each parallel region waits for one that is
+# not running: on a 2-core CPU with one busy process, fine-tuning steps of edsr-large took 3.2x their idle time
+# and of vdsr-mixed 4.9x, and the fast model's run 2.1x; waiting passively, 2.0x, 1.8x and 1.4x. On an idle CPU
+# passive waiting costs 14 %, 74 % and 10 % instead, so it is chosen only where the load average says the CPU
+# is busy when a command starts (scripts/benchmark.py --adaptation-steps, README *Speed*).
+BUSY_LOAD_PER_CPU = 0.4
+
+
+def wait_passively_when_the_cpu_is_busy(environ=os.environ) -> float | None:
+    """Set `OMP_WAIT_POLICY=PASSIVE` in `environ` when the 1-minute load average is at least `BUSY_LOAD_PER_CPU`
+    per CPU; returns that load when it did, else None. Leaves a policy the user set alone, and does nothing
+    once torch is imported (OpenMP has read its settings by then) or where the OS keeps no load average."""
+    if "OMP_WAIT_POLICY" in environ or "torch" in sys.modules or not hasattr(os, "getloadavg"):
+        return None
+    load = os.getloadavg()[0]
+    if load < BUSY_LOAD_PER_CPU * (os.cpu_count() or 1):
+        return None
+    environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return load
 
 
 def _mps_available(torch) -> bool:
