@@ -404,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     degrade.add_argument("input")
     _add_output_arguments(degrade)
     degrade.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
-    degrade.add_argument("--factor", type=float, default=4)
+    degrade.add_argument("--factor", type=float, default=4,
+                         help="how many times coarser (thick slices: a whole number of slices per slab; default 4)")
     degrade.add_argument("--axes", type=int, nargs="+", default=[2], choices=(0, 1, 2),
                          help="voxel axes (0 = i, 1 = j, 2 = k); default 2")
     degrade.add_argument("--profile", default="box", choices=("box", "gaussian"), help="thick-slice profile")
