@@ -262,7 +262,17 @@ def read_volume(path: str | os.PathLike, role: str = "input", allow_constant: bo
 
 
 def check_writable(path: str | os.PathLike) -> Path:
-    """Fail early, before any work, when the output cannot be written where asked."""
+    """Fail early, before any work, when the output cannot be written where asked: `_check_output_path`, and
+    the staging folder the write will make first is made and removed (os.access answers yes to root even where
+    nothing can be created)."""
+    path = _check_output_path(path)
+    os.rmdir(_new_staging_folder(path))
+    return path
+
+
+def _check_output_path(path: str | os.PathLike) -> Path:
+    """Refuse an output path that is a folder, has an unsupported extension, or lies in a folder that does
+    not exist or that the permissions say cannot be written."""
     path = Path(path)
     if path.is_dir():
         raise MRISuperResError(f"The output '{path}' is a folder; give a file name such as result.nii.gz.")
@@ -273,19 +283,19 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise MRISuperResError(f"The output folder '{parent}' does not exist; create it or choose another output path.")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise MRISuperResError(f"The output '{path}' is not writable; choose a folder you can write to.")
-    try:  # what the write will do first; os.access answers yes to root even where nothing can be created
-        os.rmdir(tempfile.mkdtemp(prefix=STAGING_PREFIX + _staging_owner(), dir=parent))
-    except OSError as error:
-        raise MRISuperResError(f"The output '{path}' cannot be written ({error.strerror or error}); "
-                               "choose a folder you can write to.") from None
     return path
 
 
+def _compressed(path: Path, compress: bool = True) -> bool:
+    """Whether `write_volume` compresses the data of `path` (never that of a .nhdr header's data file)."""
+    return compress and not path.name.lower().endswith(".nhdr")
+
+
 def _detached_data_file(path: Path, compress: bool = True) -> Path | None:
-    """The data file ITK writes beside a .mhd or .nhdr header (`write_volume` compresses .mhd, not .nhdr)."""
+    """The data file ITK writes beside a .mhd or .nhdr header."""
     name = path.name.lower()
     if name.endswith(".mhd"):
-        return path.with_suffix(".zraw" if compress else ".raw")
+        return path.with_suffix(".zraw" if _compressed(path, compress) else ".raw")
     if name.endswith(".nhdr"):
         return path.with_suffix(".raw")
     return None
@@ -337,9 +347,14 @@ STAGING_PREFIX = ".mrisuperres-"
 STAGING_MAX_AGE_SECONDS = 24 * 3600
 
 
-def _staging_owner() -> str:
-    """The part of a staging folder's name that says which process on which host made it."""
-    return f"{socket.gethostname().replace('-', '_')}-{os.getpid()}-"
+def _new_staging_folder(path: Path) -> Path:
+    """A new staging folder beside `path`, named after the process and host that write it."""
+    owner = f"{socket.gethostname().replace('-', '_')}-{os.getpid()}-"
+    try:
+        return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX + owner, dir=path.parent))
+    except OSError as error:
+        raise MRISuperResError(f"The output '{path}' cannot be written ({error.strerror or error}); "
+                               "choose a folder you can write to.") from None
 
 
 def _process_alive(pid: int) -> bool:
@@ -382,13 +397,13 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
     """Write `volume` so that `path` appears only when complete (header and data files alike). The staging
     folder is removed when the write ends, also by an exception (SIGTERM is one in the CLI); folders left
     by runs that were killed outright are removed by the next write into the same folder."""
-    path = check_writable(path)
+    path = _check_output_path(path)
     remove_stale_staging(path.parent)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX + _staging_owner(), dir=path.parent))
+    staging = _new_staging_folder(path)
     try:
         staged = staging / path.name
         try:
-            sitk.WriteImage(volume.to_sitk(), str(staged), compress and not path.name.lower().endswith(".nhdr"))
+            sitk.WriteImage(volume.to_sitk(), str(staged), _compressed(path, compress))
             # ITK's NIfTI writer reports a short write (a full disk) on stderr and carries on: read it back.
             header = _read_nifti_header(staged)
             if header is not None:
