@@ -248,3 +248,22 @@ def test_constant_reference(tmp_path, cli, thick_file):
     message = assert_refused(cli, tmp_path, [thick_file, "--reference", reference],
                              "it has no anatomy to guide the result", [thick_file, reference])
     assert "nothing to super-resolve" not in message
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("run", "in.nii.gz", "out.nii.gz", "--bogus"), "mrisuperres: error: unrecognized arguments: --bogus; "
+                                                    "see `mrisuperres --help`."),
+    (("run",), "mrisuperres run: error: the following arguments are required: input; see `mrisuperres run --help`."),
+    (("run", "in.nii.gz", "out.nii.gz", "--planes", "xy"), "mrisuperres run: error: argument --planes: invalid "
+                                                           "choice: 'xy'"),
+    (("frobnicate",), "mrisuperres: error: argument command: invalid choice: 'frobnicate'"),
+])
+def test_a_usage_mistake_is_one_sentence_without_the_usage_block(tmp_path, capsys, args, expected):
+    from MRISuperResLib.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main([*args])
+    message = capsys.readouterr().err.strip()
+    assert stopped.value.code == 2
+    assert message.startswith(expected) and message.endswith("--help`.") and "\n" not in message, message
+    assert list(tmp_path.iterdir()) == []

@@ -103,3 +103,31 @@ def test_the_slicer_modules_cancel_during_the_write_leaves_nothing_behind(tmp_pa
     with pytest.raises(CancelledError):
         job.outcome()
     assert list(output.parent.iterdir()) == []
+
+
+# A CLI run that stalls in its closing report, after its output was written, so that the test can stop it there.
+STALLED_REPORT = """
+import sys, time
+from MRISuperResLib import cli
+def stalled_print(*args, **kwargs):
+    cli.print = print  # stall once: the message of the cancel goes through it too
+    print("output written", flush=True)
+    time.sleep(120)
+cli.print = stalled_print
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_after_the_write_reports_the_complete_output(tmp_path):
+    source = write_volume(smooth_volume(), tmp_path / "thick.nii.gz")
+    output = tmp_path / "sr.nii.gz"
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(MODULE_PARENT), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-c", STALLED_REPORT, "run", str(source), "-o", str(output),
+                              "--model", "cubic", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=environment)
+    assert child.stdout.readline().strip() == "output written"
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 0, stderr
+    assert stderr.strip() == f"mrisuperres: cancelled after the run; {output} is complete."
+    assert output.exists() and not list(tmp_path.glob(STAGING_PREFIX + "*"))

@@ -23,6 +23,13 @@ from .plan import DEFAULT_ADAPT_SECONDS, DEFAULT_TILE, PLANES, REFERENCE_MODES
 log = logging.getLogger("mrisuperres")
 
 
+class _OneSentenceParser(argparse.ArgumentParser):
+    """A usage mistake gets the same one sentence as every other failure, not argparse's usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`.\n")
+
+
 def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--target-spacing", type=float, nargs="+", metavar="MM",
@@ -90,13 +97,20 @@ def command_run(args: argparse.Namespace) -> int:
         if hasattr(progress, "close"):
             progress.close()
     written = {"output": str(outputs["output"])}
-    if args.confidence:
-        if confidence is None:
-            raise MRISuperResError("No reference or texture was matched in this run, so there is no confidence "
-                                   "map; no output was written.")
-        write_volume(confidence, outputs["confidence output"])
-        written["confidence"] = str(outputs["confidence output"])
-    write_volume(result, outputs["output"])
+    if args.confidence and confidence is None:
+        raise MRISuperResError("No reference or texture was matched in this run, so there is no confidence "
+                               "map; no output was written.")
+    try:
+        if args.confidence:
+            write_volume(confidence, outputs["confidence output"])
+            written["confidence"] = str(outputs["confidence output"])
+        write_volume(result, outputs["output"])
+    except BaseException:
+        # The confidence map alone is not a result: an output exists only when the run succeeded.
+        if "confidence" in written:
+            outputs["confidence output"].unlink(missing_ok=True)
+        raise
+    args.written.extend(written.values())
     if args.progress_json:
         print(json.dumps({"stage": "done", **written, "size": list(result.grid.size), "report": report}), flush=True)
     else:
@@ -212,6 +226,7 @@ def command_degrade(args: argparse.Namespace) -> int:
                   f"{left_over * volume.spacing[args.axes[0]]:g} mm less (`mrisuperres evaluate` crops the truth "
                   "to match)")
     write_volume(result, output)
+    args.written.append(str(output))
     print(f"wrote {output} ({result.grid.describe()})")
     return 0
 
@@ -330,7 +345,7 @@ def _resolve_output(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mrisuperres", description="Slice-wise MRI super-resolution.")
+    parser = _OneSentenceParser(prog="mrisuperres", description="Slice-wise MRI super-resolution.")
     parser.add_argument("--verbose", action="store_true", help="log the plan and registration details")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -442,6 +457,8 @@ def _stop_on_sigterm(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The files a command has finished writing: a Ctrl+C after them must not report that nothing was written.
+    args.written = []
     _resolve_output(parser, args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     busy = wait_passively_when_the_cpu_is_busy()
@@ -455,6 +472,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mrisuperres: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
+        if args.written:
+            # Cancelled while reporting: what was written is complete, so the run succeeded.
+            print(f"mrisuperres: cancelled after the run; {', '.join(args.written)} is complete.", file=sys.stderr)
+            return 0
         print("mrisuperres: cancelled; no output was written.", file=sys.stderr)
         return 130
     except BrokenPipeError:
