@@ -17,6 +17,7 @@ from MRISuperResLib import MRISuperResError, devices, superresolve
 from MRISuperResLib import plan as planning
 from MRISuperResLib.advice import EXAMPLE_GRID, SLOW_SECONDS, device_advice
 from MRISuperResLib.devices import PRECISION_VARIABLE, TorchBuild, installed_torch, resolve_device, uses_bfloat16
+from MRISuperResLib.io import write_volume
 from MRISuperResLib.models.registry import ModelRegistry
 from MRISuperResLib.plan import (BFLOAT16_SPEEDUP, BFLOAT16_TRAINING_SPEEDUP, CPU_TRAINING_SHARE_BY_VECTOR_EXTENSION,
                                  format_seconds, make_plan)
@@ -101,6 +102,22 @@ def test_on_a_cpu_the_advice_gives_the_plans_times_for_the_default_and_the_fast_
     # Without a scan the times are those of the benchmark volume.
     example = make_plan(EXAMPLE_GRID, registry.default, device="cpu", threads=2).seconds
     assert f"about {format_seconds(example)}" in device_advice(CPU_ONLY, registry, threads=2)
+
+
+def test_devices_and_plan_give_a_scan_the_same_time(cli, tmp_path, monkeypatch):
+    # A head in air: the networks skip the empty boxes, which `plan` counts; `devices` counted every pixel.
+    volume = smooth_volume(shape_kji=(40, 256, 256), spacing=(0.9, 0.9, 4.0))
+    k, j, i = np.indices(volume.array.shape)
+    volume.array[(j - 128) ** 2 + (i - 128) ** 2 > 70 ** 2] = 0
+    path = tmp_path / "head.nii.gz"
+    write_volume(volume, path)
+    monkeypatch.setattr(devices, "installed_torch", lambda: CPU_ONLY)
+    code, out, _ = cli("plan", path, "--json", "--threads", "2")
+    planned = json.loads(out)["seconds"]
+    unmasked = make_plan(volume.grid, ModelRegistry().default, device="cpu", threads=2).seconds
+    assert format_seconds(planned) != format_seconds(unmasked)  # else this test could not tell them apart
+    code, out, _ = cli("devices", path, "--threads", "2")
+    assert code == 0 and f"the default {ModelRegistry().default_name} takes about {format_seconds(planned)}" in out
 
 
 def test_a_quick_default_or_a_gpu_gets_no_model_advice():

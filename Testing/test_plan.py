@@ -9,7 +9,7 @@ import pytest
 from conftest import OBLIQUE, smooth_volume
 from MRISuperResLib import MRISuperResError, plan_run
 from MRISuperResLib.io import read_volume, write_volume
-from MRISuperResLib.plan import format_bytes
+from MRISuperResLib.plan import format_bytes, format_seconds
 
 
 def test_default_is_isotropic_at_the_finest_spacing():
@@ -178,9 +178,12 @@ def test_the_time_estimate_counts_the_self_check_and_adaptation(cli, tmp_path):
         assert code == 0 and json.loads(out)["check_seconds"] == pytest.approx(expected, abs=0.1)
 
 
-def test_the_time_estimate_of_an_inplane_input_counts_no_adaptation():
+def test_the_time_estimate_of_an_inplane_input_counts_no_adaptation_and_says_how_long_one_takes():
+    from MRISuperResLib.plan import adaptation_step_seconds
+
     # Coarse along i and j: the run checks the model and fine-tunes only if it loses to cubic there, so the
-    # estimate is that of a run without adaptation (it counted 50 s more); the steps stay planned for that case.
+    # estimate is that of a run without adaptation (it counted 50 s more); the steps stay planned for that case,
+    # and the plan says how long the run takes if it comes (a user saw 17 s planned and 73 s spent).
     volume = smooth_volume(shape_kji=(96, 64, 64), spacing=(2.0, 2.0, 1.0))
     adapted = plan_run(volume, model="edsr-large", threads=2)
     unadapted = plan_run(volume, model="edsr-large", threads=2, adapt=0.0)
@@ -188,6 +191,14 @@ def test_the_time_estimate_of_an_inplane_input_counts_no_adaptation():
     assert adapted.check_seconds == pytest.approx(unadapted.check_seconds)
     assert any("adapted to it only if it does worse than interpolation" in note for note in adapted.notes)
     assert not any("adapted to it only if" in note for note in unadapted.notes)
+    fine_tuning = adapted.adapt_steps * adaptation_step_seconds("edsr", adapted.model.macs_per_pixel, "cpu", 2, False)
+    # the steps, and one more scoring of the held-out patches (a fraction of the check)
+    assert fine_tuning < adapted.seconds_if_adapted - adapted.seconds < fine_tuning + adapted.check_seconds
+    assert unadapted.seconds_if_adapted == 0
+    assert f"up to {format_seconds(adapted.seconds_if_adapted)} if the model is adapted" in adapted.summary()
+    assert adapted.one_line().endswith(f"(up to {format_seconds(adapted.seconds_if_adapted)}) on CPU")
+    thick = plan_run(smooth_volume(shape_kji=(24, 64, 64), spacing=(1.0, 1.0, 4.0)), model="edsr-large", threads=2)
+    assert thick.adapt_steps > 0 and thick.seconds_if_adapted == 0  # counted in `seconds`
 
 
 def test_the_time_estimate_counts_the_registration_of_a_paired_reference():

@@ -18,7 +18,7 @@ from pathlib import Path
 from .devices import DEVICES, wait_passively_when_the_cpu_is_busy
 from .errors import MRISuperResError
 from .io import check_new_output, read_volume, write_volume
-from .plan import DEFAULT_ADAPT_SECONDS, DEFAULT_TILE, PLANES, REFERENCE_MODES
+from .plan import DEFAULT_ADAPT_SECONDS, DEFAULT_BATCH_SIZE, DEFAULT_TILE, PLANES, REFERENCE_MODES
 
 log = logging.getLogger("mrisuperres")
 
@@ -48,7 +48,7 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=DEVICES,
                         help="auto: an NVIDIA GPU (CUDA), else a Mac's GPU (MPS), else the CPU")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--batch-size", type=int, default=8, help="slices (tiles) per network call")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="slices (tiles) per network call")
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help="largest tile side in pixels")
 
 
@@ -190,10 +190,13 @@ def command_devices(args: argparse.Namespace) -> int:
     from .advice import device_advice
     from .devices import installed_torch
     from .models.registry import ModelRegistry
-    grid = read_volume(args.input, "input").grid if args.input else None
+    from .foreground import scan_signal_shares
+
+    volume = read_volume(args.input, "input") if args.input else None
     threads = args.threads or _torch_threads()
-    print(device_advice(installed_torch(), ModelRegistry(args.models_dir), grid, has_reference=args.reference,
-                        threads=threads))
+    print(device_advice(installed_torch(), ModelRegistry(args.models_dir), volume and volume.grid,
+                        has_reference=args.reference, threads=threads,
+                        signal_shares=volume and scan_signal_shares(volume.array, DEFAULT_BATCH_SIZE)))
     return 0
 
 

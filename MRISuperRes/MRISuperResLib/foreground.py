@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import uniform_filter
 
+from .intensity import IntensityScale
+
 # On the normalised scale (intensity.IntensityScale: 0.5th percentile -> 0, 99.5th -> 1).
 BACKGROUND_TOLERANCE = 0.05
 # The border is background when its median is at most this bright, or when this share of it is one value.
@@ -93,3 +95,9 @@ def signal_shares(normalised: np.ndarray, group: int) -> dict[int, float]:
         n, height, width = np.moveaxis(normalised, normal, 0).shape
         shares[normal] = box_share(group_boxes(oriented, height, width, n, group), height, width, n, group)
     return shares
+
+
+def scan_signal_shares(array: np.ndarray, group: int) -> dict[int, float]:
+    """`signal_shares` of a scan as read (any intensity scale): what every time estimate of it uses, so that
+    `mrisuperres plan` and `mrisuperres devices` give one scan the same time."""
+    return signal_shares(IntensityScale.fit(array).normalise(array), group)

@@ -14,13 +14,13 @@ from .consistency import estimate_profile, project
 from .confidence import CONFIDENCE_THRESHOLD, REGISTRATION_MARGIN, reference_agreement
 from .devices import resolve_device, set_threads
 from .errors import MRISuperResError
-from .foreground import signal_shares
+from .foreground import scan_signal_shares
 from .geometry import overlap_fraction, resampled_grid, voxel_extent_along
 from .inference import plane_axes, plane_factors, predict_planes
 from .intensity import IntensityScale
 from .models.registry import ModelRegistry, load_network
-from .plan import (DEFAULT_ADAPT_SECONDS, DEFAULT_TILE, PROFILE_BLOCK, TILE_OVERLAP, Plan, check_memory, make_plan,
-                   profile_block_margin, resolve_reference_mode)
+from .plan import (DEFAULT_ADAPT_SECONDS, DEFAULT_BATCH_SIZE, DEFAULT_TILE, PROFILE_BLOCK, TILE_OVERLAP, Plan,
+                   check_memory, make_plan, profile_block_margin, resolve_reference_mode)
 from .progress import CancelFlag, ProgressCallback, StageReporter
 from .registration import (BARELY_MOVED_VOXELS, RegistrationFailed, describe_transform, largest_displacement_mm,
                            register_rigid)
@@ -43,7 +43,7 @@ MISPLACED_REFERENCE_VOXELS = 1.5
 
 def plan_run(volume: Volume, reference: Volume | None = None, model: str | None = None,
              target_spacing=None, scale=None, planes: list[str] | None = None, device: str = "auto",
-             threads: int | None = None, batch_size: int = 8, tile: int = DEFAULT_TILE,
+             threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, tile: int = DEFAULT_TILE,
              models_dir: str | None = None, registry: ModelRegistry | None = None,
              reference_mode: str | None = None, adapt: float | None = None, self_check: bool = True,
              register_reference: bool = True) -> Plan:
@@ -58,8 +58,7 @@ def plan_run(volume: Volume, reference: Volume | None = None, model: str | None 
         raise MRISuperResError(f"The tile size must be at least {4 * TILE_OVERLAP} pixels, not {tile}.")
     mode = resolve_reference_mode(card, reference is not None, reference_mode,
                                   [c.name for c in registry.cards.values() if c.texture_transfer])
-    shares = None if card.is_interpolation else signal_shares(IntensityScale.fit(volume.array).normalise(volume.array),
-                                                              batch_size)
+    shares = None if card.is_interpolation else scan_signal_shares(volume.array, batch_size)
     plan = make_plan(volume.grid, card, target_spacing, scale, planes, reference is not None,
                      resolve_device(device).type, threads or torch.get_num_threads(), batch_size, tile, mode,
                      self_check, DEFAULT_ADAPT_SECONDS if adapt is None else adapt, register_reference, shares)
@@ -78,7 +77,7 @@ def plan_run(volume: Volume, reference: Volume | None = None, model: str | None 
 
 def superresolve(volume: Volume, reference: Volume | None = None, model: str | None = None,
                  target_spacing=None, scale=None, planes: list[str] | None = None, device: str = "auto",
-                 threads: int | None = None, batch_size: int = 8, tile: int = DEFAULT_TILE,
+                 threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, tile: int = DEFAULT_TILE,
                  register_reference: bool = True, models_dir: str | None = None, force: bool = False,
                  progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
                  gate_reference: bool = True, reference_mode: str | None = None, adapt: float | None = None,
@@ -117,7 +116,7 @@ def superresolve(volume: Volume, reference: Volume | None = None, model: str | N
 
 def superresolve_with_confidence(volume: Volume, reference: Volume | None = None, model: str | None = None,
                                  target_spacing=None, scale=None, planes: list[str] | None = None,
-                                 device: str = "auto", threads: int | None = None, batch_size: int = 8,
+                                 device: str = "auto", threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                                  tile: int = DEFAULT_TILE, register_reference: bool = True,
                                  models_dir: str | None = None, force: bool = False,
                                  progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,

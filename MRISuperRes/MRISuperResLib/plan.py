@@ -60,6 +60,7 @@ CUBIC_SECONDS_PER_VOXEL = 1e-8
 ACTIVATION_CHANNELS = 320
 NETWORK_RUNTIME_BYTES = 400 * 2 ** 20
 DEFAULT_TILE = 256
+DEFAULT_BATCH_SIZE = 8  # slices (tiles) per network call
 # An input whose finest spacing is more than this many times finer or coarser than every training volume's
 # gets a warning line (the training data spans 0.5-1 mm: knees at 0.3 mm pass, 0.2 mm or 3 mm do not).
 SPACING_WARNING_RATIO = 2.0
@@ -160,6 +161,14 @@ class Plan:
     # The notes a run shows even when quiet: the input is outside what the model was trained for.
     warnings: list[str] = field(default_factory=list)
     adapt_steps_without_reference: int = 0  # the same seconds when the self-check drops the reference
+    # `seconds` when the run adapts the model only if it loses to cubic on the scan (an input coarse along two
+    # axes) and it does: the fine-tuning `seconds` leaves out. 0 when no such adaptation can happen.
+    seconds_if_adapted: float = 0.0
+
+    def time_phrase(self) -> str:
+        """'about 17 s' or, when a run may adapt the model halfway, 'about 17 s (up to 1 min 13 s)'."""
+        return f"about {format_seconds(self.seconds)}" + (
+            f" (up to {format_seconds(self.seconds_if_adapted)})" if self.seconds_if_adapted else "")
 
     def summary(self) -> str:
         factors = " × ".join(f"{f:.3g}" for f in self.factors)
@@ -173,7 +182,9 @@ class Plan:
             f"device  {self.device}, {self.threads} CPU threads, batch {self.batch_size}, tiles ≤ {self.tile} px",
             f"memory  about {format_bytes(self.memory_bytes)} at peak",
             f"time    about {format_seconds(self.seconds)}"
-            + (f" (of which {format_seconds(self.check_seconds)} self-check and adaptation)" if self.check_seconds else ""),
+            + (f" (of which {format_seconds(self.check_seconds)} self-check and adaptation)" if self.check_seconds else "")
+            + (f"; up to {format_seconds(self.seconds_if_adapted)} if the model is adapted to this scan"
+               if self.seconds_if_adapted else ""),
         ]
         return "\n".join(lines + [f"note    {n}" for n in self.notes] + [f"warning {w}" for w in self.warnings])
 
@@ -187,7 +198,7 @@ class Plan:
         device = "Apple GPU" if self.device == "mps" else "GPU" if on_gpu(self.device) else "CPU"
         return (f"{spacing(self.source.spacing)}, {size(self.source)} → {spacing(self.target.spacing)}, "
                 f"{size(self.target)}, about {format_bytes(self.memory_bytes)}, "
-                f"about {format_seconds(self.seconds)} on {device}")
+                f"{self.time_phrase()} on {device}")
 
     def to_json(self) -> dict:
         def grid_json(grid: Grid) -> dict:
@@ -199,7 +210,8 @@ class Plan:
                 "reference_mode": self.reference_mode, "device": self.device,
                 "threads": self.threads, "batch_size": self.batch_size, "tile": self.tile,
                 "memory_bytes": self.memory_bytes, "seconds": round(self.seconds, 1),
-                "check_seconds": round(self.check_seconds, 1), "notes": self.notes, "warnings": self.warnings}
+                "check_seconds": round(self.check_seconds, 1),
+                "seconds_if_adapted": round(self.seconds_if_adapted, 1), "notes": self.notes, "warnings": self.warnings}
 
 
 def profile_block_margin(context: int) -> int:
@@ -299,7 +311,7 @@ def available_memory_bytes() -> int:
 
 def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, planes: list[str] | None = None,
               has_reference: bool = False, device: str = "cpu", threads: int | None = None,
-              batch_size: int = 8, tile: int = DEFAULT_TILE, reference_mode: str | None = None,
+              batch_size: int = DEFAULT_BATCH_SIZE, tile: int = DEFAULT_TILE, reference_mode: str | None = None,
               self_check: bool = True, adapt_seconds: float = DEFAULT_ADAPT_SECONDS,
               register_reference: bool = True, signal_shares: dict[int, float] | None = None) -> Plan:
     """Decide the target grid, planes and costs of a run; refuse a target with nothing to upsample.
@@ -384,7 +396,7 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
                                            if on_gpu(device) else TEXTURE_CPU_SECONDS_PER_PIXEL_THREAD[reference_mode] / threads
                                            ) / TEXTURE_SLICE_STRIDE
     uses_reference = has_reference and model.uses_reference and reference_mode in (None, "paired")
-    check_seconds, steps, steps_alone = 0.0, 0, 0
+    check_seconds, steps, steps_alone, conditional_seconds = 0.0, 0, 0, 0.0
     if self_check and not model.is_interpolation:
         # Texture-transfer models are checked but not adapted: fine-tuning would need texture matched for
         # every training patch, and their texture branch adds little over the backbone (README, texture).
@@ -404,9 +416,12 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
         # The held-out patches are scored once, with a reference also without it, and again when adapted.
         held_out = (ADAPT_PAIRS_WITH_REFERENCE if uses_reference else ADAPT_PAIRS) / HOLDOUT_EVERY
         scorings = 1 + int(uses_reference) + int(timed_steps > 0)
-        check_seconds = (SELF_CHECK_SECONDS + scorings * held_out * ADAPT_PATCH ** 2 * model.macs_per_pixel / rate
-                         + timed_steps * adaptation_step_seconds(model.architecture, model.macs_per_pixel, device,
-                                                                 threads, uses_reference))
+        scoring_seconds = held_out * ADAPT_PATCH ** 2 * model.macs_per_pixel / rate
+        step_seconds = adaptation_step_seconds(model.architecture, model.macs_per_pixel, device, threads,
+                                               uses_reference)
+        check_seconds = SELF_CHECK_SECONDS + scorings * scoring_seconds + timed_steps * step_seconds
+        if steps and not timed_steps:
+            conditional_seconds = steps * step_seconds + scoring_seconds
         if not model.texture_transfer:
             margin = profile_block_margin(model.arguments.get("context", 0))
             block_share = float(np.prod([min(1.0, (PROFILE_BLOCK + 2 * margin) / target.size[a])
@@ -415,9 +430,10 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
     if uses_reference and (register_reference or self_check):
         # Without registration the self-check still measures where registration would move the reference.
         seconds += source.voxel_count * REGISTRATION_SECONDS_PER_INPUT_VOXEL_THREAD / threads
+    total = float(seconds + check_seconds)
     return Plan(source, target, factors, upsampled, chosen, model, uses_reference, reference_mode,
-                device, threads, batch_size, tile, int(memory), float(seconds + check_seconds), notes, check_seconds,
-                steps, warnings, steps_alone)
+                device, threads, batch_size, tile, int(memory), total, notes, check_seconds,
+                steps, warnings, steps_alone, total + conditional_seconds if conditional_seconds else 0.0)
 
 
 def normal_axis_name(plane: str) -> str:
