@@ -66,14 +66,14 @@ def test_tiling_matches_whole_slices(untrained_models_dir):
 
 def test_tiles_per_network_call_do_not_change_the_output(untrained_models_dir, monkeypatch):
     # A CPU in float32 takes a slice group's tiles a few at a time (cache); the result is the group's at once.
-    from MRISuperResLib import inference
+    from MRISuperResLib import plan as planning
     from MRISuperResLib.devices import PRECISION_VARIABLE
 
     monkeypatch.setenv(PRECISION_VARIABLE, "float32")
     volume = smooth_volume(shape_kji=(6, 90, 100), spacing=(0.9, 0.9, 2.7))
     outputs = []
     for tiles_per_call in (8, 1):
-        monkeypatch.setattr(inference, "CPU_TILES_PER_CALL", tiles_per_call)
+        monkeypatch.setattr(planning, "CPU_TILES_PER_CALL", tiles_per_call)
         outputs.append(superresolve(volume, model="tiny", models_dir=str(untrained_models_dir), tile=64,
                                     batch_size=8, self_check=False).array)
     np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-4)

@@ -12,18 +12,12 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .devices import autocast, uses_bfloat16
+from .devices import autocast
 from .foreground import group_boxes, signal_mask
-from .plan import TILE_OVERLAP, Plan
+from .plan import TILE_OVERLAP, Plan, tiles_per_call
 from .progress import CancelFlag, ProgressCallback, StageReporter
 from .texture import TextureSource
 from .volume import AXIS_NAMES
-
-# Tiles per network call on a CPU in float32 (a slice group's `plan.batch_size` tiles go through in calls of
-# this many): edsr-large's activations for 8 tiles of 256² (33 MB each) outgrow the CPU's cache, and 2 at a
-# time took the benchmark's network pass from 120-124 s to 93-99 s on a 2-core AMD EPYC without AVX-512, the
-# output unchanged (README, Speed). Not measured under bfloat16 or on a GPU: they take the whole group at once.
-CPU_TILES_PER_CALL = 2
 
 
 def plane_axes(plane: str, upsampled: tuple[int, ...]) -> tuple[int, int, int]:
@@ -133,8 +127,7 @@ def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, referen
     fused_confidence = np.zeros(lr.shape, dtype=np.float32) if texture is not None or network_confidence else None
     use_reference = plan.uses_reference and reference is not None
     context = getattr(network, "context", 0)
-    in_float32_on_cpu = torch.device(device).type == "cpu" and not uses_bfloat16(device)
-    tiles_per_call = min(plan.batch_size, CPU_TILES_PER_CALL) if in_float32_on_cpu else plan.batch_size
+    tiles_at_once = tiles_per_call(str(device), plan.batch_size)
     for plane in plan.planes:
         axes = plane_axes(plane, plan.upsampled)
         oriented = {"lr": np.transpose(lr, axes)}
@@ -167,7 +160,7 @@ def predict_planes(network: torch.nn.Module, plan: Plan, lr: np.ndarray, referen
                     features, margins, factors, (height, width), network.texture.project)
                 del features, margins
             count = group["lr"].shape[0]
-            for batch in _batched(_tiles(count, box, plan.tile), tiles_per_call):
+            for batch in _batched(_tiles(count, box, plan.tile), tiles_at_once):
                 tensors = {name: torch.from_numpy(np.stack([x[s, :, r:r + tile_h, c:c + tile_w] for s, r, c in batch]))
                            .to(device=device, dtype=torch.float32) for name, x in group.items()}
                 with torch.inference_mode(), autocast(device):

@@ -59,6 +59,11 @@ CUBIC_SECONDS_PER_VOXEL = 1e-8
 # scripts/benchmark.py (peak RSS), for which the estimate comes within 5 %.
 ACTIVATION_CHANNELS = 320
 NETWORK_RUNTIME_BYTES = 400 * 2 ** 20
+# Tiles per network call on a CPU in float32 (a slice group's `plan.batch_size` tiles go through in calls of
+# this many): edsr-large's activations for 8 tiles of 256² (33 MB each) outgrow the CPU's cache, and 2 at a
+# time took the benchmark's network pass from 120-124 s to 93-99 s on a 2-core AMD EPYC without AVX-512, the
+# output unchanged (README, Speed). Not measured under bfloat16 or on a GPU: they take the whole group at once.
+CPU_TILES_PER_CALL = 2
 DEFAULT_TILE = 256
 DEFAULT_BATCH_SIZE = 8  # slices (tiles) per network call
 # An input whose finest spacing is more than this many times finer or coarser than every training volume's
@@ -374,8 +379,8 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
     threads = threads or installed_torch().cpu_threads
     voxels = target.voxel_count
     tile_pixels = min(tile, max(target.size)) ** 2
-    activations = 0 if model.is_interpolation else (batch_size * tile_pixels * ACTIVATION_CHANNELS * 4
-                                                    + NETWORK_RUNTIME_BYTES)
+    activations = 0 if model.is_interpolation else (tiles_per_call(device, batch_size) * tile_pixels
+                                                    * ACTIVATION_CHANNELS * 4 + NETWORK_RUNTIME_BYTES)
     memory = TARGET_GRID_COPIES * 4 * voxels + source.voxel_count * 8 + activations
     if model.is_interpolation:
         seconds = voxels * CUBIC_SECONDS_PER_VOXEL
@@ -439,6 +444,13 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
 def normal_axis_name(plane: str) -> str:
     """The axis ('i', 'j' or 'k') normal to a plane's slices, e.g. 'k' for 'ij'."""
     return next(a for a in AXIS_NAMES if a not in plane)
+
+
+def tiles_per_call(device: str, batch_size: int) -> int:
+    """Tiles the network takes at once: a slice group's `batch_size`, or `CPU_TILES_PER_CALL` of them on a CPU
+    in float32."""
+    in_float32_on_cpu = device.split(":")[0] == "cpu" and not uses_bfloat16(device)
+    return min(batch_size, CPU_TILES_PER_CALL) if in_float32_on_cpu else batch_size
 
 
 def on_gpu(device: str) -> bool:
