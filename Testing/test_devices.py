@@ -229,12 +229,18 @@ def test_bfloat16_moves_a_runs_output_by_at_most_two_percent_of_its_range(monkey
         assert np.array_equal(outputs["auto"], outputs["float32"])
 
 
-@pytest.mark.parametrize("load, user_policy, expected", [(9.0, None, "PASSIVE"), (0.0, None, None),
-                                                         (9.0, "ACTIVE", "ACTIVE")])
-def test_a_command_started_on_a_busy_cpu_lets_its_waiting_threads_yield(load, user_policy, expected):
+@pytest.mark.parametrize("load, busy_now, user_policy, expected", [
+    (9.0, 9.0, None, "PASSIVE"), (0.0, 0.0, None, None), (9.0, 9.0, "ACTIVE", "ACTIVE"),
+    (9.0, None, None, "PASSIVE"), (0.0, None, None, None),  # no /proc/stat: the load average decides
+    (9.0, 0.1, None, None),  # the load average of a command that just ended: the CPUs are idle now
+    (0.0, 9.0, None, "PASSIVE"),  # one that just started: the load average has not risen yet
+])
+def test_a_command_started_on_a_busy_cpu_lets_its_waiting_threads_yield(load, busy_now, user_policy, expected):
     # A fresh process: OpenMP reads the policy when torch loads, so it is set before, and only then.
     probe = ("import os, json\n"
              f"os.getloadavg = lambda: ({load}, {load}, {load})\n"
+             "from MRISuperResLib import devices\n"
+             f"devices.busy_cpus_now = lambda: {busy_now}\n"
              "from MRISuperResLib.devices import wait_passively_when_the_cpu_is_busy\n"
              "first = wait_passively_when_the_cpu_is_busy()\n"
              "policy = os.environ.get('OMP_WAIT_POLICY')\n"
@@ -250,5 +256,13 @@ def test_a_command_started_on_a_busy_cpu_lets_its_waiting_threads_yield(load, us
     assert result.returncode == 0, result.stderr
     first, policy, late = json.loads(result.stdout.strip().splitlines()[-1])
     assert policy == expected
-    assert (first == load) == (expected == "PASSIVE" and user_policy is None)
+    assert (first == (load if busy_now is None else busy_now)) == (expected == "PASSIVE" and user_policy is None)
     assert late is None  # once torch is loaded, changing the policy would be a no-op: nothing is set
+
+
+def test_the_cpus_work_now_is_measured_where_the_os_tells_it():
+    busy = devices.busy_cpus_now(0.05)
+    if os.path.exists("/proc/stat"):
+        assert 0 <= busy <= os.cpu_count()
+    else:
+        assert busy is None

@@ -464,9 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     args.written = []
     _resolve_output(parser, args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    busy = wait_passively_when_the_cpu_is_busy()
+    # Only the commands that run networks: the others would wait for the sample and gain nothing.
+    busy = wait_passively_when_the_cpu_is_busy() if args.command in ("run", "batch", "demo", "train") else None
     if busy is not None:
-        log.info("the CPU is busy (load %.1f): waiting threads yield it (OMP_WAIT_POLICY=PASSIVE)", busy)
+        log.info("the CPU is busy (%.1f CPUs busy): waiting threads yield it (OMP_WAIT_POLICY=PASSIVE)", busy)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if main_thread else None
     try:

@@ -10,6 +10,7 @@ import functools
 import importlib.util
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 from .errors import MRISuperResError
@@ -26,21 +27,45 @@ PRECISIONS = ("auto", "float32")
 # not running: on a 2-core CPU with one busy process, fine-tuning steps of edsr-large took 3.2x their idle time
 # and of vdsr-mixed 4.9x, and the fast model's run 2.1x; waiting passively, 2.0x, 1.8x and 1.4x. On an idle CPU
 # passive waiting costs 14 %, 74 % and 10 % instead, so it is chosen only where the load average says the CPU
-# is busy when a command starts (scripts/benchmark.py --adaptation-steps, README *Speed*).
+# is busy when a command starts (scripts/benchmark.py --adaptation-steps, README *Speed*): by what the CPUs do
+# while this process waits `BUSY_SAMPLE_SECONDS`, or where the OS does not say (no /proc/stat), by the 1-minute
+# load average. That average lags by a minute both ways: it counted a command that had just ended (consecutive
+# runs on an idle machine waited passively) and missed one that had just started.
 BUSY_LOAD_PER_CPU = 0.4
+BUSY_SAMPLE_SECONDS = 0.2
 
 
 def wait_passively_when_the_cpu_is_busy(environ=os.environ) -> float | None:
-    """Set `OMP_WAIT_POLICY=PASSIVE` in `environ` when the 1-minute load average is at least `BUSY_LOAD_PER_CPU`
-    per CPU; returns that load when it did, else None. Leaves a policy the user set alone, and does nothing
-    once torch is imported (OpenMP has read its settings by then) or where the OS keeps no load average."""
-    if "OMP_WAIT_POLICY" in environ or "torch" in sys.modules or not hasattr(os, "getloadavg"):
+    """Set `OMP_WAIT_POLICY=PASSIVE` in `environ` when other processes keep at least `BUSY_LOAD_PER_CPU` per CPU
+    busy (`busy_cpus_now`, else the 1-minute load average); returns that load when it did, else None. Leaves a
+    policy the user set alone, and does nothing once torch is imported (OpenMP has read its settings by then)
+    or where the OS tells neither."""
+    if "OMP_WAIT_POLICY" in environ or "torch" in sys.modules:
         return None
-    load = os.getloadavg()[0]
-    if load < BUSY_LOAD_PER_CPU * (os.cpu_count() or 1):
+    load = busy_cpus_now()
+    if load is None and hasattr(os, "getloadavg"):
+        load = os.getloadavg()[0]
+    if load is None or load < BUSY_LOAD_PER_CPU * (os.cpu_count() or 1):
         return None
     environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return load
+
+
+def busy_cpus_now(seconds: float = BUSY_SAMPLE_SECONDS) -> float | None:
+    """How many CPUs' worth of work other processes do now (this one sleeps meanwhile), from /proc/stat over
+    `seconds`; None where the OS has no /proc/stat."""
+    def ticks() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            values = [int(v) for v in stat.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # all, idle + iowait
+    try:
+        total_before, idle_before = ticks()
+        time.sleep(seconds)
+        total_after, idle_after = ticks()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total_after - total_before
+    return (total - (idle_after - idle_before)) / total * (os.cpu_count() or 1) if total > 0 else None
 
 
 def _mps_available(torch) -> bool:
