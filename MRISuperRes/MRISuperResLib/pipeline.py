@@ -222,7 +222,9 @@ def _consistent_with_input(volume: Volume, output: np.ndarray, plan: Plan, progr
     if profile is None:
         stage.finish(f"{estimate.describe()}: output left as the model made it")
         return output
-    projected = project(volume, output, plan.target.spacing, plan.upsampled, profile)
+    # In a magnitude image (no voxel below 0) a slab acquired as 0 holds only air.
+    non_negative = bool(volume.array.min() >= 0)
+    projected = project(volume, output, plan.target.spacing, plan.upsampled, profile, non_negative)
     chosen = "" if profile == estimate.profile else f"; projected onto the {profile} profile the model was adapted for"
     stage.finish(f"{estimate.describe()}: output made consistent with the acquired slices{chosen}")
     return projected
