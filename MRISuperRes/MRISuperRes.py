@@ -24,7 +24,7 @@ from MRISuperResLib.job import RunOptions
 from MRISuperResLib.models.registry import ModelRegistry
 from MRISuperResLib.plan import DEFAULT_ADAPT_SECONDS, REFERENCE_MODES, make_plan, resolve_reference_mode
 from MRISuperResSlicer import dependencies, log_panel, sample_data, views
-from MRISuperResSlicer.nodes import grid_from_node
+from MRISuperResSlicer.nodes import grid_from_node, signal_shares_of_node
 from MRISuperResSlicer.parameters import fallback_message, stale_parameters
 from MRISuperResSlicer.wording import in_gui_words
 from MRISuperResSlicer.run_queue import QueuedVolume, RunQueue, queued_volumes
@@ -312,7 +312,8 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                              device=parameters.device if parameters.device != "auto" else installed_torch().auto_device,
                              threads=installed_torch().cpu_threads,
                              batch_size=parameters.batchSize, target_spacing=target["targetSpacing"],
-                             scale=target["scale"])
+                             scale=target["scale"],
+                             signal_shares=signal_shares_of_node(parameters.inputVolume, parameters.batchSize))
             return plan.one_line()
         except (MRISuperResError, ValueError) as error:
             return str(error)
@@ -323,12 +324,13 @@ class MRISuperResWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         try:
             grid = grid_from_node(parameters.inputVolume, "input") if parameters.inputVolume else None
+            shares = signal_shares_of_node(parameters.inputVolume, parameters.batchSize) if grid else None
             target = self.targetArguments()
         except (MRISuperResError, ValueError):
-            grid, target = None, {"targetSpacing": None, "scale": None}
+            grid, shares, target = None, None, {"targetSpacing": None, "scale": None}
         return device_advice(installed_torch(), self.logic.registry, grid,
                              has_reference=parameters.referenceVolume is not None, threads=installed_torch().cpu_threads,
-                             adapt_seconds=None if parameters.adaptToScan else 0.0,
+                             adapt_seconds=None if parameters.adaptToScan else 0.0, signal_shares=shares,
                              target_spacing=target["targetSpacing"], scale=target["scale"])
 
     def onApplyButton(self, *unused):

@@ -102,3 +102,18 @@ def test_empty_and_missing_nodes_are_refused():
         volume_from_node(None)
     with pytest.raises(MRISuperResError, match="holds no image data"):
         volume_from_node(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty"))
+
+
+def test_the_module_plans_a_node_with_the_signal_shares_the_run_counts():
+    from MRISuperResLib.foreground import scan_signal_shares
+    from MRISuperResSlicer.nodes import signal_shares_of_node
+
+    scene = slicer.vtkMRMLScene()
+    volume = smooth_volume(shape_kji=(12, 64, 64))
+    volume.array[:, :, :40] = 0  # a head that fills part of the field of view
+    node = node_with(scene, volume)
+    shares = signal_shares_of_node(node, 8)
+    assert shares == scan_signal_shares(volume.array, 8) and min(shares.values()) < 1
+    assert signal_shares_of_node(node, 8) is shares  # redrawn lines reuse it
+    slicer.util.updateVolumeFromArray(node, np.full((12, 64, 64), 100.0, np.float32))
+    assert signal_shares_of_node(node, 8) == scan_signal_shares(np.full((12, 64, 64), 100.0, np.float32), 8)
