@@ -189,8 +189,8 @@ def command_models(args: argparse.Namespace) -> int:
 def command_devices(args: argparse.Namespace) -> int:
     from .advice import device_advice
     from .devices import installed_torch
-    from .models.registry import ModelRegistry
     from .foreground import scan_signal_shares
+    from .models.registry import ModelRegistry
 
     volume = read_volume(args.input, "input") if args.input else None
     threads = args.threads or _torch_threads()

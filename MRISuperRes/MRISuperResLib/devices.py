@@ -26,11 +26,11 @@ PRECISIONS = ("auto", "float32")
 # keeping the CPU busy, spinning threads take turns with them and each parallel region waits for one that is
 # not running: on a 2-core CPU with one busy process, fine-tuning steps of edsr-large took 3.2x their idle time
 # and of vdsr-mixed 4.9x, and the fast model's run 2.1x; waiting passively, 2.0x, 1.8x and 1.4x. On an idle CPU
-# passive waiting costs 14 %, 74 % and 10 % instead, so it is chosen only where the load average says the CPU
-# is busy when a command starts (scripts/benchmark.py --adaptation-steps, README *Speed*): by what the CPUs do
-# while this process waits `BUSY_SAMPLE_SECONDS`, or where the OS does not say (no /proc/stat), by the 1-minute
-# load average. That average lags by a minute both ways: it counted a command that had just ended (consecutive
-# runs on an idle machine waited passively) and missed one that had just started.
+# passive waiting costs 14 %, 74 % and 10 % instead, so it is chosen only where the CPU is busy when a command
+# starts (scripts/benchmark.py --adaptation-steps, README *Speed*), judged by what the CPUs do while this
+# process waits `BUSY_SAMPLE_SECONDS`, or where the OS does not say (no /proc/stat) by the 1-minute load
+# average. That average lags by a minute both ways: it counted a command that had just ended (consecutive runs
+# on an idle machine waited passively) and missed one that had just started.
 BUSY_LOAD_PER_CPU = 0.4
 BUSY_SAMPLE_SECONDS = 0.2
 

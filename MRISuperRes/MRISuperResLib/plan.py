@@ -187,7 +187,8 @@ class Plan:
             f"device  {self.device}, {self.threads} CPU threads, batch {self.batch_size}, tiles ≤ {self.tile} px",
             f"memory  about {format_bytes(self.memory_bytes)} at peak",
             f"time    about {format_seconds(self.seconds)}"
-            + (f" (of which {format_seconds(self.check_seconds)} self-check and adaptation)" if self.check_seconds else "")
+            + (f" (of which {format_seconds(self.check_seconds)} self-check and adaptation)"
+               if self.check_seconds else "")
             + (f"; up to {format_seconds(self.seconds_if_adapted)} if the model is adapted to this scan"
                if self.seconds_if_adapted else ""),
         ]
