@@ -53,7 +53,7 @@ def test_a_folder_with_references_runs_resumes_and_redoes_what_changed(tmp_path)
     assert statuses(rows) == {"case0": "done", "case1": "done", "case2": "done"}  # the T1 is no case itself
     assert read_volume(out / "case0_SR.nii.gz").spacing == pytest.approx((0.9, 0.9, 0.9))
     sidecar = json.loads((out / "case0_SR.json").read_text())["mrisuperres"]
-    assert sidecar["reference"].endswith("case0_T1.nii.gz") and sidecar["model"] == "cubic"
+    assert sidecar["reference"]["path"].endswith("case0_T1.nii.gz") and sidecar["model"] == "cubic"
     with open(out / "batch_report.csv", newline="") as stream:
         report = list(csv.DictReader(stream))
     assert [r["status"] for r in report] == ["done"] * 3 and all(float(r["seconds"]) > 0 for r in report)
@@ -94,6 +94,75 @@ def test_a_manifest_gives_per_row_references_outputs_and_options(tmp_path):
     assert read_volume(tmp_path / "out" / "second.nrrd").spacing == pytest.approx((1.8, 1.8, 1.8))
 
 
+def test_a_manifest_of_one_folder_per_subject_keeps_every_case_apart(tmp_path, cli):
+    for subject in ("sub01", "sub02", "sub03"):
+        (tmp_path / subject).mkdir()
+        write_volume(thick(int(subject[-1])), tmp_path / subject / "T2.nii.gz")
+    # Excel's "CSV UTF-8" starts with a byte-order mark; the third row asks for a scale and a spacing at once.
+    (tmp_path / "cases.csv").write_bytes("\ufeffinput,scale,target_spacing\n"
+                                         "sub01/T2.nii.gz,,\nsub02/T2.nii.gz,,\nsub03/T2.nii.gz,2,1.8\n".encode())
+    code, _, _ = cli("batch", tmp_path / "cases.csv", tmp_path / "out", "--model", "cubic", "--quiet")
+    rows = json.loads((tmp_path / "out" / "batch_report.json").read_text())
+    assert code == 2 and [(r["case"], r["status"]) for r in rows] == [
+        ("sub01/T2", "done"), ("sub02/T2", "done"), ("sub03/T2", "refused")]
+    assert "not both" in rows[2]["message"]
+    assert (tmp_path / "out" / "sub01" / "T2_SR.nii.gz").exists() and (tmp_path / "out" / "sub02" / "T2_SR.nii.gz").exists()
+    # Outputs named alike in the manifest: the message names the two cases.
+    (tmp_path / "same.csv").write_text("input,output\nsub01/T2.nii.gz,a.nii.gz\nsub02/T2.nii.gz,a.nii.gz\n")
+    code, _, err = cli("batch", tmp_path / "same.csv", tmp_path / "out2", "--model", "cubic", "--quiet")
+    assert code == 2 and "sub01/T2 and sub02/T2 would both write" in err and not (tmp_path / "out2").exists()
+
+
+def test_manifest_rows_that_cannot_be_read_are_refused_one_by_one(tmp_path):
+    write_volume(thick(0), tmp_path / "t2.nii.gz")
+    (tmp_path / "cases.csv").write_text("input,adapt,output\n"
+                                        "t2.nii.gz,abc,one.nii.gz\n"
+                                        "t2.nii.gz,,two.nii.gz,surplus\n"
+                                        ",,three.nii.gz\n"
+                                        "t2.nii.gz,,four.nii.gz\n"
+                                        ",,\n")
+    rows = batch(tmp_path / "cases.csv", tmp_path / "out", model="cubic")
+    assert [r["status"] for r in rows] == ["refused", "refused", "refused", "done"]  # the empty row is no case
+    assert rows[0]["message"] == ("Line 2 of 'cases.csv': a run option is not a number where one is needed "
+                                  "(adapt='abc'); correct it and run again.")
+    assert "Line 3" in rows[1]["message"] and "more fields than the header" in rows[1]["message"]
+    assert "Line 4" in rows[2]["message"] and "no input" in rows[2]["message"]
+
+
+def test_a_reference_pattern_that_finds_nothing_or_has_another_placeholder_is_refused(tmp_path, cli):
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in ("a", "b"):
+        write_volume(thick(0), source / f"{name}.nii.gz")
+    write_volume(smooth_volume(shape_kji=(32, 40, 36), spacing=(0.9, 0.9, 0.9)), source / "a_T1.nii.gz")
+    for pattern, expected in (("{stem}_t1.nii.gz", "matched no file in"), ("{name}_T1.nii.gz", "other than {stem}")):
+        code, _, err = cli("batch", source, tmp_path / "out", "--reference-pattern", pattern, "--model", "cubic")
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+    # Found for some volumes only: the others run without one, and their rows say so.
+    rows = batch(source, tmp_path / "out", reference_pattern="{stem}_T1.nii.gz", model="cubic")
+    assert [(r["case"], r["status"], r["message"]) for r in rows] == [
+        ("a", "done", ""), ("b", "done", "run without a reference: 'b_T1.nii.gz' does not exist")]
+
+
+def test_a_batch_into_its_own_folder_does_not_take_its_outputs_for_inputs(tmp_path):
+    for seed in range(2):
+        write_volume(thick(seed), tmp_path / f"case{seed}.nii.gz")
+    assert set(statuses(batch(tmp_path, tmp_path, model="cubic")).values()) == {"done"}
+    assert statuses(batch(tmp_path, tmp_path, model="cubic")) == {"case0": "skipped", "case1": "skipped"}
+
+
+def test_an_input_replaced_since_is_redone_and_one_named_another_way_is_not(tmp_path, monkeypatch):
+    source = tmp_path / "in"
+    source.mkdir()
+    for seed in range(2):
+        write_volume(thick(seed), source / f"case{seed}.nii.gz")
+    batch(source, tmp_path / "out", model="cubic")
+    monkeypatch.chdir(tmp_path)
+    assert set(statuses(batch(Path("in"), tmp_path / "out", model="cubic")).values()) == {"skipped"}
+    write_volume(thick(5), source / "case1.nii.gz")  # another scan under the same name
+    assert statuses(batch(source, tmp_path / "out", model="cubic")) == {"case0": "skipped", "case1": "done"}
+
+
 def test_a_bids_dataset_on_a_dask_local_cluster_of_two_workers(tmp_path):
     dataset = bids_dataset(tmp_path / "bids")
     derivatives = tmp_path / "bids" / "derivatives" / "mrisuperres"
@@ -103,7 +172,7 @@ def test_a_bids_dataset_on_a_dask_local_cluster_of_two_workers(tmp_path):
     output = derivatives / "sub-02/ses-b/anat/sub-02_ses-b_desc-superres_T2w.nii.gz"
     assert output.exists() and (output.parent / "sub-02_ses-b_desc-superres_T2w.json").exists()
     recorded = json.loads((output.parent / "sub-02_ses-b_desc-superres_T2w.json").read_text())["mrisuperres"]
-    assert recorded["reference"].endswith("sub-02/ses-b/anat/sub-02_ses-b_T1w.nii.gz")
+    assert recorded["reference"]["path"].endswith("sub-02/ses-b/anat/sub-02_ses-b_T1w.nii.gz")
     # The derivatives inside the dataset are not cases of a second run, which skips everything.
     assert set(statuses(batch(dataset, derivatives, workers=2, model="cubic")).values()) == {"skipped"}
 

@@ -127,13 +127,14 @@ def command_batch(args: argparse.Namespace) -> int:
     options = {k: v for k, v in _target(args).items() if v is not None}
     options.update(register_reference=args.register_reference, self_check=not args.no_self_check,
                    adapt=0.0 if args.no_adapt else args.adapt, consistency=not args.no_consistency)
-    bar = None if args.quiet or args.progress_json else tqdm(unit="case", desc="batch", dynamic_ncols=True)
+    bar = None  # made at the first finished case, so that a batch refused outright shows no empty bar
 
     def progress(done: int, total: int, row: dict) -> None:
+        nonlocal bar
         if args.progress_json:
             print(json.dumps({"stage": "batch", "done": done, "total": total, "case": row}), flush=True)
-        elif bar is not None:
-            bar.total = total
+        elif not args.quiet:
+            bar = bar or tqdm(unit="case", desc="batch", dynamic_ncols=True, total=total)
             bar.update(1)
             bar.set_postfix_str(f"{row['case']}: {row['status']}")
     try:

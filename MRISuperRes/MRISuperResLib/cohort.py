@@ -22,7 +22,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import CancelledError, MRISuperResError
@@ -42,6 +42,8 @@ class Case:
     output: str
     reference: str | None = None
     options: dict = field(default_factory=dict)
+    note: str = ""     # for the report row of a case that runs, e.g. the reference it did not find
+    problem: str = ""  # why the case is refused before it runs (a manifest row that cannot be read)
 
 
 def _stem(path: Path) -> str:
@@ -58,19 +60,40 @@ def _is_volume(path: Path) -> bool:
 
 def folder_cases(folder: Path, output_dir: Path, reference_pattern: str | None = None,
                  output_suffix: str = "_SR.nii.gz") -> list[Case]:
-    """Every volume directly in `folder`; with `reference_pattern` (``{stem}`` is the input's name without
-    its extension, relative to `folder`), the matching reference, which is then not an input itself."""
+    """Every volume directly in `folder`, except the outputs this batch writes for the others (a batch into its
+    own folder, run again); with `reference_pattern` (``{stem}`` is the input's name without its extension,
+    relative to `folder`), the matching reference, which is then not an input itself."""
+    def output_of(path: Path) -> Path:
+        return output_dir / (_stem(path) + output_suffix)
+
     volumes = sorted(p for p in folder.iterdir() if _is_volume(p))
-    references = {}
+    outputs = {output_of(p).resolve() for p in volumes}
+    volumes = [p for p in volumes if p.resolve() not in outputs]
+    references, missing = {}, {}
     if reference_pattern:
         for path in volumes:
-            candidate = folder / reference_pattern.format(stem=_stem(path))
+            candidate = folder / _reference_name(reference_pattern, path)
             if candidate.exists() and candidate != path:
                 references[path] = candidate
+            else:
+                missing[path] = candidate
+        if volumes and not references:
+            example = next(iter(missing.items()))
+            raise MRISuperResError(
+                f"The reference pattern '{reference_pattern}' matched no file in '{folder}' (for '{example[0].name}' "
+                f"it looked for '{example[1].name}'); check its spelling and case.")
     used_as_reference = set(references.values())
-    return [Case(_stem(p), str(p), str(output_dir / (_stem(p) + output_suffix)),
-                 str(references[p]) if p in references else None)
+    return [Case(_stem(p), str(p), str(output_of(p)), str(references[p]) if p in references else None,
+                 note=f"run without a reference: '{missing[p].name}' does not exist" if p in missing else "")
             for p in volumes if p not in used_as_reference]
+
+
+def _reference_name(pattern: str, path: Path) -> str:
+    try:
+        return pattern.format(stem=_stem(path))
+    except (KeyError, IndexError, ValueError, AttributeError):
+        raise MRISuperResError(f"The reference pattern '{pattern}' has a placeholder other than {{stem}} (the "
+                               "volume's name without extension); write it like '{stem}_T1.nii.gz'.") from None
 
 
 def _option_value(name: str, text: str):
@@ -90,26 +113,52 @@ def _option_value(name: str, text: str):
 
 def manifest_cases(manifest: Path, output_dir: Path, output_suffix: str = "_SR.nii.gz") -> list[Case]:
     """Rows of a CSV with `input` and optionally `reference`, `output` and run options; paths are relative to
-    the CSV's folder, outputs to `output_dir`."""
+    the CSV's folder, outputs to `output_dir` (by default at the input's path relative to the CSV, so that
+    `sub01/T2.nii.gz` and `sub02/T2.nii.gz` write `sub01/T2_SR.nii.gz` and `sub02/T2_SR.nii.gz`). A row that
+    cannot be read becomes a refused case; the others run."""
     base = manifest.parent
-    with open(manifest, newline="", encoding="utf-8") as stream:
-        rows = list(csv.DictReader(stream))
-    if not rows or "input" not in rows[0]:
+    # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would hide the first column's name.
+    with open(manifest, newline="", encoding="utf-8-sig") as stream:
+        reader = csv.DictReader(stream)
+        rows = [row for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
+        header = reader.fieldnames or []
+    if "input" not in header:
         raise MRISuperResError(f"The manifest '{manifest}' needs a header row with an 'input' column (and "
                                "optionally reference, output and run options); add one.")
-    unknown = set(rows[0]) - {"input", "reference", "output", *RUN_OPTIONS}
+    unknown = set(header) - {"input", "reference", "output", *RUN_OPTIONS}
     if unknown:
         raise MRISuperResError(f"The manifest '{manifest}' has unknown columns ({', '.join(sorted(unknown))}); "
                                f"use input, reference, output and run options ({', '.join(RUN_OPTIONS)}).")
     cases = []
-    for row in rows:
-        source = base / row["input"].strip()
-        output = row.get("output", "").strip() or _stem(source) + output_suffix
-        options = {name: _option_value(name, row[name]) for name in RUN_OPTIONS if (row.get(name) or "").strip()}
+    for number, row in enumerate(rows, start=2):  # the header is line 1
+        given = (row.get("input") or "").strip()
+        relative = Path(given)
+        inside = not relative.is_absolute() and ".." not in relative.parts
+        name = (str(relative.parent / _stem(relative)) if inside else _stem(relative)) if given else f"line {number}"
+        default_output = (relative.parent if inside else Path()) / (_stem(relative) + output_suffix)
+        output = (row.get("output") or "").strip() or str(default_output)
         reference = (row.get("reference") or "").strip()
-        cases.append(Case(_stem(source), str(source), str(output_dir / output),
-                          str(base / reference) if reference else None, options))
+        case = Case(name, str(base / given), str(output_dir / output), str(base / reference) if reference else None)
+        try:
+            problem = _manifest_row_problem(row, given)
+            options = {} if problem else {name: _option_value(name, row[name]) for name in RUN_OPTIONS
+                                          if (row.get(name) or "").strip()}
+        except ValueError:
+            options, problem = {}, ("a run option is not a number where one is needed ("
+                                    + ", ".join(f"{k}={row[k]!r}" for k in RUN_OPTIONS if (row.get(k) or "").strip())
+                                    + ")")
+        cases.append(replace(case, options=options,
+                             problem=f"Line {number} of '{manifest.name}': {problem}; correct it and run again."
+                             if problem else ""))
     return cases
+
+
+def _manifest_row_problem(row: dict, given: str) -> str:
+    if None in row:  # csv puts the fields beyond the header under None
+        return "it has more fields than the header (a comma inside a path needs quotes)"
+    if not given:
+        return "it has no input"
+    return ""
 
 
 def bids_cases(dataset: Path, output_dir: Path, target_suffix: str = "T2w",
@@ -158,14 +207,27 @@ def find_cases(source: str | os.PathLike, output_dir: str | os.PathLike, referen
 
 
 def _record(case: Case, options: dict) -> dict:
-    """What decides whether an existing output is still valid: the inputs, the options and the model."""
+    """What decides whether an existing output is still valid: the inputs (wherever they are named from, and
+    as they are now: a file replaced since is redone), the options and the model."""
     from .models.registry import ModelRegistry
 
     registry = ModelRegistry(options.get("models_dir"))
     card = registry.get(options.get("model"))
-    return {"input": case.input, "reference": case.reference,
+    return {"input": _file_state(case.input), "reference": _file_state(case.reference) if case.reference else None,
             "options": {k: v for k, v in sorted(options.items()) if k not in ("threads", "device")},
             "model": card.name, "model_sha256": card.sha256 or "interpolation"}
+
+
+def _file_state(path: str) -> dict:
+    """The file's resolved path, size and modification time (for a DICOM folder, of its newest file)."""
+    resolved = Path(path).resolve()
+    if resolved.is_dir():
+        files = [p.stat() for p in resolved.rglob("*") if p.is_file()]
+        return {"path": str(resolved), "bytes": sum(f.st_size for f in files),
+                "modified_ns": max((f.st_mtime_ns for f in files), default=0)}
+    state = resolved.stat() if resolved.exists() else None
+    return {"path": str(resolved), "bytes": state.st_size if state else None,
+            "modified_ns": state.st_mtime_ns if state else None}
 
 
 def _sidecar(output: str) -> Path:
@@ -189,6 +251,8 @@ def run_case(case: Case, options: dict, force: bool = False) -> dict:
 
     options = {**options, **case.options}
     row = {"case": case.name, "input": case.input, "output": case.output, "status": "", "message": ""}
+    if case.problem:
+        return {**row, "status": "refused", "message": case.problem}
     started = time.perf_counter()
     try:
         record = _record(case, options)
@@ -207,7 +271,7 @@ def run_case(case: Case, options: dict, force: bool = False) -> dict:
         write_volume(result, case.output)
         # The sidecar last: an output without it (a crash in between) is redone.
         sidecar.write_text(json.dumps({DERIVATIVE_NAME: record, "report": report}, indent=2) + "\n")
-        row.update(status="done", model=report.get("model"), reference=report.get("reference"),
+        row.update(status="done", message=case.note, model=report.get("model"), reference=report.get("reference"),
                    reference_agreement=report.get("reference_agreement"),
                    self_check_gain_db=report.get("estimated_gain_db"), adapted=report.get("adapted"))
     except CancelledError:
@@ -243,30 +307,33 @@ def batch(source: str | os.PathLike, output_dir: str | os.PathLike, reference_pa
     if not cases:
         raise MRISuperResError(f"No volumes to super-resolve were found in '{source}'; check the path (and the "
                                "BIDS suffix or the reference pattern).")
-    names = [c.output for c in cases]
-    if len(set(names)) < len(names):
-        raise MRISuperResError("Two cases would write the same output file; give them distinct output names.")
-    rows: dict[str, dict] = {}
+    writers: dict[str, Case] = {}
+    for case in (c for c in cases if not c.problem):
+        other = writers.setdefault(str(Path(case.output).resolve()), case)
+        if other is not case:
+            raise MRISuperResError(f"The cases {other.name} and {case.name} would both write '{case.output}'; give "
+                                   "them distinct output names (a manifest's output column).")
+    rows: dict[int, dict] = {}  # by the case's place: names need not be unique
 
-    def finished(row: dict) -> None:
-        rows[row["case"]] = row
-        write_report([rows[c.name] for c in cases if c.name in rows], output_dir)
+    def finished(index: int, row: dict) -> None:
+        rows[index] = row
+        write_report([rows[i] for i in range(len(cases)) if i in rows], output_dir)
         if progress:
             progress(len(rows), len(cases), row)
 
     try:
         if workers <= 1 and scheduler is None:
-            for case in cases:
-                finished(run_case(case, options, force))
+            for index, case in enumerate(cases):
+                finished(index, run_case(case, options, force))
         else:
             _run_distributed(cases, options, force, workers, scheduler, finished)
     except KeyboardInterrupt:
-        for case in cases:
-            rows.setdefault(case.name, {"case": case.name, "status": "not run", "message": "the batch was stopped",
-                                        "input": case.input, "output": case.output})
-        write_report([rows[c.name] for c in cases], output_dir)
+        for index, case in enumerate(cases):
+            rows.setdefault(index, {"case": case.name, "status": "not run", "message": "the batch was stopped",
+                                    "input": case.input, "output": case.output})
+        write_report([rows[i] for i in range(len(cases))], output_dir)
         raise CancelledError("The batch was stopped; finished cases are kept and a rerun does the rest.")
-    return [rows[c.name] for c in cases]
+    return [rows[i] for i in range(len(cases))]
 
 
 def device_for(index: int, requested: str | None, gpus: int) -> str | None:
@@ -297,16 +364,17 @@ def _run_distributed(cases: list[Case], options: dict, force: bool, workers: int
         options = {"threads": max(1, (os.cpu_count() or 1) // workers), **options}
     client = Client(scheduler or cluster)
     try:
-        futures = []
+        futures = {}
         for i, case in enumerate(cases):
             device = device_for(i, options.get("device"), gpus)
-            futures.append(client.submit(run_case, case, {**options, **({"device": device} if device else {})},
-                                         force, key=f"mrisuperres-{i}-{case.name}", pure=False))
+            future = client.submit(run_case, case, {**options, **({"device": device} if device else {})},
+                                   force, key=f"mrisuperres-{i}", pure=False)
+            futures[future] = i
         try:
             for future in as_completed(futures):
-                finished(future.result())
+                finished(futures[future], future.result())
         except BaseException:
-            client.cancel(futures)
+            client.cancel(list(futures))
             raise
     finally:
         client.close()
