@@ -267,3 +267,8 @@ def test_a_usage_mistake_is_one_sentence_without_the_usage_block(tmp_path, capsy
     assert stopped.value.code == 2
     assert message.startswith(expected) and message.endswith("--help`.") and "\n" not in message, message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_negative_adaptation_time(tmp_path, cli, thick_file):
+    assert_refused(cli, tmp_path, [thick_file, "--adapt", "-5"], "The adaptation time must be 0 seconds or more, "
+                   "not -5; give --adapt SECONDS or --no-adapt.", [thick_file])

@@ -44,6 +44,13 @@ def test_environment_variable_overrides_the_registry_folder(untrained_models_dir
     assert registry.names() == ["cubic", "tiny"] and registry.default_name == "tiny"
 
 
+def test_a_folder_of_ones_own_models_without_a_default_uses_its_first_model(untrained_models_dir):
+    manifest = json.loads((untrained_models_dir / "models.json").read_text())
+    del manifest["default"]
+    (untrained_models_dir / "models.json").write_text(json.dumps(manifest))
+    assert ModelRegistry(untrained_models_dir).default_name == "tiny"
+
+
 def test_a_folder_without_models_json_is_refused(tmp_path):
     with pytest.raises(MRISuperResError, match="has no models.json"):
         ModelRegistry(tmp_path)

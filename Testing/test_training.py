@@ -171,6 +171,9 @@ def test_a_user_trains_a_2_5d_model_installs_it_and_runs_it_with_models_dir(tmp_
                        "--quiet", "--threads", "1")
     assert ran.returncode == 0, ran.stderr
     assert (tmp_path / "sr.nii.gz").is_file()
+    # Without --model the folder's own model runs, not plain interpolation.
+    planned = _mrisuperres("plan", thick, "--models-dir", models, "--json")
+    assert json.loads(planned.stdout)["model"] == "mine"
 
 
 @pytest.mark.parametrize("change, message", [

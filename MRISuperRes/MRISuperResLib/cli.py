@@ -173,6 +173,7 @@ def command_models(args: argparse.Namespace) -> int:
         print(json.dumps({"default": registry.default_name,
                           "models": [c.to_json() for c in registry.cards.values()]}, indent=2))
         return 0
+    width = max(len(name) for name in registry.cards)
     for card in registry.cards.values():
         mark = "*" if card.name == registry.default_name else " "
         reference = "uses reference" if card.uses_reference else "no reference"
@@ -182,7 +183,7 @@ def command_models(args: argparse.Namespace) -> int:
         if card.trained_factors:
             trained = f"; thick {min(card.trained_factors)}-{max(card.trained_factors)}x"
             trained += f", in-plane {'/'.join(map(str, card.inplane_factors))}x" if card.inplane_factors else ""
-        print(f"{mark} {card.name:<14} {card.title} [{reference}{trained}; {card.parameters} parameters]")
+        print(f"{mark} {card.name:<{width}} {card.title} [{reference}{trained}; {card.parameters} parameters]")
     print("(* = default)")
     return 0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import time
@@ -360,7 +361,9 @@ def _run_distributed(cases: list[Case], options: dict, force: bool, workers: int
         gpus = torch.cuda.device_count() if options.get("device") in (None, "auto", "cuda") else 0
         if gpus:
             workers = min(workers, gpus)
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        # Dask's own lines (scheduler and nanny start and stop) at errors only: the report says what happened.
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.ERROR)
         options = {"threads": max(1, (os.cpu_count() or 1) // workers), **options}
     client = Client(scheduler or cluster)
     try:

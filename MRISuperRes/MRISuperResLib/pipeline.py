@@ -56,6 +56,9 @@ def plan_run(volume: Volume, reference: Volume | None = None, model: str | None 
         raise MRISuperResError(f"The batch size must be at least 1, not {batch_size}.")
     if tile < 4 * TILE_OVERLAP:
         raise MRISuperResError(f"The tile size must be at least {4 * TILE_OVERLAP} pixels, not {tile}.")
+    if adapt is not None and not adapt >= 0:  # NaN too
+        raise MRISuperResError(f"The adaptation time must be 0 seconds or more, not {adapt:g}; give --adapt SECONDS "
+                               "or --no-adapt.")
     mode = resolve_reference_mode(card, reference is not None, reference_mode,
                                   [c.name for c in registry.cards.values() if c.texture_transfer])
     shares = None if card.is_interpolation else scan_signal_shares(volume.array, batch_size)

@@ -124,7 +124,10 @@ class ModelRegistry:
                 self.cards[card.name] = card
         except (ValueError, KeyError, TypeError) as error:
             raise MRISuperResError(f"The model list '{manifest}' is malformed ({error}); restore it from the release.") from None
-        self.default_name = content.get("default", INTERPOLATION)
+        # A folder of one's own models without a "default" (made by `train --install` before it set one):
+        # its first model, not plain interpolation, which a run without --model would otherwise silently be.
+        self.default_name = content.get("default") or next((n for n in self.cards if n != INTERPOLATION),
+                                                           INTERPOLATION)
         self.fast_name = content.get("fast") if content.get("fast") in self.cards else None
 
     @property
@@ -170,6 +173,7 @@ def install_model(weights: Path, card: dict, folder: str | os.PathLike | None = 
 
 
 def _upsert(manifest: dict, card: dict) -> None:
+    manifest.setdefault("default", card["name"])  # a new folder's first model is what its runs use
     names = [m["name"] for m in manifest["models"]]
     if card["name"] in names:
         manifest["models"][names.index(card["name"])] = card
