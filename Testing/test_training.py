@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -174,6 +175,27 @@ def test_a_user_trains_a_2_5d_model_installs_it_and_runs_it_with_models_dir(tmp_
     # Without --model the folder's own model runs, not plain interpolation.
     planned = _mrisuperres("plan", thick, "--models-dir", models, "--json")
     assert json.loads(planned.stdout)["model"] == "mine"
+
+
+def test_a_stopped_training_keeps_its_steps_and_says_how_to_go_on(tmp_path):
+    config = _tiny_edsr_config(tmp_path, "stopped", "factors: [4]", "steps: 100000", "pool_instances: 2",
+                               "validate_every: 100000", "checkpoint_every: 3", validate=False)
+    command = [sys.executable, "-m", "MRISuperResLib.cli", "train", str(config), "--data", str(tmp_path / "data"),
+               "--runs", str(tmp_path / "runs"), "--threads", "1"]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Output to a pipe: no progress bar, so a line per checkpoint shows the run is alive.
+    for line in child.stdout:
+        if line.startswith("step 3 of 100000, checkpoint written"):
+            break
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("mrisuperres: error: Training stopped at step ") and "continue with --resume" in message
+    stopped_at = int(message.split("at step ")[1].split()[0])
+    checkpoint = tmp_path / "runs" / "stopped" / "checkpoint.pt"
+    assert stopped_at >= 3 and torch.load(checkpoint, weights_only=False)["step"] == stopped_at
+    assert not (tmp_path / "runs" / "stopped" / "stopped.pt").exists()  # no weights from a stopped run
 
 
 @pytest.mark.parametrize("change, message", [

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from ..errors import MRISuperResError
+from ..errors import CancelledError, MRISuperResError
 from ..models.architectures import ARCHITECTURES, build_architecture, macs_per_pixel
 from ..models.registry import ModelRegistry, install_model, sha256_of
 from ..scattering import Scattering
@@ -277,7 +277,9 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
             critic_optimizer.load_state_dict(state["critic_optimizer"])
         rng.setstate(state["rng"])
         step = state["step"]
-        print(f"resumed at step {step}", flush=True)
+        print(f"resumed at step {step}" + (f"; the config's {config.steps} steps are done, so its weights and card are "
+                                           "written without training (raise steps to train on)"
+                                           if step >= config.steps else ""), flush=True)
     elif config.initialise_from:
         initialise_from(network, config.initialise_from, models_dir)
 
@@ -311,53 +313,65 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
     last_checkpoint = time.time()
     bar = tqdm(total=config.steps, initial=step, desc=config.name, disable=None if rank == 0 else True,
                unit="step", dynamic_ncols=True)
-    training_started = time.time()
+    training_started, first_step = time.time(), step
     autocast = torch.autocast(torch_device.type, dtype=torch.bfloat16, enabled=config.bf16)
-    while step < config.steps:
-        if _time_is_up(config, training_started, distributed, torch_device):
-            bar.write(f"time limit of {config.time_limit_minutes:g} minutes reached at step {step}")
-            break
-        if step % config.refresh_every == 0 and step:
-            bank.refresh()
-        batch, factor = bank.batch(config.batch_size, same_factor=scattering is not None or takes_factor)
-        batch = batch.to(torch_device, non_blocking=True)
-        lr, truth, ref, mask = split_batch(batch, config.context)
-        with autocast:
-            loss, parts, output = _forward(model, network, loss_fn, config, batch, (lr, truth, ref, mask), factor,
-                                           scattering, rng)
-            if extra_loss is not None:
-                extra, extra_parts = extra_loss(lr, output)
-                loss = loss + extra
-                parts.update(extra_parts)
-        if critic is not None:
-            # One critic step per generator step, then the generator's adversarial term (equations 3 and 8).
-            critic_value = critic_step(critic, critic_optimizer, truth, output, adversarial.gradient_penalty)
-            generator_term = adversarial_term(critic, output)
-            loss = loss + adversarial.weight * generator_term
-            parts.update(critic=critic_value, adversarial=generator_term.item())
-        running_parts.append(parts)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        bar.update(1)
-        running.append(loss.item())
-        due = step % config.checkpoint_every == 0 or time.time() - last_checkpoint > 60 * config.checkpoint_minutes
-        if rank == 0 and (due or step == config.steps):
+    try:
+        while step < config.steps:
+            if _time_is_up(config, training_started, distributed, torch_device):
+                bar.write(f"time limit of {config.time_limit_minutes:g} minutes reached at step {step}")
+                break
+            if step % config.refresh_every == 0 and step:
+                bank.refresh()
+            batch, factor = bank.batch(config.batch_size, same_factor=scattering is not None or takes_factor)
+            batch = batch.to(torch_device, non_blocking=True)
+            lr, truth, ref, mask = split_batch(batch, config.context)
+            with autocast:
+                loss, parts, output = _forward(model, network, loss_fn, config, batch, (lr, truth, ref, mask), factor,
+                                               scattering, rng)
+                if extra_loss is not None:
+                    extra, extra_parts = extra_loss(lr, output)
+                    loss = loss + extra
+                    parts.update(extra_parts)
+            if critic is not None:
+                # One critic step per generator step, then the generator's adversarial term (equations 3 and 8).
+                critic_value = critic_step(critic, critic_optimizer, truth, output, adversarial.gradient_penalty)
+                generator_term = adversarial_term(critic, output)
+                loss = loss + adversarial.weight * generator_term
+                parts.update(critic=critic_value, adversarial=generator_term.item())
+            running_parts.append(parts)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            running.append(loss.item())
+            due = step % config.checkpoint_every == 0 or time.time() - last_checkpoint > 60 * config.checkpoint_minutes
+            if rank == 0 and (due or step == config.steps):
+                _save_checkpoint(checkpoint, network, optimizer, scheduler, rng, step, critic, critic_optimizer)
+                last_checkpoint = time.time()
+                if bar.disable:  # no terminal (a log file): a line per checkpoint instead of the bar
+                    print(f"step {step} of {config.steps}, checkpoint written "
+                          f"({(time.time() - training_started) / max(1, step - first_step):.2f} s a step)", flush=True)
+            if rank == 0 and (step % config.validate_every == 0 or step == config.steps):
+                record = {"step": step, "loss": float(np.mean(running)),
+                          **{name: float(np.mean([p[name] for p in running_parts])) for name in running_parts[0]},
+                          "seconds": round(time.time() - started),
+                          "val_psnr": psnr_gain(network, validation, torch_device, scattering) if validation else {}}
+                if validation_inplane:
+                    record["val_psnr_inplane"] = psnr_gain(network, validation_inplane, torch_device, scattering)
+                running, running_parts = [], []
+                bar.write(json.dumps(record))
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+    except KeyboardInterrupt:
+        # Ctrl+C or SIGTERM: keep what was learnt since the last checkpoint, and say how to go on.
+        bar.close()
+        bank.close()
+        if rank == 0 and step:
             _save_checkpoint(checkpoint, network, optimizer, scheduler, rng, step, critic, critic_optimizer)
-            last_checkpoint = time.time()
-        if rank == 0 and (step % config.validate_every == 0 or step == config.steps):
-            record = {"step": step, "loss": float(np.mean(running)),
-                      **{name: float(np.mean([p[name] for p in running_parts])) for name in running_parts[0]},
-                      "seconds": round(time.time() - started),
-                      "val_psnr": psnr_gain(network, validation, torch_device, scattering) if validation else {}}
-            if validation_inplane:
-                record["val_psnr_inplane"] = psnr_gain(network, validation_inplane, torch_device, scattering)
-            running, running_parts = [], []
-            bar.write(json.dumps(record))
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+        raise CancelledError(f"Training stopped at step {step} of {config.steps}; '{checkpoint}' holds it: continue "
+                             "with --resume (no weights or card were written).") from None
     bar.close()
     bank.close()
 
