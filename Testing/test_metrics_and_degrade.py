@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import OBLIQUE, smooth_volume
+from MRISuperResLib import Volume
 from MRISuperResLib.io import read_volume, write_volume
 from MRISuperResLib.metrics import psnr, ssim
 
@@ -71,14 +72,23 @@ def test_the_readme_round_trip_works_when_the_slices_are_not_a_multiple_of_the_f
     # The same scores as scoring the truth's first 24 slices by hand.
     sr = read_volume(tmp_path / "t2_sr.nii.gz").array
     assert scores["psnr"] == pytest.approx(psnr(sr, truth.array[:24], read_volume(mask_path).array[:24]), abs=1e-3)
+    # The two files the other way round: the "result" reaches beyond the "truth", which no result does.
+    code, out, err = cli("evaluate", truth_path, tmp_path / "t2_sr.nii.gz")
+    assert code == 0 and "reaches beyond the truth; scored on the 18×20×24 they share (the order is RESULT TRUTH" in err
 
 
 def test_evaluate_refuses_different_lattices_with_the_spacing_to_use(tmp_path, cli):
     a = write_volume(smooth_volume(shape_kji=(6, 20, 18), spacing=(0.9, 0.9, 2.0)), tmp_path / "a.nii.gz")
     b = write_volume(smooth_volume(shape_kji=(6, 20, 16), spacing=(1.0, 1.0, 2.0)), tmp_path / "b.nii.gz")
     code, _, err = cli("evaluate", a, b)
-    assert code == 2 and "sample different voxel lattices; super-resolve with --target-spacing 1 1 2" in err
+    assert code == 2 and "have different voxel sizes; super-resolve with --target-spacing 1 1 2" in err
     # The same size and origin on another spacing is another lattice too, not a voxel-for-voxel match.
     c = write_volume(smooth_volume(shape_kji=(6, 20, 18), spacing=(1.0, 1.0, 2.0)), tmp_path / "c.nii.gz")
     code, out, err = cli("evaluate", a, c)
-    assert code == 2 and out == "" and "sample different voxel lattices; super-resolve with --target-spacing 1 1 2" in err
+    assert code == 2 and out == "" and "have different voxel sizes; super-resolve with --target-spacing 1 1 2" in err
+    # The same lattice shifted by part of a voxel: another scan, whatever the spacing.
+    shifted = smooth_volume(shape_kji=(6, 20, 18), spacing=(0.9, 0.9, 2.0))
+    d = write_volume(Volume(shifted.array, shifted.spacing, tuple(np.add(shifted.origin, (0.3, 0, 0))),
+                            shifted.direction), tmp_path / "d.nii.gz")
+    code, _, err = cli("evaluate", a, d)
+    assert code == 2 and "are offset by -0.3 +0 +0 mm, not a whole number of voxels; check that the result" in err

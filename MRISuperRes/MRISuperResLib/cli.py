@@ -250,10 +250,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     if not result.grid.same_as(truth.grid, tolerance=1e-3):
         boxes = common_voxels(result.grid, truth.grid)
         if boxes is None:
-            spacing = " ".join(f"{s:g}" for s in truth.grid.spacing)
-            raise MRISuperResError(
-                f"The result ({result.grid.describe()}) and the truth ({truth.grid.describe()}) sample different "
-                f"voxel lattices; super-resolve with --target-spacing {spacing} or resample one onto the other.")
+            raise MRISuperResError(_different_lattices(result.grid, truth.grid))
         in_result, in_truth = boxes
         result_array, truth_array = result_array[in_result], truth_array[in_truth]
         if truth_array.size == 0:
@@ -263,9 +260,14 @@ def command_evaluate(args: argparse.Namespace) -> int:
                 raise MRISuperResError("The mask must be on the truth's grid; resample it onto the truth first.")
             mask_array = mask_array[in_truth]
         cropped = list(truth_array.shape[::-1])
-        print(f"evaluate: the result covers {'×'.join(map(str, cropped))} of the truth's "
-              f"{'×'.join(map(str, truth.grid.size))} voxels (thick slices drop an incomplete last slab); "
-              "scored on those", file=sys.stderr)
+        shared = "×".join(map(str, cropped))
+        if result_array.shape != result.array.shape:
+            # A result made from the truth never reaches beyond it: rather the two files are the other way round.
+            print(f"evaluate: the result ({'×'.join(map(str, result.grid.size))} voxels) reaches beyond the truth; "
+                  f"scored on the {shared} they share (the order is RESULT TRUTH: check it)", file=sys.stderr)
+        else:
+            print(f"evaluate: the result covers {shared} of the truth's {'×'.join(map(str, truth.grid.size))} voxels "
+                  "(thick slices drop an incomplete last slab); scored on those", file=sys.stderr)
     scores = score(result_array, truth_array, mask_array)
     if cropped:
         scores["compared_voxels"] = cropped
@@ -273,6 +275,22 @@ def command_evaluate(args: argparse.Namespace) -> int:
     scores["data_range"] = "truth max - truth min"
     print(json.dumps(scores, indent=2))
     return 0
+
+
+def _different_lattices(result, truth) -> str:
+    """Why `mrisuperres evaluate` cannot compare two grids voxel by voxel, and what to do."""
+    import numpy as np
+
+    grids = f"The result ({result.describe()}) and the truth ({truth.describe()})"
+    if not np.allclose(result.spacing, truth.spacing, rtol=1e-3):
+        spacing = " ".join(f"{s:g}" for s in truth.spacing)
+        return (f"{grids} have different voxel sizes; super-resolve with --target-spacing {spacing} or resample one "
+                "onto the other.")
+    if not np.allclose(result.direction, truth.direction, atol=1e-6):
+        return f"{grids} are oriented differently; check that the result was made from this truth's scan."
+    shift = " ".join(f"{d:+.3g}" for d in np.subtract(result.origin, truth.origin))
+    return (f"{grids} are offset by {shift} mm, not a whole number of voxels; check that the result was made from "
+            "this truth's scan.")
 
 
 def command_demo(args: argparse.Namespace) -> int:

@@ -330,7 +330,9 @@ def batch(source: str | os.PathLike, output_dir: str | os.PathLike, reference_pa
             _run_distributed(cases, options, force, workers, scheduler, finished)
     except KeyboardInterrupt:
         for index, case in enumerate(cases):
-            rows.setdefault(index, {"case": case.name, "status": "not run", "message": "the batch was stopped",
+            rows.setdefault(index, {"case": case.name, "status": "not run",
+                                    "message": "the batch was stopped before it finished (a worker may still "
+                                               "finish a case it had begun: a rerun skips it then)",
                                     "input": case.input, "output": case.output})
         write_report([rows[i] for i in range(len(cases))], output_dir)
         raise CancelledError("The batch was stopped; finished cases are kept and a rerun does the rest.")
