@@ -214,3 +214,13 @@ def test_the_time_estimate_counts_the_registration_of_a_paired_reference():
     # Nothing to register: no reference, or a model that takes none.
     assert plan_run(volume, model="edsr-mixed", threads=2, self_check=False).seconds == pytest.approx(unregistered.seconds)
     assert plan_run(volume, reference, model="cubic").seconds == plan_run(volume, model="cubic").seconds
+
+
+def test_one_scale_value_on_thick_slices_warns_that_every_axis_gets_it():
+    volume = smooth_volume(shape_kji=(12, 40, 36), spacing=(1.0, 1.0, 4.0))
+    warned = plan_run(volume, model="cubic", scale=[4]).warnings
+    assert warned == ["one --scale value scales every axis, the sharp ones too (0.25 × 0.25 × 1 mm); for the thick "
+                      "axis alone give three values (--scale 1 1 4) or --target-spacing"]
+    assert plan_run(volume, model="cubic", scale=[1, 1, 4]).warnings == []
+    isotropic = smooth_volume(shape_kji=(12, 40, 36), spacing=(2.0, 2.0, 2.0))
+    assert plan_run(isotropic, model="cubic", scale=[2]).warnings == []

@@ -346,6 +346,14 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
         notes.extend(left_out)
     if any(f < 1 - SPACING_TOLERANCE for f in factors):
         notes.append("some axes get coarser; they are low-pass filtered before resampling")
+    one_scale = scale is not None and (np.isscalar(scale) or len(scale) == 1)
+    if one_scale and max(source.spacing) >= 1.5 * min(source.spacing) and len(upsampled) == 3:
+        # Thick slices and `--scale 4` most often mean 4x along the slices; every axis gets it.
+        thick = int(np.argmax(source.spacing))
+        example = " ".join(f"{factors[a]:g}" if a == thick else "1" for a in range(3))
+        warnings.append(f"one --scale value scales every axis, the sharp ones too "
+                        f"({' × '.join(f'{s:.3g}' for s in spacing)} mm); for the thick axis alone give three "
+                        f"values (--scale {example}) or --target-spacing")
     if has_reference and not model.uses_reference:
         notes.append(f"model {model.name} does not use a reference; the reference is only checked, not used")
     # Two or more coarse axes are an in-plane run: judged against the in-plane factors when the model has them.
