@@ -12,7 +12,6 @@ import slicer
 import vtk
 
 from MRISuperResLib.errors import MRISuperResError
-from MRISuperResLib.foreground import scan_signal_shares
 from MRISuperResLib.validation import check_scalar_volume
 from MRISuperResLib.volume import Grid, Volume
 
@@ -78,10 +77,15 @@ def grid_from_node(node, role: str = "input") -> Grid:
 _SHARES_CACHE: dict = {}
 
 
-def signal_shares_of_node(node, batch_size: int) -> dict[int, float]:
+def signal_shares_of_node(node, batch_size: int) -> dict[int, float] | None:
     """`foreground.scan_signal_shares` of the node's voxels, as `mrisuperres plan` counts them, so that the
     module's plan and device lines give the time the run's own plan gives. Cached per node and modification
-    (the lines are redrawn on every parameter change; 0.05 s on 240 x 240 x 38 voxels, more on large scans)."""
+    (the lines are redrawn on every parameter change; 0.05 s on 240 x 240 x 38 voxels, more on large scans).
+    None before scipy is installed (the module's dependencies): the plan then counts every pixel."""
+    try:
+        from MRISuperResLib.foreground import scan_signal_shares
+    except ImportError:
+        return None
     key = (node.GetID(), node.GetImageData().GetMTime(), node.GetMTime(), batch_size)
     if key not in _SHARES_CACHE:
         _SHARES_CACHE.clear()  # one node at a time is planned: keep only its latest
