@@ -142,8 +142,8 @@ def manifest_cases(manifest: Path, output_dir: Path, output_suffix: str = "_SR.n
         case = Case(name, str(base / given), str(output_dir / output), str(base / reference) if reference else None)
         try:
             problem = _manifest_row_problem(row, given)
-            options = {} if problem else {name: _option_value(name, row[name]) for name in RUN_OPTIONS
-                                          if (row.get(name) or "").strip()}
+            options = {} if problem else {option: _option_value(option, row[option]) for option in RUN_OPTIONS
+                                          if (row.get(option) or "").strip()}
         except ValueError:
             options, problem = {}, ("a run option is not a number where one is needed ("
                                     + ", ".join(f"{k}={row[k]!r}" for k in RUN_OPTIONS if (row.get(k) or "").strip())
