@@ -272,3 +272,9 @@ def test_a_usage_mistake_is_one_sentence_without_the_usage_block(tmp_path, capsy
 def test_a_negative_adaptation_time(tmp_path, cli, thick_file):
     assert_refused(cli, tmp_path, [thick_file, "--adapt", "-5"], "The adaptation time must be 0 seconds or more, "
                    "not -5; give --adapt SECONDS or --no-adapt.", [thick_file])
+
+
+def test_a_plane_without_an_upsampled_axis_is_refused_whatever_the_model(tmp_path, cli, thick_file):
+    # Interpolation runs no plane, but a wrong request is a mistake all the same (a manifest's planes column).
+    assert_refused(cli, tmp_path, [thick_file, "--model", "cubic", "--planes", "ij"],
+                   "Plane ij holds no upsampled axis", [thick_file])

@@ -337,7 +337,9 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
             f"The target spacing {' × '.join(f'{s:.3g}' for s in spacing)} mm is not finer than the input's "
             f"{' × '.join(f'{s:.3g}' for s in source.spacing)} mm on any axis; ask for a finer spacing or a scale above 1.")
     notes, warnings = [], []
-    chosen = () if model.is_interpolation else choose_planes(upsampled, planes)
+    # Checked for interpolation too, which runs no plane: a bad request is a mistake whatever the model.
+    chosen = choose_planes(upsampled, planes)
+    chosen = () if model.is_interpolation else chosen
     if chosen and not planes and model.arguments.get("context", 0):
         # Measured on the 2.5D networks only: the thin 2D ones (no context) gain more from averaging both
         # planes (spine val/, 4x thick, without a reference: edsr-large +0.31, edsr-mixed +0.04, daasr-refhead
