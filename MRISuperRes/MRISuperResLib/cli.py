@@ -279,16 +279,17 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 def _different_lattices(result, truth) -> str:
     """Why `mrisuperres evaluate` cannot compare two grids voxel by voxel, and what to do."""
-    import numpy as np
+    from .geometry import lattice_difference
 
     grids = f"The result ({result.describe()}) and the truth ({truth.describe()})"
-    if not np.allclose(result.spacing, truth.spacing, rtol=1e-3):
+    difference = lattice_difference(result, truth)
+    if difference == "spacing":
         spacing = " ".join(f"{s:g}" for s in truth.spacing)
         return (f"{grids} have different voxel sizes; super-resolve with --target-spacing {spacing} or resample one "
                 "onto the other.")
-    if not np.allclose(result.direction, truth.direction, atol=1e-6):
+    if difference == "direction":
         return f"{grids} are oriented differently; check that the result was made from this truth's scan."
-    shift = " ".join(f"{d:+.3g}" for d in np.subtract(result.origin, truth.origin))
+    shift = " ".join(f"{r - t:+.3g}" for r, t in zip(result.origin, truth.origin))
     return (f"{grids} are offset by {shift} mm, not a whole number of voxels; check that the result was made from "
             "this truth's scan.")
 

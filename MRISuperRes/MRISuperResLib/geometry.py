@@ -67,18 +67,25 @@ def overlap_fraction(grid: Grid, other: Grid) -> float:
     return float(inside.mean())
 
 
-def common_voxels(grid: Grid, other: Grid) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
-    """When `grid` and `other` sample the same lattice (equal spacing and direction, origins a whole number
-    of voxels apart): the numpy (k, j, i) slices of each array that hold their shared voxels (empty when
-    they do not overlap); None when they are different lattices. A thick-slice volume drops an incomplete
-    last slab, so its super-resolved result is such a sub-grid of the volume it was made from."""
-    if not np.allclose(grid.spacing, other.spacing, rtol=SPACING_TOLERANCE) or \
-            not np.allclose(grid.direction, other.direction, atol=1e-6):
-        return None
+def lattice_difference(grid: Grid, other: Grid) -> str | None:
+    """Why `grid` and `other` sample different lattices: "spacing", "direction" or "offset" (origins not a whole
+    number of voxels apart); None when they sample the same one."""
+    if not np.allclose(grid.spacing, other.spacing, rtol=SPACING_TOLERANCE):
+        return "spacing"
+    if not np.allclose(grid.direction, other.direction, atol=1e-6):
+        return "direction"
     offset = other.physical_to_index(np.asarray(grid.origin))  # grid's first voxel, in other's indices
-    if not np.allclose(offset, np.round(offset), atol=1e-3):
+    return None if np.allclose(offset, np.round(offset), atol=1e-3) else "offset"
+
+
+def common_voxels(grid: Grid, other: Grid) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """When `grid` and `other` sample the same lattice (`lattice_difference`): the numpy (k, j, i) slices of
+    each array that hold their shared voxels (empty when they do not overlap); None when they are different
+    lattices. A thick-slice volume drops an incomplete last slab, so its super-resolved result is such a
+    sub-grid of the volume it was made from."""
+    if lattice_difference(grid, other):
         return None
-    offset = np.round(offset).astype(int)
+    offset = np.round(other.physical_to_index(np.asarray(grid.origin))).astype(int)
     first = np.maximum(offset, 0)
     last = np.minimum(offset + np.asarray(grid.size), np.asarray(other.size))
     last = np.maximum(last, first)
