@@ -161,6 +161,12 @@ def test_an_input_replaced_since_is_redone_and_one_named_another_way_is_not(tmp_
     assert set(statuses(batch(Path("in"), tmp_path / "out", model="cubic")).values()) == {"skipped"}
     write_volume(thick(5), source / "case1.nii.gz")  # another scan under the same name
     assert statuses(batch(source, tmp_path / "out", model="cubic")) == {"case0": "skipped", "case1": "done"}
+    # A header and its data file: a scan replaced in the data file alone is redone too.
+    header = write_volume(thick(2), source / "case2.mhd")
+    batch(source, tmp_path / "out", model="cubic")
+    data = next(p for p in source.iterdir() if p.name.startswith("case2") and p != header)
+    data.write_bytes(data.read_bytes() + b"\0")
+    assert statuses(batch(source, tmp_path / "out", model="cubic"))["case2"] == "done"
 
 
 def test_a_bids_dataset_on_a_dask_local_cluster_of_two_workers(tmp_path):

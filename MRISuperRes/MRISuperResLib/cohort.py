@@ -220,15 +220,15 @@ def _record(case: Case, options: dict) -> dict:
 
 
 def _file_state(path: str) -> dict:
-    """The file's resolved path, size and modification time (for a DICOM folder, of its newest file)."""
+    """The volume's resolved path, and the size and newest modification time of the files it is stored in (a
+    .mhd or .nhdr header and its data file, `io.files_of`; a DICOM folder's files)."""
+    from .io import files_of
+
     resolved = Path(path).resolve()
-    if resolved.is_dir():
-        files = [p.stat() for p in resolved.rglob("*") if p.is_file()]
-        return {"path": str(resolved), "bytes": sum(f.st_size for f in files),
-                "modified_ns": max((f.st_mtime_ns for f in files), default=0)}
-    state = resolved.stat() if resolved.exists() else None
-    return {"path": str(resolved), "bytes": state.st_size if state else None,
-            "modified_ns": state.st_mtime_ns if state else None}
+    stored = [p for p in resolved.rglob("*") if p.is_file()] if resolved.is_dir() else files_of(resolved)
+    states = [p.stat() for p in stored if p.is_file()]
+    return {"path": str(resolved), "bytes": sum(f.st_size for f in states),
+            "modified_ns": max((f.st_mtime_ns for f in states), default=0)}
 
 
 def _sidecar(output: str) -> Path:
