@@ -366,14 +366,13 @@ def train(config: TrainingConfig, data_root: Path, runs_dir: Path, threads: int 
                 log.flush()
     except KeyboardInterrupt:
         # Ctrl+C or SIGTERM: keep what was learnt since the last checkpoint, and say how to go on.
-        bar.close()
-        bank.close()
         if rank == 0 and step:
             _save_checkpoint(checkpoint, network, optimizer, scheduler, rng, step, critic, critic_optimizer)
         raise CancelledError(f"Training stopped at step {step} of {config.steps}; '{checkpoint}' holds it: continue "
                              "with --resume (no weights or card were written).") from None
-    bar.close()
-    bank.close()
+    finally:
+        bar.close()
+        bank.close()
 
     if rank == 0:
         if step < config.steps:  # stopped by the time limit
