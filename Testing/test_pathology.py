@@ -1,7 +1,8 @@
-"""Pathology is kept, and none is invented (issue 11), on the phantom with the default model (the network
-alone, as `--no-self-check` runs it): lesions of 3-10 mm in 4x thick T2 slices keep their contrast against
-the surrounding white matter, never less than cubic interpolation keeps it; a lesion present only in the
-reference moves the output there by less than the noise level."""
+"""Pathology is kept, and none is invented (issue 11), on the phantom with the default model (as
+`--no-self-check` runs it: the network, the projection onto the acquired slices and the ball fit of small
+lesions): lesions of 3-10 mm in 4x thick T2 slices keep their contrast against the surrounding white matter
+within 10 %, never less than cubic interpolation keeps it; a lesion present only in the reference moves the
+output there by less than the noise level."""
 
 from __future__ import annotations
 
@@ -45,14 +46,18 @@ def test_lesions_keep_their_contrast(head):
                 for name, image in (("cubic", cubic), ("alone", alone), ("guided", guided))}
         # Never more contrast lost than interpolation loses, nor contrast invented.
         assert kept["alone"] >= kept["cubic"] - 0.02 and kept["guided"] >= kept["cubic"] - 0.02, (diameter, kept)
-        assert kept["alone"] < 0.1 and kept["guided"] < 0.1, (diameter, kept)
-        # Within 10 % of the truth's: with the reference from 5 mm; without it from 10 mm, where the lesion
-        # fills two 4 mm slabs whatever its position (a thinner one is averaged with its surround in most
-        # slabs: the input has lost part of its contrast, which only the reference can give back).
-        if diameter >= 5:
-            assert abs(kept["guided"]) <= 0.1, (diameter, kept)
-        if diameter >= 10:
-            assert abs(kept["alone"]) <= 0.1, (diameter, kept)
+        # Within 10 % of the truth's, with and without the reference. A lesion thinner than a 4 mm slab is
+        # averaged with its surround there (cubic keeps 71 % of the 3 mm one's contrast); the slabs it shows in
+        # and its in-plane size give it back as a ball (`round_lesions`; the network alone kept 76 % without
+        # the reference, 89 % with it).
+        assert abs(kept["alone"]) <= 0.1 and abs(kept["guided"]) <= 0.1, (diameter, kept)
+
+
+def test_without_the_ball_fit_a_3_mm_lesion_stays_spread(head):
+    labels, lesions, truth, _, thick, _ = head
+    spread = superresolve(thick, target_spacing=truth.spacing, self_check=False, round_lesions=False).array
+    expected = contrast_ratio(truth.array, lesions[0], labels)
+    assert contrast_ratio(spread, lesions[0], labels) / expected - 1 < -0.15
 
 
 def test_a_lesion_only_in_the_reference_does_not_appear(head):

@@ -92,7 +92,7 @@ def command_run(args: argparse.Namespace) -> int:
             volume, reference, register_reference=args.register_reference, force=args.force, progress=progress,
             gate_reference=not args.no_reference_gate, adapt=0.0 if args.no_adapt else args.adapt,
             self_check=not args.no_self_check, fallback=not args.no_fallback, report=report,
-            consistency=not args.no_consistency, **_target(args))
+            consistency=not args.no_consistency, round_lesions=not args.no_round_lesions, **_target(args))
     finally:
         if hasattr(progress, "close"):
             progress.close()
@@ -127,6 +127,8 @@ def command_batch(args: argparse.Namespace) -> int:
     options = {k: v for k, v in _target(args).items() if v is not None}
     options.update(register_reference=args.register_reference, self_check=not args.no_self_check,
                    adapt=0.0 if args.no_adapt else args.adapt, consistency=not args.no_consistency)
+    if args.no_round_lesions:  # only when asked, so that the records of earlier batches stay valid
+        options["round_lesions"] = False
     bar = None  # made at the first finished case, so that a batch refused outright shows no empty bar
 
     def progress(done: int, total: int, row: dict) -> None:
@@ -350,6 +352,9 @@ def _add_consistency_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-consistency", action="store_true",
                         help="keep the model's output as it is, even when the slice profile estimated from it would "
                              "make it agree exactly with the acquired slices")
+    parser.add_argument("--no-round-lesions", action="store_true",
+                        help="leave small round lesions as the model spread them over the thick slabs, instead of "
+                             "fitting a ball to the slabs that show them (README, Pathology is kept)")
 
 
 def _add_output_arguments(command: argparse.ArgumentParser) -> None:

@@ -44,6 +44,7 @@ class RunOptions:
     adapt: float | None = None  # seconds of per-scan fine-tuning; None: the default budget; 0: never
     self_check: bool = True
     consistency: bool = True  # agree exactly with the acquired slices when their profile is clear
+    round_lesions: bool = True  # small round lesions fitted as balls in the slabs that show them
     force: bool = False  # run even when the memory estimate exceeds what is free
 
     def arguments(self) -> list[str]:
@@ -65,6 +66,8 @@ class RunOptions:
             args.append("--no-self-check")
         if not self.consistency:
             args.append("--no-consistency")
+        if not self.round_lesions:
+            args.append("--no-round-lesions")
         if self.force:
             args.append("--force")
         return args

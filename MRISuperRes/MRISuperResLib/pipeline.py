@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import adapt as scan_adaptation
-from .consistency import estimate_profile, project
+from .consistency import ProfileOperator, disjoint_slabs, estimate_profile, project
 from .confidence import CONFIDENCE_THRESHOLD, REGISTRATION_MARGIN, reference_agreement
 from .devices import resolve_device, set_threads
 from .errors import MRISuperResError
@@ -25,6 +25,7 @@ from .progress import CancelFlag, ProgressCallback, StageReporter
 from .registration import (BARELY_MOVED_VOXELS, RegistrationFailed, describe_transform, largest_displacement_mm,
                            register_rigid)
 from .resample import preinterpolate, resample_to_grid, slab_average
+from .round_lesions import restore
 from .texture import TextureSource, acquired_planes
 from .validation import check_reference_is_not_input, check_scalar_volume
 from .volume import AXIS_NAMES, Volume
@@ -85,7 +86,7 @@ def superresolve(volume: Volume, reference: Volume | None = None, model: str | N
                  progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
                  gate_reference: bool = True, reference_mode: str | None = None, adapt: float | None = None,
                  self_check: bool = True, fallback: bool = True, report: dict | None = None,
-                 consistency: bool = True) -> Volume:
+                 consistency: bool = True, round_lesions: bool = True) -> Volume:
     """Super-resolve `volume` onto the planned target grid; the input is never modified.
 
     `model` names an entry of the model registry (None: the registry's default); `target_spacing` is
@@ -103,7 +104,9 @@ def superresolve(volume: Volume, reference: Volume | None = None, model: str | N
     cubic there, return cubic interpolation. `report`, a dict, receives the estimate and the decisions.
     `consistency`: estimate the slice profile from the output and, when one the models know fits clearly,
     change the output as little as possible so that its slices, so acquired, equal the input's (see
-    `consistency`).
+    `consistency`). `round_lesions`: after a projection onto box slabs, give small round lesions that two
+    slabs show back the contrast the slabs averaged away (`round_lesions`); False leaves them as the network
+    spread them.
 
     >>> import numpy as np
     >>> from MRISuperResLib import Volume, superresolve
@@ -114,7 +117,7 @@ def superresolve(volume: Volume, reference: Volume | None = None, model: str | N
     return superresolve_with_confidence(
         volume, reference, model, target_spacing, scale, planes, device, threads, batch_size, tile,
         register_reference, models_dir, force, progress, cancel, gate_reference, reference_mode, adapt,
-        self_check, fallback, report, consistency)[0]
+        self_check, fallback, report, consistency, round_lesions)[0]
 
 
 def superresolve_with_confidence(volume: Volume, reference: Volume | None = None, model: str | None = None,
@@ -125,8 +128,8 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
                                  progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
                                  gate_reference: bool = True, reference_mode: str | None = None,
                                  adapt: float | None = None, self_check: bool = True, fallback: bool = True,
-                                 report: dict | None = None, consistency: bool = True
-                                 ) -> tuple[Volume, Volume | None]:
+                                 report: dict | None = None, consistency: bool = True,
+                                 round_lesions: bool = True) -> tuple[Volume, Volume | None]:
     """`superresolve`, and for texture-transfer models also the confidence of the texture matches (for DAASR,
     of its reference matches) on the output grid (0: no match, 1: a perfect one; averaged over the planes);
     None for other models."""
@@ -194,7 +197,7 @@ def superresolve_with_confidence(volume: Volume, reference: Volume | None = None
     del lr, reference_array, reference_mask
     fused = input_scale.restore(fused, in_place=True)
     if consistency:
-        fused = _consistent_with_input(volume, fused, plan, progress, cancel, report, tuned_for)
+        fused = _consistent_with_input(volume, fused, plan, progress, cancel, report, tuned_for, round_lesions)
     result = Volume.on_grid(fused, plan.target)
     if confidence is None:
         # A texture run whose reference was dropped with no plane of its own to take texture from.
@@ -209,7 +212,7 @@ def _projectable(volume: Volume, plan: Plan) -> bool:
 
 
 def _consistent_with_input(volume: Volume, output: np.ndarray, plan: Plan, progress, cancel, report: dict,
-                           tuned_for: str | None = None) -> np.ndarray:
+                           tuned_for: str | None = None, lesions: bool = True) -> np.ndarray:
     """`output` projected onto the volumes that acquire exactly the input's slices, when the slice profile
     estimated from it is one the models know; else unchanged. `tuned_for`: adaptation learnt only what this
     profile's projection leaves, so the output is projected onto it whatever the estimate (on val/ at 2× such
@@ -229,8 +232,27 @@ def _consistent_with_input(volume: Volume, output: np.ndarray, plan: Plan, progr
     non_negative = bool(volume.array.min() >= 0)
     projected = project(volume, output, plan.target.spacing, plan.upsampled, profile, non_negative)
     chosen = "" if profile == estimate.profile else f"; projected onto the {profile} profile the model was adapted for"
-    stage.finish(f"{estimate.describe()}: output made consistent with the acquired slices{chosen}")
+    restored = ""
+    if lesions and profile == "box":
+        projected, balls = _restore_round_lesions(volume, projected, plan)
+        if balls is not None:
+            report["round_lesions"] = len(balls)
+            restored = f"; {len(balls)} small round lesion{'' if len(balls) == 1 else 's'} restored within the slabs"
+    stage.finish(f"{estimate.describe()}: output made consistent with the acquired slices{chosen}{restored}")
     return projected
+
+
+def _restore_round_lesions(volume: Volume, output: np.ndarray, plan: Plan):
+    """`output` with the small round lesions of the input's box slabs restored (`round_lesions`), and the balls
+    fitted; None instead of the balls where the slabs are not disjoint boxes along one axis."""
+    operator = ProfileOperator.between("box", volume, output.shape, plan.target.spacing, plan.upsampled)
+    if len(operator.matrices) != 1:
+        return output, None
+    (axis_np, matrix), = operator.matrices.items()
+    slab_of = disjoint_slabs(matrix)
+    if slab_of is None:
+        return output, None
+    return restore(output, volume.array, slab_of, axis_np, tuple(plan.target.spacing[::-1]))
 
 
 def _no_matches(plan: Plan) -> Volume:

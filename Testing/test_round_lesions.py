@@ -1,0 +1,84 @@
+"""Small round lesions restored within their slabs (`round_lesions`): a ball that two thick slabs show gets its
+contrast back and each slab keeps its mean; what is no ball, or could lie anywhere in one slab, is left alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from MRISuperResLib.consistency import disjoint_slabs, profile_matrix
+from MRISuperResLib.round_lesions import restore
+
+SHAPE = (64, 48, 48)  # (k, j, i), 1 mm voxels; k is made thick
+FACTOR = 4
+SURROUND, LESION, NOISE = 400.0, 850.0, 8.0
+
+
+def tissue_with(*shapes) -> np.ndarray:
+    """Noisy flat tissue with the given occupancy masks painted at lesion intensity."""
+    rng = np.random.default_rng(0)
+    image = np.full(SHAPE, SURROUND) + NOISE * rng.standard_normal(SHAPE)
+    for shape in shapes:
+        image = image * (1 - shape) + LESION * shape
+    return image.astype(np.float32)
+
+
+def ball(centre, radius) -> np.ndarray:
+    """Each voxel's share of the ball (4 samples per voxel and axis): partial volume, as a scan has it."""
+    offsets = (np.arange(4) + 0.5) / 4 - 0.5
+    share = np.zeros(SHAPE, np.float32)
+    grid = np.indices(SHAPE).astype(np.float32)
+    for dk in offsets:
+        for dj in offsets:
+            for di in offsets:
+                inside = ((grid[0] + dk - centre[0]) ** 2 + (grid[1] + dj - centre[1]) ** 2
+                          + (grid[2] + di - centre[2]) ** 2) <= radius ** 2
+                share += inside / offsets.size ** 3
+    return share
+
+
+def acquire_and_spread(truth: np.ndarray):
+    """The thick slabs, the output a network that spreads each slab evenly would give, and the slab map."""
+    slabs = truth.reshape(SHAPE[0] // FACTOR, FACTOR, *SHAPE[1:]).mean(axis=1)
+    slab_of = disjoint_slabs(profile_matrix("box", len(slabs), SHAPE[0], float(FACTOR), 1.0))
+    return slabs, np.repeat(slabs, FACTOR, axis=0), slab_of
+
+
+def contrast(image: np.ndarray, share: np.ndarray) -> float:
+    """The mean over the lesion's voxels (those at least half inside it), above the surround."""
+    return float(image[share >= 0.5].mean() - SURROUND)
+
+
+@pytest.mark.parametrize("centre_k", [31.5, 32.0])  # halves in two slabs; a quarter and a half
+def test_a_3_mm_lesion_across_two_slabs_gets_its_contrast_back(centre_k):
+    lesion = ball((centre_k, 24, 24), 1.5)
+    truth = tissue_with(lesion)
+    slabs, spread, slab_of = acquire_and_spread(truth)
+    restored, balls = restore(spread, slabs, slab_of, 0, (1.0, 1.0, 1.0))
+    assert len(balls) == 1, balls
+    assert abs(balls[0].z_mm - centre_k) < 0.6 and 1.2 < balls[0].radius_mm < 2.2, balls
+    assert contrast(spread, lesion) < 0.7 * contrast(truth, lesion)  # what the slabs left of it
+    assert abs(contrast(restored, lesion) / contrast(truth, lesion) - 1) < 0.1
+    # Every slab keeps its mean: the output still acquires the input.
+    again = restored.reshape(SHAPE[0] // FACTOR, FACTOR, *SHAPE[1:]).mean(axis=1)
+    np.testing.assert_allclose(again, slabs, atol=1e-2)
+
+
+def test_what_is_no_small_ball_is_left_alone():
+    k, j, i = np.indices(SHAPE)
+    vessel = (((j - 12) ** 2 + (i - 12) ** 2) <= 1.5 ** 2).astype(np.float32)  # along the thick axis
+    in_one_slab = ball((33.5, 36, 36), 1.2)  # wholly inside slab 8: it could lie anywhere in it
+    in_plane_tube = ((np.abs(k - 30.5) <= 1.5) & (np.abs(j - 36) <= 1.5) & (i > 6) & (i < 20)).astype(np.float32)
+    truth = tissue_with(vessel, in_one_slab, in_plane_tube)
+    slabs, spread, slab_of = acquire_and_spread(truth)
+    restored, balls = restore(spread, slabs, slab_of, 0, (1.0, 1.0, 1.0))
+    assert balls == []
+    np.testing.assert_array_equal(restored, spread)
+
+
+def test_pixels_too_coarse_to_show_a_small_lesion_round_are_left_alone():
+    truth = tissue_with(ball((31.5, 24, 24), 1.5))
+    slabs, spread, slab_of = acquire_and_spread(truth)
+    # 3 mm pixels in-plane: a lesion of 3.6 mm or more (the smallest searched) shows in full in one 4 mm slab.
+    restored, balls = restore(spread, slabs, slab_of, 0, (1.0, 3.0, 3.0))
+    assert balls == [] and restored is spread
