@@ -29,11 +29,13 @@ WIDEST_SHARE_OF_SLAB = 0.85
 RADIUS_STEP_MM = 0.5
 DETECTION_SIGMAS = 10.0  # a blob's Laplacian response over that of the noise alone (the 3 mm phantom lesion: 46)
 ROUNDNESS = 0.5  # smaller over larger in-plane curvature: a vessel along the slab is near 0, a blob near 1
-MOST_FITS = 400  # the strongest candidates fitted, at most (a few ms each)
+MOST_FITS = 600  # the strongest candidates fitted, at most (5 ms each, most rejected by the coarse search)
 BALL_LIKE = 0.6  # the most a blob's responses across slabs may stray from a ball's chords (relative), to be fitted
 MISFIT = 0.3  # RMS misfit over the RMS signal, over the ball's footprint in the slabs fitted
 SECOND_SLAB = 0.15  # the least share of the ball's chord a second slab must hold, over the first's
-ROUGH_MISFIT = 0.6  # the coarse search's relative misfit above which a blob is no ball (the fit's bar is MISFIT)
+ROUGH_MISFIT = 0.45  # the coarse search's relative misfit above which a blob is no ball (the fit's bar is MISFIT)
+AT_THE_EDGE = 0.95  # a fitted radius above this share of the widest searched means "at least that wide"
+LESION_TO_SURROUND = (0.2, 3.0)  # the lesion's intensity over its surround's: a T1 hole to a bright T2 lesion
 CONTINUES = 0.5  # a slab shows a blob when its core holds more than this share of the most any slab around holds
 SUBSAMPLES = 3  # per pixel and axis in-plane, for the ball's partial volume
 EDGE_PIXELS = 0.5
@@ -105,51 +107,78 @@ def _noise(slabs: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(response)) / 6.0)  # the kernel's norm is 6
 
 
-def _laplacian(image: np.ndarray, sigma_mm: float, in_plane) -> np.ndarray:
-    """Scale-normalised negative Laplacian of Gaussian (mm units): positive at bright blobs of radius
-    about sigma·√2."""
-    sigmas = [sigma_mm / s for s in in_plane]
-    total = sum(ndimage.gaussian_filter(image, sigmas, order=[2 if a == axis else 0 for a in range(2)]) / in_plane[axis] ** 2
-                for axis in range(2))
-    return -sigma_mm ** 2 * total
+def _curvatures(images: np.ndarray, sigma_mm: float, in_plane) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Second derivatives (mm⁻²) along a, along b and across, of each image (last two axes) smoothed by a
+    Gaussian of `sigma_mm`: finite differences of the smoothed image, one filter for all three."""
+    sigmas = [0.0] * (images.ndim - 2) + [sigma_mm / s for s in in_plane]
+    smooth = ndimage.gaussian_filter(images.astype(np.float32), sigmas, mode="nearest")
+    up_a, down_a = np.roll(smooth, -1, -2), np.roll(smooth, 1, -2)
+    saa = (up_a - 2 * smooth + down_a) / in_plane[0] ** 2
+    sbb = (np.roll(smooth, -1, -1) - 2 * smooth + np.roll(smooth, 1, -1)) / in_plane[1] ** 2
+    sab = (np.roll(up_a, -1, -1) - np.roll(up_a, 1, -1) - np.roll(down_a, -1, -1) + np.roll(down_a, 1, -1)) / (
+        4 * in_plane[0] * in_plane[1])
+    return saa, sbb, sab
 
 
 def _noise_response(sigma_mm: float, in_plane) -> float:
-    """The spread of `_laplacian` on unit white noise at this scale."""
+    """The spread of the scale-normalised Laplacian (`_candidates`) on unit white noise at this scale."""
     rng = np.random.default_rng(0)
-    return float(np.std(_laplacian(rng.standard_normal((96, 96)), sigma_mm, in_plane)[16:-16, 16:-16]))
+    saa, sbb, _ = _curvatures(rng.standard_normal((96, 96)), sigma_mm, in_plane)
+    return float(np.std((sigma_mm ** 2 * (saa + sbb))[16:-16, 16:-16]))
 
 
 def _candidates(slabs: np.ndarray, bounds: np.ndarray, radii: np.ndarray, in_plane, noise: float,
                 reach_mm: float) -> list[tuple]:
     """(strength, slab, a, b, radius mm, sign, height mm) of round blobs, strongest first, one per blob: the
-    slab and scale where it responds most. Kept for the (slower) fit are only blobs in tissue within `reach_mm`
-    in the slabs around (at the brain's edge a slab half in air looks like a blob), and whose response across
-    those slabs could come from a ball of their in-plane size at some height (not a vessel or a sulcus
-    continuing through them)."""
+    slab and scale where it responds most to the scale-normalised Laplacian of Gaussian (a blob of radius r
+    responds most at sigma r/√2). Kept for the (slower) fit are only blobs in tissue within `reach_mm` in the
+    slabs either side (at the brain's edge a slab half in air looks like a blob), about as curved one way as
+    the other in-plane (a vessel lying in the slab is not), and whose responses in those slabs could come from
+    a ball of their in-plane size at some height (not a vessel or sulcus continuing through them)."""
     sigmas = radii / np.sqrt(2)
-    scales = np.array([_noise_response(s, in_plane) * noise for s in sigmas], np.float32)
-    stack = np.stack([np.stack([_laplacian(image, s, in_plane) for s in sigmas]) for image in slabs]).astype(np.float32)
-    stack /= scales[None, :, None, None]  # (slab, scale, a, b), in noise units
+    responses, roundness = [], []
+    for sigma in sigmas:
+        saa, sbb, sab = _curvatures(slabs, sigma, in_plane)
+        responses.append(-sigma ** 2 * (saa + sbb) / (_noise_response(sigma, in_plane) * noise))
+        # The smaller over the larger principal curvature, where both bend the same way (else 0).
+        mean, spread = np.abs(saa + sbb) / 2, np.sqrt(((saa - sbb) / 2) ** 2 + sab ** 2)
+        roundness.append(np.clip((mean - spread) / (mean + spread + 1e-12), 0, None))
+    stack = np.stack(responses, axis=1)  # (slab, scale, a, b), in noise units
+    round_enough = np.stack(roundness, axis=1) >= ROUNDNESS
     deep = _deep_in_tissue(slabs, reach_mm, in_plane)
+    # Only blobs with a slab either side: the pattern across three slabs is what tells a ball.
+    inside = np.zeros(len(slabs), bool)
+    inside[1:-1] = np.isfinite(bounds[:-2, 0]) & np.isfinite(bounds[1:-1, 0]) & np.isfinite(bounds[2:, 0])
     found = []
     for sign in (1.0, -1.0):
         signed = sign * stack
         peaks = (signed == ndimage.maximum_filter(signed, size=(1, 3, 5, 5))) & (signed > DETECTION_SIGMAS)
-        for slab, scale, a, b in np.argwhere(peaks):
-            around = np.arange(max(0, slab - 1), min(len(slabs), slab + 2))
-            if not deep[around, a, b].all():
-                continue
-            height = _ball_height(signed[around, scale, a, b], bounds[around], float(radii[scale]))
-            if height is not None and _round(slabs[slab], a, b, sigmas[scale], in_plane):
-                found.append((float(signed[slab, scale, a, b]), int(slab), int(a), int(b), float(radii[scale]), sign,
-                              height))
+        slab, scale, a, b = np.nonzero(peaks & round_enough & inside[:, None, None, None])
+        keep = deep[slab - 1, a, b] & deep[slab, a, b] & deep[slab + 1, a, b]
+        slab, scale, a, b = slab[keep], scale[keep], a[keep], b[keep]
+        around = slab[:, None] + np.arange(-1, 2)
+        heights = _ball_heights(signed[around, scale[:, None], a[:, None], b[:, None]], bounds[around], radii[scale])
+        for i in np.flatnonzero(np.isfinite(heights)):
+            found.append((float(signed[slab[i], scale[i], a[i], b[i]]), int(slab[i]), int(a[i]), int(b[i]),
+                          float(radii[scale[i]]), sign, float(heights[i])))
     found.sort(reverse=True)
+    return _one_per_blob(found, min(in_plane))
+
+
+def _one_per_blob(found: list[tuple], pixel: float) -> list[tuple]:
+    """The strongest of the candidates (sorted, strongest first) within two slabs and a radius of each other."""
     kept: list[tuple] = []
-    for candidate in found:  # one per blob across slabs and scales
-        if not any(abs(candidate[1] - other[1]) <= 2 and np.hypot(candidate[2] - other[2], candidate[3] - other[3])
-                   <= candidate[4] / min(in_plane) + 1 for other in kept):
-            kept.append(candidate)
+    cell = 8  # pixels: kept candidates are filed by in-plane cell, so each looks only at its neighbours'
+    filed: dict[tuple[int, int], list[tuple]] = {}
+    for candidate in found:
+        _, slab, a, b, radius, _, _ = candidate
+        reach = radius / pixel + 1
+        around = (filed.get((a // cell + da, b // cell + db), ()) for da in (-1, 0, 1) for db in (-1, 0, 1))
+        if any(abs(slab - other[1]) <= 2 and np.hypot(a - other[2], b - other[3]) <= reach
+               for group in around for other in group):
+            continue
+        kept.append(candidate)
+        filed.setdefault((a // cell, b // cell), []).append(candidate)
     return kept
 
 
@@ -162,39 +191,25 @@ def _deep_in_tissue(slabs: np.ndarray, reach_mm: float, in_plane) -> np.ndarray:
     return np.stack([ndimage.binary_erosion(image, disk, border_value=0) for image in tissue])
 
 
-def _ball_height(responses: np.ndarray, bounds: np.ndarray, radius: float) -> float | None:
-    """The height (mm) of the ball of `radius` whose chords through consecutive slabs follow a blob's responses
-    there best (its contrast fitted by least squares), if they follow them roughly and reach a second slab (see
-    `_fit`); else None."""
-    if not np.isfinite(bounds).all():
-        return None
-    heights = np.linspace(bounds[0, 0], bounds[-1, 1], 4 * len(bounds) + 1)
-    chords = np.clip(np.minimum(bounds[:, 1], heights[:, None] + radius)
-                     - np.maximum(bounds[:, 0], heights[:, None] - radius), 0, None)
-    chords /= bounds[:, 1] - bounds[:, 0]
-    scale = (chords @ responses) / np.maximum((chords ** 2).sum(axis=1), 1e-9)
-    error = np.where(scale > 0, np.linalg.norm(responses[None, :] - scale[:, None] * chords, axis=1), np.inf)
-    best = int(np.argmin(error))
-    if error[best] > BALL_LIKE * np.linalg.norm(responses):
-        return None
-    shares = np.sort(chords[best])
-    return float(heights[best]) if len(shares) > 1 and shares[-2] >= SECOND_SLAB * shares[-1] else None
 
-
-def _round(image: np.ndarray, a: int, b: int, sigma_mm: float, in_plane) -> bool:
-    """Whether the blob at (a, b) curves about as much one way as the other (a tube in the slab does not)."""
-    reach = int(np.ceil(4 * sigma_mm / min(in_plane)))
-    patch = image[max(0, a - reach):a + reach + 1, max(0, b - reach):b + reach + 1]
-    centre = (a - max(0, a - reach), b - max(0, b - reach))
-    sigmas = [sigma_mm / s for s in in_plane]
-    second = lambda order: ndimage.gaussian_filter(patch, sigmas, order=order)[centre]  # noqa: E731
-    haa = second((2, 0)) / in_plane[0] ** 2
-    hbb = second((0, 2)) / in_plane[1] ** 2
-    hab = second((1, 1)) / (in_plane[0] * in_plane[1])
-    eigen = np.linalg.eigvalsh([[haa, hab], [hab, hbb]])
-    if eigen[0] * eigen[1] <= 0:
-        return False
-    return float(np.min(np.abs(eigen)) / np.max(np.abs(eigen))) >= ROUNDNESS
+def _ball_heights(responses: np.ndarray, bounds: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """For each blob (rows: its responses in three consecutive slabs, those slabs' `bounds`, its radius), the
+    height (mm) of the ball whose chords through the slabs follow the responses best (contrast by least
+    squares), where they follow them roughly and reach a second slab (see `_fit`); else NaN."""
+    steps = np.linspace(0.0, 1.0, 13)
+    heights = bounds[:, :1, 0] + steps * (bounds[:, -1:, 1] - bounds[:, :1, 0])  # (blob, height)
+    top = np.minimum(bounds[:, None, :, 1], heights[..., None] + radii[:, None, None])
+    bottom = np.maximum(bounds[:, None, :, 0], heights[..., None] - radii[:, None, None])
+    chords = np.clip(top - bottom, 0, None) / (bounds[:, None, :, 1] - bounds[:, None, :, 0])  # (blob, height, slab)
+    scale = (chords * responses[:, None, :]).sum(-1) / np.maximum((chords ** 2).sum(-1), 1e-9)
+    error = np.linalg.norm(responses[:, None, :] - scale[..., None] * chords, axis=-1)
+    error[scale <= 0] = np.inf
+    best = np.argmin(error, axis=1)
+    rows = np.arange(len(responses))
+    shares = np.sort(chords[rows, best], axis=1)
+    good = ((error[rows, best] <= BALL_LIKE * np.linalg.norm(responses, axis=1))
+            & (shares[:, -2] >= SECOND_SLAB * shares[:, -1]))
+    return np.where(good, heights[rows, best], np.nan)
 
 
 def _ball_in_slabs(bounds: np.ndarray, a_grid: np.ndarray, b_grid: np.ndarray, in_plane, z, a: float,
@@ -227,7 +242,8 @@ def _fit(slabs: np.ndarray, bounds: np.ndarray, candidate: tuple, in_plane, pixe
     ring = (distance >= radius0 + 1.5 * pixel) & (distance <= radius0 + 4.5 * pixel)
     inner = distance <= radius0 + 1.5 * pixel
     block = slabs[near][:, a_range[0]:a_range[-1] + 1, b_range[0]:b_range[-1] + 1]
-    residual = np.stack([image - _background(image, ring) for image in block])
+    surrounds = np.array([_background(image, ring) for image in block])
+    residual = block - surrounds[:, None, None]
     data = residual[:, inner]
     a_in, b_in = a_grid[inner], b_grid[inner]
     near_bounds = bounds[near]
@@ -252,10 +268,16 @@ def _fit(slabs: np.ndarray, bounds: np.ndarray, candidate: tuple, in_plane, pixe
         lambda p: misfit(p)[fitted].ravel(), start, loss="soft_l1", f_scale=2 * noise, diff_step=1e-3,
         bounds=([lowest, a0 - 2, b0 - 2, 0.5 * smallest, -np.inf], [highest, a0 + 2, b0 + 2, widest, np.inf]))
     z, a, b, radius, contrast = best.x
-    if np.sign(contrast) != sign or not smallest * 0.75 <= radius <= widest:
+    # A radius at the search's upper end is a blob at least that wide (the network keeps those).
+    if np.sign(contrast) != sign or not smallest * 0.75 <= radius <= AT_THE_EDGE * widest:
         return None
     shown = _ball_in_slabs(near_bounds, a_in, b_in, in_plane, z, a, b, radius)
     touched = shown.max(axis=1) > 0.05
+    # A lesion's intensity is a plausible multiple of its surround's (brighter is fluid: a vessel or a
+    # perivascular space, in T2 3.5 times white matter); where the surround is not above 0 there is no telling.
+    surround = float(np.median(surrounds[touched]))
+    if surround <= 0 or not LESION_TO_SURROUND[0] <= (surround + contrast) / surround <= LESION_TO_SURROUND[1]:
+        return None
     # Seen in one slab only, a ball could lie anywhere in it: only the share it shows in a second slab says
     # where. (On val/ every such single-slab fit was a vessel or a sulcus.)
     if np.sort(shown.max(axis=1))[-2] < SECOND_SLAB * shown.max():
