@@ -9,7 +9,7 @@ slab means at one position and one contrast only. So each slab is searched in-pl
 normalised Laplacian of Gaussian), a ball is fitted to the slabs around each through the acquisition's box
 profile, and where a ball explains them well (and nothing continues into the slabs beyond, as a vessel
 crossing the slabs would) the output's variation within those slabs is replaced there by the ball's. Each
-slab's mean is kept exactly, so the output still acquires the input. Lesions as wide as about 1.7 slabs or
+slab's mean is kept exactly, so the output still acquires the input. Lesions as wide as about 1.6 slabs or
 more are left to the network, which keeps them (their contrast survives in at least one slab).
 
 Assumes what the consistency step has established: box slabs, disjoint, along one axis, with the output on
@@ -38,7 +38,6 @@ AT_THE_EDGE = 0.95  # a fitted radius above this share of the widest searched me
 LESION_TO_SURROUND = (0.2, 3.0)  # the lesion's intensity over its surround's: a T1 hole to a bright T2 lesion
 CONTINUES = 0.5  # a slab shows a blob when its core holds more than this share of the most any slab around holds
 SUBSAMPLES = 3  # per pixel and axis in-plane, for the ball's partial volume
-EDGE_PIXELS = 0.5
 TISSUE = 0.1  # of the slabs' 99th percentile: brighter is tissue, darker air
 
 
@@ -82,7 +81,7 @@ def restore(output: np.ndarray, acquired: np.ndarray, slab_of: np.ndarray, axis_
         ball = _fit(slabs, bounds, candidate, in_plane, pixel, noise, smallest, widest)
         if ball is not None:
             balls.append(ball)
-            _render(changed, ball, slab_of, bounds, dz, in_plane)
+            _render(changed, ball, slab_of, dz, in_plane)
     return np.moveaxis(changed, 0, axis_np), balls
 
 
@@ -100,7 +99,7 @@ def _noise(slabs: np.ndarray) -> float:
     """The noise's sigma in the slabs' tissue: the median response to a kernel that cancels any plane and any
     smooth curvature (Immerkær's), which texture and edges raise only a little."""
     kernel = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])[None]
-    tissue = ndimage.binary_erosion(slabs > 0.2 * np.percentile(slabs, 99), np.ones((1, 5, 5), bool))
+    tissue = ndimage.binary_erosion(slabs > TISSUE * np.percentile(slabs, 99), np.ones((1, 5, 5), bool))
     if tissue.sum() < 100:
         return 0.0
     response = ndimage.convolve(slabs, kernel, mode="nearest")[tissue]
@@ -189,7 +188,6 @@ def _deep_in_tissue(slabs: np.ndarray, reach_mm: float, in_plane) -> np.ndarray:
     a, b = np.ogrid[-reach[0]:reach[0] + 1, -reach[1]:reach[1] + 1]
     disk = (a * in_plane[0]) ** 2 + (b * in_plane[1]) ** 2 <= reach_mm ** 2
     return np.stack([ndimage.binary_erosion(image, disk, border_value=0) for image in tissue])
-
 
 
 def _ball_heights(responses: np.ndarray, bounds: np.ndarray, radii: np.ndarray) -> np.ndarray:
@@ -340,7 +338,7 @@ def _background(image: np.ndarray, ring: np.ndarray) -> float:
     return float(np.median(image[ring]))
 
 
-def _render(out: np.ndarray, ball: Ball, slab_of: np.ndarray, bounds: np.ndarray, dz: float, in_plane) -> None:
+def _render(out: np.ndarray, ball: Ball, slab_of: np.ndarray, dz: float, in_plane) -> None:
     """Replace the variation within the ball's slabs, over its footprint, by the ball's (in place); each slab's
     mean stays as it was."""
     rows = np.flatnonzero(np.isin(slab_of, ball.slabs))
