@@ -82,3 +82,30 @@ def test_pixels_too_coarse_to_show_a_small_lesion_round_are_left_alone():
     # 3 mm pixels in-plane: a lesion of 3.6 mm or more (the smallest searched) shows in full in one 4 mm slab.
     restored, balls = restore(spread, slabs, slab_of, 0, (1.0, 3.0, 3.0))
     assert balls == [] and restored is spread
+
+
+@pytest.mark.parametrize("lesions", [True, False], ids=["default", "off"])
+def test_the_run_restores_after_projecting_onto_box_slabs_unless_told_not_to(lesions):
+    from MRISuperResLib import Volume
+    from MRISuperResLib.pipeline import _consistent_with_input, plan_run
+
+    share = ball((31.5, 24, 24), 1.5)
+    truth = Volume(tissue_with(share), (1.0, 1.0, 1.0))
+    thick = Volume(acquire_and_spread(truth.array)[0], (1.0, 1.0, float(FACTOR)))
+    plan = plan_run(thick, target_spacing=truth.spacing, model="cubic")
+    spread = np.repeat(thick.array, FACTOR, axis=0)
+    report: dict = {}
+    made = _consistent_with_input(thick, spread, plan, None, None, report, tuned_for="box", lesions=lesions)
+    assert report.get("round_lesions") == (1 if lesions else None)
+    restored = abs(contrast(made, share) / contrast(truth.array, share) - 1) < 0.1
+    assert restored == lesions
+
+
+def test_the_switch_reaches_the_command_line():
+    from MRISuperResLib.cli import build_parser
+    from MRISuperResLib.job import RunOptions
+
+    assert RunOptions(round_lesions=False).arguments()[-1] == "--no-round-lesions"
+    assert "--no-round-lesions" not in RunOptions().arguments()
+    for command in ("run", "batch"):
+        assert build_parser().parse_args([command, "in.nii.gz", "out", "--no-round-lesions"]).no_round_lesions
