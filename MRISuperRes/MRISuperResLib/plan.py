@@ -126,6 +126,9 @@ TILE_OVERLAP = 16
 # gradients at its sample points only and a registration that barely moves the reference skips the second
 # resampling and scoring: 5 s planned).
 REGISTRATION_SECONDS_PER_INPUT_VOXEL_THREAD = 2.4e-6
+# `round_lesions` (numpy and scipy, one thread): 3.3 s on the benchmark's 256 x 256 x 64 slabs, 1.7 s on a
+# 240 x 240 x 38-slab brain, on the 2-core AMD EPYC.
+ROUND_LESION_SECONDS_PER_INPUT_VOXEL = 8e-7
 # Texture transfer, per slice pixel of every planned plane and CPU thread, by reference mode: paired mode
 # scatters three images per slice (input, sharp and blurred reference) and matches in a window; the bank
 # modes scatter one and match against the bank. Calibrated on scripts/benchmark.py (edsr-tt against
@@ -403,6 +406,8 @@ def make_plan(source: Grid, model: ModelCard, target_spacing=None, scale=None, p
         shares = [(signal_shares or {}).get(2 - AXIS_NAMES.index(normal_axis_name(p)), 1.0) for p in chosen]
         network_seconds = voxels * sum(shares) * model.macs_per_pixel / rate
         seconds = voxels * CUBIC_SECONDS_PER_VOXEL + network_seconds
+        if len(upsampled) == 1:  # thick slabs: their small round lesions are searched for after the projection
+            seconds += source.voxel_count * ROUND_LESION_SECONDS_PER_INPUT_VOXEL
     if reference_mode:
         # The texture inputs of one slice group and of one batch of tiles, and the confidence volume.
         slice_pixels = max(target.size[a] * target.size[b] for a in range(3) for b in range(a + 1, 3))
