@@ -233,8 +233,11 @@ def _consistent_with_input(volume: Volume, output: np.ndarray, plan: Plan, progr
     projected = project(volume, output, plan.target.spacing, plan.upsampled, profile, non_negative)
     chosen = "" if profile == estimate.profile else f"; projected onto the {profile} profile the model was adapted for"
     restored = ""
-    if lesions and profile == "box":
-        projected, balls = _restore_round_lesions(volume, projected, plan)
+    # The balls are fitted through a box, so only where the slabs were estimated to be boxes (not merely
+    # projected onto the profile adaptation was tuned for), and only on a magnitude image (intensities that
+    # start at 0, which the lesion-to-surround ratios it checks assume).
+    if lesions and estimate.profile == "box" and non_negative:
+        projected, balls = _restore_round_lesions(volume, projected, plan, stage.check_cancel)
         if balls is not None:
             report["round_lesions"] = len(balls)
             restored = f"; {len(balls)} small round lesion{'' if len(balls) == 1 else 's'} restored within the slabs"
@@ -242,7 +245,7 @@ def _consistent_with_input(volume: Volume, output: np.ndarray, plan: Plan, progr
     return projected
 
 
-def _restore_round_lesions(volume: Volume, output: np.ndarray, plan: Plan):
+def _restore_round_lesions(volume: Volume, output: np.ndarray, plan: Plan, cancelled):
     """`output` with the small round lesions of the input's box slabs restored (`round_lesions`), and the balls
     fitted; None instead of the balls where the slabs are not disjoint boxes along one axis."""
     operator = ProfileOperator.between("box", volume, output.shape, plan.target.spacing, plan.upsampled)
@@ -252,7 +255,7 @@ def _restore_round_lesions(volume: Volume, output: np.ndarray, plan: Plan):
     slab_of = disjoint_slabs(matrix)
     if slab_of is None:
         return output, None
-    return restore(output, volume.array, slab_of, axis_np, tuple(plan.target.spacing[::-1]))
+    return restore(output, volume.array, slab_of, axis_np, tuple(plan.target.spacing[::-1]), cancelled)
 
 
 def _no_matches(plan: Plan) -> Volume:
