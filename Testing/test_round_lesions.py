@@ -17,22 +17,24 @@ SURROUND, LESION, NOISE = 400.0, 850.0, 8.0
 def tissue_with(*shapes) -> np.ndarray:
     """Noisy flat tissue with the given occupancy masks painted at lesion intensity."""
     rng = np.random.default_rng(0)
-    image = np.full(SHAPE, SURROUND) + NOISE * rng.standard_normal(SHAPE)
+    shape = shapes[0].shape if shapes else SHAPE
+    image = np.full(shape, SURROUND) + NOISE * rng.standard_normal(shape)
     for shape in shapes:
         image = image * (1 - shape) + LESION * shape
     return image.astype(np.float32)
 
 
-def ball(centre, radius) -> np.ndarray:
-    """Each voxel's share of the ball (4 samples per voxel and axis): partial volume, as a scan has it."""
+def ball(centre, radius, shape=SHAPE, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """Each voxel's share of the ball (centre in voxels, radius in mm; 4 samples per voxel and axis): partial
+    volume, as a scan has it."""
     offsets = (np.arange(4) + 0.5) / 4 - 0.5
-    share = np.zeros(SHAPE, np.float32)
-    grid = np.indices(SHAPE).astype(np.float32)
+    share = np.zeros(shape, np.float32)
+    grid = np.indices(shape).astype(np.float32)
     for dk in offsets:
         for dj in offsets:
             for di in offsets:
-                inside = ((grid[0] + dk - centre[0]) ** 2 + (grid[1] + dj - centre[1]) ** 2
-                          + (grid[2] + di - centre[2]) ** 2) <= radius ** 2
+                inside = (((grid[0] + dk - centre[0]) * spacing[0]) ** 2 + ((grid[1] + dj - centre[1]) * spacing[1]) ** 2
+                          + ((grid[2] + di - centre[2]) * spacing[2]) ** 2) <= radius ** 2
                 share += inside / offsets.size ** 3
     return share
 
@@ -109,3 +111,38 @@ def test_the_switch_reaches_the_command_line():
     assert "--no-round-lesions" not in RunOptions().arguments()
     for command in ("run", "batch"):
         assert build_parser().parse_args([command, "in.nii.gz", "out", "--no-round-lesions"]).no_round_lesions
+
+
+def test_any_slab_axis_and_oblong_pixels():
+    """Slabs along the last numpy axis and pixels of 0.8 x 1.1 mm, the lesion across two 4 mm slabs."""
+    shape, spacing = (40, 36, 64), (0.8, 1.1, 1.0)
+    share = ball((20, 18, 31.5), 1.6, shape, spacing)
+    truth = tissue_with(share)
+    slabs = truth.reshape(40, 36, 16, FACTOR).mean(axis=3)
+    slab_of = disjoint_slabs(profile_matrix("box", 16, 64, float(FACTOR), 1.0))
+    restored, balls = restore(np.repeat(slabs, FACTOR, axis=2), slabs, slab_of, 2, spacing)
+    assert len(balls) == 1 and abs(balls[0].z_mm - 31.5) < 0.6, balls
+    assert abs(balls[0].a_px - 20) < 0.5 and abs(balls[0].b_px - 18) < 0.5, balls
+    assert abs(contrast(restored, share) / contrast(truth, share) - 1) < 0.1
+    np.testing.assert_allclose(restored.reshape(40, 36, 16, FACTOR).mean(axis=3), slabs, atol=1e-2)
+
+
+def test_a_slab_that_holds_no_output_voxel_is_no_trouble():
+    share = ball((31.5, 24, 24), 1.5)
+    truth = tissue_with(share)
+    slabs, spread, slab_of = acquire_and_spread(truth)
+    slab_of = np.where(slab_of == 2, -1, slab_of)  # slab 2 holds nothing on this output grid
+    restored, balls = restore(spread, slabs, slab_of, 0, (1.0, 1.0, 1.0))
+    assert len(balls) == 1 and abs(contrast(restored, share) / contrast(truth, share) - 1) < 0.1
+
+
+def test_one_lesion_is_one_ball_in_fine_pixels_and_thick_slabs():
+    """0.45 mm pixels and 5 mm slabs: the blob responds in many pixels and radii, and is fitted once."""
+    shape, spacing, factor = (40, 64, 64), (0.5, 0.45, 0.45), 10
+    share = ball((20, 32, 32), 2.0, shape, spacing)
+    truth = tissue_with(share)
+    slabs = truth.reshape(4, factor, 64, 64).mean(axis=1)
+    slab_of = disjoint_slabs(profile_matrix("box", 4, 40, float(factor), 1.0))
+    restored, balls = restore(np.repeat(slabs, factor, axis=0), slabs, slab_of, 0, spacing)
+    assert len(balls) == 1, balls
+    assert abs(contrast(restored, share) / contrast(truth, share) - 1) < 0.1
