@@ -40,6 +40,8 @@ COARSE_REFERENCE_RATIO = 0.8
 # Unregistered, a reference that registration would move by more than this many of the input's finest voxels
 # is not used (`_misplacement`): on val/ aligned pairs measure up to 1.18 voxels, 2 mm shifts from 1.84.
 MISPLACED_REFERENCE_VOXELS = 1.5
+# The largest share of voxels below 0 in an image still taken for a magnitude image (`_consistent_with_input`).
+MOSTLY_MAGNITUDE = 0.01
 
 
 def plan_run(volume: Volume, reference: Volume | None = None, model: str | None = None,
@@ -234,9 +236,10 @@ def _consistent_with_input(volume: Volume, output: np.ndarray, plan: Plan, progr
     chosen = "" if profile == estimate.profile else f"; projected onto the {profile} profile the model was adapted for"
     restored = ""
     # The balls are fitted through a box, so only where the slabs were estimated to be boxes (not merely
-    # projected onto the profile adaptation was tuned for), and only on a magnitude image (intensities that
-    # start at 0, which the lesion-to-surround ratios it checks assume).
-    if lesions and estimate.profile == "box" and non_negative:
+    # projected onto the profile adaptation was tuned for), and only on a magnitude image: intensities that
+    # start at 0, as the lesion-to-surround ratios it checks assume (a few voxels below 0 from a scanner's or a
+    # registration's resampling, as open_ms has, 0.02 %, still count; a z-scored scan, half below 0, does not).
+    if lesions and estimate.profile == "box" and float(np.mean(volume.array < 0)) <= MOSTLY_MAGNITUDE:
         projected, balls = _restore_round_lesions(volume, projected, plan, stage.check_cancel)
         if balls is not None:
             report["round_lesions"] = len(balls)
