@@ -37,6 +37,7 @@ BALL_LIKE = 0.6  # the most a blob's responses across slabs may stray from a bal
 MISFIT = 0.3  # RMS misfit over the RMS signal, over the ball's footprint in the slabs fitted
 SECOND_SLAB = 0.15  # the least share of the ball's chord a second slab must hold, over the first's
 ROUGH_MISFIT = 0.45  # the coarse search's relative misfit above which a blob is no ball (the fit's bar is MISFIT)
+MOST_IN_ONE_SLAB = 0.85  # the share of its chord a slab may hold before a lesion counts as shown in full
 AT_THE_EDGE = 0.95  # a fitted radius above this share of the widest searched means "at least that wide"
 LESION_TO_SURROUND = (0.2, 3.0)  # the lesion's intensity over its surround's: a T1 hole to a bright T2 lesion
 CONTINUES = 0.5  # a slab shows a blob when its core holds more than this share of the most any slab around holds
@@ -327,6 +328,11 @@ def _judged(ball: Ball, blob: _Blob, fitted: np.ndarray, sign: float, in_plane, 
     # Seen in one slab only, a ball could lie anywhere in it: only the share it shows in a second slab says
     # where. (On val/ every such single-slab fit was a vessel or a sulcus.)
     if touched.sum() < 2 or np.sort(shown.max(axis=1))[-2] < SECOND_SLAB * shown.max():
+        return None
+    # Shown nearly whole in one slab, the lesion keeps most of its contrast there and the network restores
+    # it better than a ball of the wrong shape would: on two 7 mm T1 lesions of val/ in 5 mm slabs (0.89 of
+    # the chord in one slab) the ball raised the local error from 14.8 to 21.8 and from 14.3 to 18.7.
+    if shown.max() >= MOST_IN_ONE_SLAB:
         return None
     # A lesion's intensity is a plausible multiple of its surround's (brighter is fluid: a vessel or a
     # perivascular space, in T2 3.5 times white matter); where the surround is not above 0 there is no telling.
