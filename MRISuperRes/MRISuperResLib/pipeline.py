@@ -239,7 +239,7 @@ def _consistent_with_input(volume: Volume, output: np.ndarray, plan: Plan, progr
     # projected onto the profile adaptation was tuned for), and only on a magnitude image: intensities that
     # start at 0, as the lesion-to-surround ratios it checks assume (a few voxels below 0 from a scanner's or a
     # registration's resampling, as open_ms has, 0.02 %, still count; a z-scored scan, half below 0, does not).
-    if lesions and estimate.profile == "box" and float(np.mean(volume.array < 0)) <= MOSTLY_MAGNITUDE:
+    if lesions and profile == estimate.profile == "box" and float(np.mean(volume.array < 0)) <= MOSTLY_MAGNITUDE:
         projected, balls = _restore_round_lesions(volume, projected, plan, stage.check_cancel)
         if balls is not None:
             report["round_lesions"] = len(balls)
