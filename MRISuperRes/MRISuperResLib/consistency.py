@@ -95,6 +95,15 @@ class ProfileOperator:
             array = _along(matrix, array, axis_np)
         return array
 
+    def disjoint_slabs(self) -> tuple[int, np.ndarray] | None:
+        """The numpy axis and, for each output voxel along it, the slice whose box holds it
+        (`disjoint_slabs`), where this operator acquires disjoint boxes along one axis; else None."""
+        if len(self.matrices) != 1:
+            return None
+        (axis_np, matrix), = self.matrices.items()
+        slab_of = disjoint_slabs(matrix)
+        return None if slab_of is None else (axis_np, slab_of)
+
     def correct(self, residual: np.ndarray) -> np.ndarray:
         """The smallest change of the output whose acquisition is `residual`."""
         for axis_np, matrix in self.matrices.items():
@@ -158,11 +167,10 @@ def project(source: Volume, output: np.ndarray, target_spacing, axes: tuple[int,
     operator = ProfileOperator.between(profile, source, output.shape, target_spacing, axes)
     acquired = source.array.astype(np.float32)
     projected = output + operator.correct(acquired - operator.acquire(output))
-    if non_negative and len(operator.matrices) == 1:
-        (axis_np, matrix), = operator.matrices.items()
-        slab_of = disjoint_slabs(matrix)
-        if slab_of is not None:
-            return _air_slabs(projected, acquired, slab_of, axis_np)
+    slabs = operator.disjoint_slabs() if non_negative else None
+    if slabs is not None:
+        axis_np, slab_of = slabs
+        return _air_slabs(projected, acquired, slab_of, axis_np)
     return projected
 
 

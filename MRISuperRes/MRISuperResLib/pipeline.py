@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import adapt as scan_adaptation
-from .consistency import ProfileOperator, disjoint_slabs, estimate_profile, project
+from .consistency import ProfileOperator, estimate_profile, project
 from .confidence import CONFIDENCE_THRESHOLD, REGISTRATION_MARGIN, reference_agreement
 from .devices import resolve_device, set_threads
 from .errors import MRISuperResError
@@ -251,13 +251,10 @@ def _consistent_with_input(volume: Volume, output: np.ndarray, plan: Plan, progr
 def _restore_round_lesions(volume: Volume, output: np.ndarray, plan: Plan, cancelled):
     """`output` with the small round lesions of the input's box slabs restored (`round_lesions`), and the balls
     fitted; None instead of the balls where the slabs are not disjoint boxes along one axis."""
-    operator = ProfileOperator.between("box", volume, output.shape, plan.target.spacing, plan.upsampled)
-    if len(operator.matrices) != 1:
+    slabs = ProfileOperator.between("box", volume, output.shape, plan.target.spacing, plan.upsampled).disjoint_slabs()
+    if slabs is None:
         return output, None
-    (axis_np, matrix), = operator.matrices.items()
-    slab_of = disjoint_slabs(matrix)
-    if slab_of is None:
-        return output, None
+    axis_np, slab_of = slabs
     return restore(output, volume.array, slab_of, axis_np, tuple(plan.target.spacing[::-1]), cancelled)
 
 

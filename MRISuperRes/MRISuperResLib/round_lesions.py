@@ -19,7 +19,7 @@ the input's in-plane grid.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -276,13 +276,18 @@ class _Blob(NamedTuple):
     b: np.ndarray
 
 
+def _pixels_around(centre: int, reach: int, size: int) -> np.ndarray:
+    """The pixels of an axis of `size` within `reach` of `centre`."""
+    return np.arange(max(0, centre - reach), min(size, centre + reach + 1))
+
+
 def _neighbourhood(slabs: np.ndarray, bounds: np.ndarray, candidate: Candidate, in_plane, pixel: float,
                    widest: float) -> _Blob:
     near = np.arange(max(0, candidate.slab - 2), min(len(slabs), candidate.slab + 3))
     near = near[np.isfinite(bounds[near, 0])]
     reach = int(np.ceil((widest + RING[1] * pixel) / min(in_plane)))
-    a_range = np.arange(max(0, candidate.a - reach), min(slabs.shape[1], candidate.a + reach + 1))
-    b_range = np.arange(max(0, candidate.b - reach), min(slabs.shape[2], candidate.b + reach + 1))
+    a_range, b_range = (_pixels_around(centre, reach, size) for centre, size in zip((candidate.a, candidate.b),
+                                                                                     slabs.shape[1:]))
     a_grid, b_grid = np.meshgrid(a_range, b_range, indexing="ij")
     distance = np.hypot((a_grid - candidate.a) * in_plane[0], (b_grid - candidate.b) * in_plane[1])
     ring = (distance >= candidate.radius_mm + RING[0] * pixel) & (distance <= candidate.radius_mm + RING[1] * pixel)
@@ -318,7 +323,7 @@ def _fit(slabs: np.ndarray, bounds: np.ndarray, candidate: Candidate, in_plane, 
         lambda p: misfit(p).ravel(), start, loss="soft_l1", f_scale=2 * noise, diff_step=1e-3,
         bounds=([lowest, candidate.a - 2, candidate.b - 2, least, -np.inf],
                 [highest, candidate.a + 2, candidate.b + 2, widest, np.inf]))
-    ball = Ball(*(float(x) for x in best.x[:3]), float(best.x[3]), float(best.x[4]), ())
+    ball = Ball(*map(float, best.x), ())
     return _judged(ball, blob, fitted, candidate.sign, in_plane, pixel, smallest, widest)
 
 
@@ -356,7 +361,7 @@ def _judged(ball: Ball, blob: _Blob, fitted: np.ndarray, sign: float, in_plane, 
     beside[[i for i in (reached[0] - 1, reached[-1] + 1) if 0 <= i < len(blob.slabs)]] = True
     if (_shows_blob(blob.signal, core, sign, touched | beside) & beside).any():
         return None
-    return Ball(ball.z_mm, ball.a_px, ball.b_px, ball.radius_mm, ball.contrast, tuple(int(s) for s in blob.slabs[touched]))
+    return replace(ball, slabs=tuple(int(s) for s in blob.slabs[touched]))
 
 
 def _coarse_ball(signal: np.ndarray, bounds: np.ndarray, a_in, b_in, in_plane, candidate: Candidate, lowest: float,
@@ -408,9 +413,8 @@ def _render(out: np.ndarray, ball: Ball, slab_of: np.ndarray, dz: float, in_plan
     """Replace the variation within the ball's slabs, over its footprint (fading out from one to two pixels
     beyond its radius), by the ball's (in place); each slab's mean stays as it was."""
     rows = np.flatnonzero(np.isin(slab_of, ball.slabs))
-    ranges = [np.arange(max(0, int(round(centre)) - reach), min(size, int(round(centre)) + reach + 1))
-              for centre, size, reach in ((ball.a_px, out.shape[1], int(np.ceil((ball.radius_mm + 2 * pixel) / in_plane[0])) + 1),
-                                          (ball.b_px, out.shape[2], int(np.ceil((ball.radius_mm + 2 * pixel) / in_plane[1])) + 1))]
+    ranges = [_pixels_around(int(round(centre)), int(np.ceil((ball.radius_mm + 2 * pixel) / spacing)) + 1, size)
+              for centre, spacing, size in zip((ball.a_px, ball.b_px), in_plane, out.shape[1:])]
     window = (rows[:, None, None], ranges[0][None, :, None], ranges[1][None, None, :])
     values = out[window].astype(np.float64)
     a_grid, b_grid = np.meshgrid(*ranges, indexing="ij")
